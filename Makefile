@@ -1,0 +1,29 @@
+# unlearnd: `make run` serves, `make test` tests. Both install into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help run test test-unit bench-quality bench clean
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(INSTALLED)
+
+run: $(INSTALLED)  ## start Redis, API, workers and the demo model in the foreground
+	$(PY) -m unlearnd run
+
+test: $(INSTALLED)  ## run the whole test suite (unit + integration)
+	$(PY) -m pytest
+
+test-unit: $(INSTALLED)  ## run only the fast tests
+	$(PY) -m pytest -m "not integration"
+
+bench-quality: $(INSTALLED)  ## unlearning quality benchmark against retraining (docs/benchmarks.md)
+	$(PY) -m bench.quality
+
+clean:  ## remove the virtual environment and local state
+	rm -rf $(VENV) .unlearnd

