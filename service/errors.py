@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StoreError
-from unlearning.exceptions import UnlearningError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -42,8 +41,13 @@ _DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (AlreadyExistsError, 409, "Already exists"),
     (IntegrityError, 503, "Integrity check failed"),
     (StoreError, 422, "Invalid name or reference"),
-    (UnlearningError, 422, "Invalid unlearning request"),
 ]
+
+
+def _is_unlearning_error(exc: Exception) -> bool:
+    """True for the core's UnlearningError family, checked by name: importing the core would import torch."""
+    return any(c.__module__ == "unlearning.exceptions" and c.__name__ == "UnlearningError"
+               for c in type(exc).__mro__)
 
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -73,5 +77,7 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if _is_unlearning_error(exc):
+            return problem_response(request, 422, "Invalid unlearning request", str(exc))
         log.exception("unhandled error on %s", request.url.path)
         return problem_response(request, 500, "Internal server error")

@@ -87,8 +87,11 @@ class Child:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """The environment every child gets: the launcher's, plus the resolved data dir and Redis URL."""
+    """The launcher's environment plus every setting it resolved, so children run with exactly these settings."""
     env = dict(os.environ)
+    for field, value in settings.model_dump().items():
+        if value is not None:
+            env[f"UNLEARND_{field.upper()}"] = str(value)
     env["UNLEARND_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env["UNLEARND_REDIS_URL"] = settings.effective_redis_url
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,123 @@
+"""Bad input gets a 4xx problem and changes nothing; no Redis needed for these decisions."""
+
+import pytest
+import torch
+
+from models_store import Ledger, Store
+from tests.service.conftest import auth
+from unlearning import NormalizedClassifier, build_model
+
+
+@pytest.fixture
+def model_store(settings):
+    store = Store(settings.store_dir)
+    net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
+    store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
+                        "mean": [0.5], "std": [0.25], "train_dataset": "none"}, net.state_dict())
+    return store
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({}, "exactly one"),
+    ({"classes": [1], "samples": ["a"]}, "exactly one"),
+    ({"classes": []}, "classes"),
+    ({"classes": [1, 1]}, "duplicates"),
+    ({"classes": ["x"]}, "classes"),
+    ({"classes": [1], "method": "magic"}, "method"),
+    ({"classes": [1], "colour": "red"}, "colour"),
+    ({"classes": [10]}, "outside 0..9"),
+    ({"classes": [-1]}, "outside 0..9"),
+])
+def test_bad_forget_requests_are_422_and_record_nothing(client, settings, model_store, body, needle):
+    response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("governance"))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert response.headers["content-type"] == "application/problem+json"
+    assert problem["status"] == 422 and needle in (problem.get("detail", "") + str(problem.get("errors")))
+    assert Ledger(settings.ledger_path).list() == []
+
+
+def test_unknown_model_is_404(client, model_store):
+    response = client.post("/v1/models/nope/forget-requests", json={"classes": [1]}, headers=auth("governance"))
+    assert response.status_code == 404 and "nope" in response.json()["detail"]
+
+
+def test_unbuilt_methods_answer_501_not_500(client, settings, model_store):
+    for body in ({"samples": ["train-1"]}, {"classes": [1], "method": "zero_shot"}):
+        response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("admin"))
+        assert response.status_code == 501, response.text
+    assert Ledger(settings.ledger_path).list() == []
+
+
+def test_malformed_json_is_a_problem(client, model_store):
+    response = client.post("/v1/models/tiny/forget-requests", content=b"{not json",
+                           headers={**auth("governance"), "Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["title"] == "Invalid request"
+
+
+@pytest.mark.parametrize(("inputs", "status", "needle"), [
+    ([[[[0.0] * 8] * 8]], 200, None),
+    ([[[[0.0] * 4] * 8]], 422, "expected [N, 1, 8, 8]"),
+    ([[[[1.5] * 8] * 8]], 422, "[0, 1]"),
+    ([[[[-0.1] * 8] * 8]], 422, "[0, 1]"),
+    ([[[[0.0] * 8] * 7 + [[0.0] * 7]]], 422, "equally shaped"),
+    ([[[["a"] * 8] * 8]], 422, "numbers"),
+])
+def test_predict_validates_inputs(client, model_store, inputs, status, needle):
+    response = client.post("/v1/models/tiny/predict", json={"inputs": inputs}, headers=auth("inference"))
+    assert response.status_code == status, response.text
+    if needle:
+        assert needle in response.json()["detail"]
+    else:
+        body = response.json()
+        assert body["applied"] == [] and len(body["predictions"][0]["probabilities"]) == 10
+        assert abs(sum(body["predictions"][0]["probabilities"]) - 1) < 1e-4
+
+
+def test_predict_refuses_nan(client, model_store):
+    body = '{"inputs": [[[' + ",".join(["[" + ",".join(["NaN"] * 8) + "]"] * 8) + "]]]}"
+    response = client.post("/v1/models/tiny/predict", content=body.encode(),
+                           headers={**auth("inference"), "Content-Type": "application/json"})
+    assert response.status_code == 422 and "NaN" in response.json()["detail"]
+
+
+def test_predict_batch_limit(client, settings, model_store):
+    inputs = [[[[0.0] * 8] * 8]] * (settings.max_predict_batch + 1)
+    response = client.post("/v1/models/tiny/predict", json={"inputs": inputs}, headers=auth("inference"))
+    assert response.status_code == 413
+
+
+def test_oversized_body_is_413(settings, model_store):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    small = settings.model_copy(update={"max_body_bytes": 2048})
+    with TestClient(create_app(small)) as c:
+        response = c.post("/v1/models/tiny/predict", content=b"x" * 5000,
+                          headers={**auth("inference"), "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json"
+
+
+def test_tampered_artifact_is_refused_not_served(client, settings, model_store):
+    state = model_store.read_state("tiny")
+    manifest = model_store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
+        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"], "request_ids": []})
+    model_store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]]})
+    path = settings.store_dir / "artifacts" / f"{manifest['id']}.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x3f"  # one element of δ becomes 1.0
+    path.write_bytes(bytes(data))
+    response = client.post("/v1/models/tiny/predict", json={"inputs": [[[[0.0] * 8] * 8]]},
+                           headers=auth("inference"))
+    assert response.status_code == 503 and "altered" in response.json()["detail"]
+
+
+def test_artifact_bound_to_other_weights_is_refused(client, model_store):
+    state = model_store.read_state("tiny")
+    manifest = model_store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
+        "kind": "forget_vector", "model": "tiny", "weights_sha256": "f" * 64, "request_ids": []})
+    model_store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]]})
+    response = client.post("/v1/models/tiny/predict", json={"inputs": [[[[0.0] * 8] * 8]]},
+                           headers=auth("inference"))
+    assert response.status_code == 503 and "other weights" in response.json()["detail"]

@@ -1,0 +1,54 @@
+import pytest
+
+from models_store import Ledger, NotFoundError
+
+
+def _create(ledger, request_id="r1", **extra):
+    return ledger.create({"id": request_id, "model": "m", "classes": [3], "method": "auto", **extra})
+
+
+def test_new_request_is_queued_with_zero_progress(tmp_path):
+    record = _create(Ledger(tmp_path / "l.db"))
+    assert record["status"] == "queued"
+    assert record["progress"]["fraction"] == 0.0
+    assert record["classes"] == [3] and record["samples"] is None and record["attempts"] == 0
+
+
+def test_lifecycle_running_progress_succeeded(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _create(ledger)
+    assert ledger.mark_running("r1")
+    assert ledger.set_progress("r1", {"fraction": 0.5, "stage": "optimising"})
+    assert ledger.get("r1")["progress"]["fraction"] == 0.5
+    assert ledger.mark_succeeded("r1", {"artifact_id": "a"})
+    record = ledger.get("r1")
+    assert record["status"] == "succeeded" and record["result"] == {"artifact_id": "a"}
+    assert record["attempts"] == 1 and record["finished_at"] is not None
+
+
+def test_terminal_requests_do_not_change_again(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _create(ledger)
+    ledger.mark_failed("r1", "boom")
+    assert not ledger.mark_running("r1")
+    assert not ledger.mark_succeeded("r1", {})
+    assert not ledger.mark_queued("r1")
+    assert ledger.get("r1")["status"] == "failed" and ledger.get("r1")["error"] == "boom"
+
+
+def test_active_and_list_filters(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    for i in range(5):
+        _create(ledger, f"r{i}")
+    ledger.mark_succeeded("r0", {})
+    assert [r["id"] for r in ledger.active()] == ["r1", "r2", "r3", "r4"]
+    assert [r["id"] for r in ledger.list(status="succeeded")] == ["r0"]
+    first = ledger.list(limit=2)
+    assert [r["id"] for r in ledger.list(limit=2, after_seq=first[-1]["seq"])] == ["r2", "r3"]
+
+
+def test_ledger_survives_reopening(tmp_path):
+    _create(Ledger(tmp_path / "l.db"))
+    assert Ledger(tmp_path / "l.db").get("r1")["model"] == "m"
+    with pytest.raises(NotFoundError):
+        Ledger(tmp_path / "l.db").get("r2")
