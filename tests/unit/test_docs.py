@@ -1,0 +1,19 @@
+"""The README documents every setting the code reads."""
+
+from pathlib import Path
+
+from unlearnd.settings import Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_every_setting_is_documented_with_its_default():
+    for name, field in Settings.model_fields.items():
+        variable = f"UNLEARND_{name.upper()}"
+        rows = [line for line in README.splitlines() if line.startswith(f"| `{variable}` |")]
+        assert rows, f"{variable} is not in the README settings table"
+        default = field.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        documented = rows[0].split("|")[2].strip().strip("`")
+        assert documented in (str(default), "unset" if default is None else "", f"./{default}"), (variable, documented)
