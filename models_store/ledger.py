@@ -18,7 +18,7 @@ from models_store.store import now_iso
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-_JSON_FIELDS = ("classes", "samples", "progress", "result")
+_JSON_FIELDS = ("classes", "samples", "progress", "result", "callback", "receipt")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS forget_requests (
@@ -38,10 +38,54 @@ CREATE TABLE IF NOT EXISTS forget_requests (
     result       TEXT,
     attempts     INTEGER NOT NULL DEFAULT 0,
     key_id       TEXT,
-    job_id       TEXT
+    job_id       TEXT,
+    not_before   REAL,
+    callback_url TEXT,
+    callback     TEXT,
+    receipt      TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS forget_requests_model_status ON forget_requests (model, status);
+
+CREATE TABLE IF NOT EXISTS idempotency (
+    key          TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    body_sha256  TEXT NOT NULL,
+    status_code  INTEGER,
+    response     TEXT,
+    headers      TEXT,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (key_id, key)
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    request_id   TEXT,
+    model        TEXT,
+    detail       TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
 """
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _audit(db: sqlite3.Connection, action: str, actor: str, request_id: str | None, model: str | None,
+           detail: dict[str, Any] | None) -> None:
+    db.execute("INSERT INTO audit (at, action, actor, request_id, model, detail) VALUES (?, ?, ?, ?, ?, ?)",
+               (now_iso(), action, actor, request_id, model, json.dumps(detail or {})))
 
 
 class Ledger:
@@ -78,13 +122,16 @@ class Ledger:
             "samples": json.dumps(record.get("samples")) if record.get("samples") is not None else None,
             "reason": record.get("reason"), "status": "queued",
             "progress": json.dumps({"fraction": 0.0, "stage": "queued"}),
-            "created_at": now_iso(), "key_id": record.get("key_id"),
+            "created_at": now_iso(), "key_id": record.get("key_id"), "callback_url": record.get("callback_url"),
         }
-        with self._connect() as db:
+        with self._connect() as db, _transaction(db):
             db.execute(
                 f"INSERT INTO forget_requests ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                 tuple(row.values()),
             )
+            _audit(db, "request.accepted", row["key_id"] or "system", row["id"], row["model"],
+                   {"classes": record.get("classes"), "samples": len(record.get("samples") or []) or None,
+                    "method": row["method"]})
         return self.get(record["id"])
 
     def get(self, request_id: str) -> dict[str, Any]:
@@ -115,38 +162,85 @@ class Ledger:
             ).fetchall()
         return [self._to_dict(r) for r in rows]
 
-    def _update(self, request_id: str, allowed_from: tuple[str, ...], **fields: Any) -> bool:
-        """Set fields if the request is in one of `allowed_from`; returns whether it changed."""
+    def _update(self, request_id: str, allowed_from: tuple[str, ...], audit: str | None = None,
+                actor: str = "system", detail: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Set fields if the request is in one of `allowed_from` (and audit it); returns whether it changed."""
         values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()]
         sets = ", ".join(f"{k} = ?" for k in fields)
         marks = ", ".join("?" * len(allowed_from))
-        with self._connect() as db:
+        with self._connect() as db, _transaction(db):
             cursor = db.execute(
                 f"UPDATE forget_requests SET {sets} WHERE id = ? AND status IN ({marks})",
                 (*values, request_id, *allowed_from),
             )
-        return cursor.rowcount == 1
+            changed = cursor.rowcount == 1
+            if changed and audit:
+                model = db.execute("SELECT model FROM forget_requests WHERE id = ?", (request_id,)).fetchone()[0]
+                _audit(db, audit, actor, request_id, model, detail)
+        return changed
 
     def mark_running(self, request_id: str) -> bool:
-        with self._connect() as db:
+        with self._connect() as db, _transaction(db):
             cursor = db.execute(
                 "UPDATE forget_requests SET status = 'running', started_at = ?, attempts = attempts + 1, "
-                "progress = ? WHERE id = ? AND status IN ('queued', 'running')",
+                "progress = ?, not_before = NULL WHERE id = ? AND status IN ('queued', 'running')",
                 (now_iso(), json.dumps({"fraction": 0.0, "stage": "starting"}), request_id),
             )
+            if cursor.rowcount == 1:
+                row = db.execute("SELECT model, attempts FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
+                _audit(db, "request.running", "worker", request_id, row[0], {"attempt": row[1]})
         return cursor.rowcount == 1
 
     def set_progress(self, request_id: str, progress: dict[str, Any]) -> bool:
+        """Record progress; False when the request is no longer running (e.g. cancelled)."""
         return self._update(request_id, ("running",), progress=progress)
 
-    def mark_succeeded(self, request_id: str, result: dict[str, Any]) -> bool:
+    def mark_succeeded(self, request_id: str, result: dict[str, Any], receipt: dict[str, Any] | None = None) -> bool:
         return self._update(
-            request_id, ACTIVE, status="succeeded", result=result, finished_at=now_iso(), error=None,
+            request_id, ACTIVE, audit="request.succeeded", actor="worker",
+            detail={"artifact_id": result.get("artifact_id"), "state_version": result.get("state_version")},
+            status="succeeded", result=result, receipt=receipt, finished_at=now_iso(), error=None,
             progress={"fraction": 1.0, "stage": "done"},
         )
 
-    def mark_failed(self, request_id: str, error: str) -> bool:
-        return self._update(request_id, ACTIVE, status="failed", error=error, finished_at=now_iso())
+    def mark_failed(self, request_id: str, error: str, actor: str = "worker") -> bool:
+        return self._update(request_id, ACTIVE, audit="request.failed", actor=actor, detail={"error": error},
+                            status="failed", error=error, finished_at=now_iso())
+
+    def request_cancel(self, request_id: str, actor: str) -> str:
+        """Cancel a queued request at once, or ask the worker to stop a running one.
+
+        Returns "cancelled", "cancelling" (the worker stops at its next progress report, or finishes first if it
+        is already publishing) or the terminal status the request already had.
+        """
+        with self._connect() as db, _transaction(db):
+            row = db.execute("SELECT status, model FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no forget request {request_id!r}")
+            status, model = row
+            if status == "queued":
+                db.execute("UPDATE forget_requests SET status = 'cancelled', finished_at = ?, progress = ? "
+                           "WHERE id = ?", (now_iso(), json.dumps({"fraction": 0.0, "stage": "cancelled"}),
+                                            request_id))
+                _audit(db, "request.cancelled", actor, request_id, model, {})
+                return "cancelled"
+            if status == "running":
+                db.execute("UPDATE forget_requests SET cancel_requested = 1 WHERE id = ?", (request_id,))
+                _audit(db, "request.cancel_requested", actor, request_id, model, {})
+                return "cancelling"
+            return status
+
+    def cancel_requested(self, request_ids: list[str]) -> list[str]:
+        """Which of these requests someone asked to cancel."""
+        marks = ", ".join("?" * len(request_ids))
+        with self._connect() as db:
+            rows = db.execute(f"SELECT id FROM forget_requests WHERE cancel_requested = 1 AND id IN ({marks})",
+                              request_ids).fetchall()
+        return [r[0] for r in rows]
+
+    def mark_cancelled(self, request_id: str, actor: str) -> bool:
+        return self._update(request_id, ACTIVE, audit="request.cancelled", actor=actor, status="cancelled",
+                            finished_at=now_iso(), progress={"fraction": 0.0, "stage": "cancelled"})
 
     def count_attempt(self, request_id: str) -> bool:
         """Count an attempt whose job died before it could mark the request running."""
@@ -157,12 +251,70 @@ class Ledger:
             )
         return cursor.rowcount == 1
 
-    def set_job(self, request_id: str, job_id: str) -> bool:
+    def set_job(self, request_id: str, job_id: str | None) -> bool:
         """Record the id of the queue job that currently carries this request."""
         return self._update(request_id, ACTIVE, job_id=job_id)
 
-    def mark_queued(self, request_id: str) -> bool:
-        """Put a request whose work was lost (crashed worker, restarted Redis) back in the queue."""
+    def mark_queued(self, request_id: str, not_before: float, reason: str) -> bool:
+        """Put a request whose work was lost back in line, to be enqueued at `not_before` (epoch seconds)."""
         return self._update(
-            request_id, ACTIVE, status="queued", progress={"fraction": 0.0, "stage": "requeued"}
+            request_id, ACTIVE, audit="request.requeued", actor="janitor", detail={"reason": reason},
+            status="queued", job_id=None, not_before=not_before,
+            progress={"fraction": 0.0, "stage": "waiting to retry"},
         )
+
+    def set_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE forget_requests SET callback = ? WHERE id = ?", (json.dumps(outcome), request_id))
+
+    def queued_for_model(self, model: str, exclude: str) -> list[dict[str, Any]]:
+        """Other queued requests of a model, oldest first (candidates to coalesce into one job)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM forget_requests WHERE model = ? AND status = 'queued' AND id != ? ORDER BY seq",
+                (model, exclude),
+            ).fetchall()
+        return [self._to_dict(r) for r in rows]
+
+    def count(self) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM forget_requests").fetchone()[0]
+
+    # ---- audit log ------------------------------------------------------------------------------------
+    def audit(self, action: str, actor: str, request_id: str | None = None, model: str | None = None,
+              detail: dict[str, Any] | None = None) -> None:
+        """Append one entry to the audit log (admin actions, state changes)."""
+        with self._connect() as db:
+            _audit(db, action, actor, request_id, model, detail)
+
+    def audit_entries(self, action: str | None = None, request_id: str | None = None, model: str | None = None,
+                      actor: str | None = None, limit: int = 100, after_seq: int = 0) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM audit WHERE seq > ?", [after_seq]
+        for column, value in (("action", action), ("request_id", request_id), ("model", model), ("actor", actor)):
+            if value is not None:
+                query, args = query + f" AND {column} = ?", [*args, value]
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+    # ---- idempotency keys (draft-ietf-httpapi-idempotency-key-header) -------------------------------------
+    def idempotency_begin(self, key_id: str, key: str, body_sha256: str) -> dict[str, Any] | None:
+        """Claim an idempotency key. None = claimed now, go ahead; else the existing row (pending or done)."""
+        with self._connect() as db, _transaction(db):
+            row = db.execute("SELECT * FROM idempotency WHERE key_id = ? AND key = ?", (key_id, key)).fetchone()
+            if row is not None:
+                return dict(row)
+            db.execute("INSERT INTO idempotency (key, key_id, body_sha256, created_at) VALUES (?, ?, ?, ?)",
+                       (key, key_id, body_sha256, now_iso()))
+        return None
+
+    def idempotency_finish(self, key_id: str, key: str, status_code: int, response: str,
+                           headers: dict[str, str]) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE idempotency SET status_code = ?, response = ?, headers = ? WHERE key_id = ? AND key = ?",
+                       (status_code, response, json.dumps(headers), key_id, key))
+
+    def idempotency_release(self, key_id: str, key: str) -> None:
+        """Forget a claim whose request was refused, so the client may retry with the same key."""
+        with self._connect() as db:
+            db.execute("DELETE FROM idempotency WHERE key_id = ? AND key = ? AND status_code IS NULL", (key_id, key))

@@ -1,4 +1,4 @@
-"""The FastAPI application: `uvicorn service.main:app` (settings from UNLEARND_* variables)."""
+"""The FastAPI application factory: `uvicorn service.main:create_app_from_env --factory` (UNLEARND_* settings)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from service.deps import Services
 from service.errors import register_exception_handlers
 from service.inference import InferenceRuntime
 from service.limits import BodySizeLimit
-from service.routes import forget_requests, health, models
+from service.routes import audit, forget_requests, health, models, registry
 from unlearnd.keys import load_or_create_api_keys
 from unlearnd.queue import forget_queue, redis_connection
 from unlearnd.settings import Settings, get_settings
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     register_exception_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (health.router, models.router, forget_requests.router):
+    for router in (health.router, models.router, forget_requests.router, audit.router, registry.router):
         app.include_router(router)
     return app
 

@@ -17,6 +17,8 @@ class ForgetRequestCreate(BaseModel):
     samples: list[str] | None = Field(None, min_length=1, description="Training-set sample ids to forget.")
     method: Method = "auto"
     reason: str | None = Field(None, max_length=2000)
+    callback_url: str | None = Field(None, max_length=2000, pattern=r"^https?://[^\s]+$",
+                                     description="POSTed the final record, signed, when the request ends.")
 
     @model_validator(mode="after")
     def exactly_one_forget_set(self) -> ForgetRequestCreate:
@@ -46,10 +48,35 @@ class ForgetRequestPublic(BaseModel):
     error: str | None = None
     result: dict[str, Any] | None = None
     attempts: int = 0
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    cancel_requested: bool = False
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ForgetRequestPublic:
         return cls(**{k: v for k, v in record.items() if k in cls.model_fields})
+
+
+class ForgetRequestsPublic(BaseModel):
+    data: list[ForgetRequestPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+class AuditEntry(BaseModel):
+    seq: int
+    at: str
+    action: str
+    actor: str
+    request_id: str | None = None
+    model: str | None = None
+    detail: dict[str, Any]
+
+
+class AuditPublic(BaseModel):
+    data: list[AuditEntry]
+    count: int
+    next_cursor: str | None = None
 
 
 class UnlearningInForce(BaseModel):

@@ -18,6 +18,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from models_store import Ledger
+from unlearnd.callbacks import notify_terminal
 from unlearnd.queue import enqueue_request, forget_queue, redis_connection
 from unlearnd.settings import Settings, get_settings
 
@@ -25,8 +26,8 @@ log = logging.getLogger(__name__)
 
 ENQUEUE_GRACE_S = 10.0
 """A queued request without a job is left alone this long: the API may be enqueueing it right now."""
-HEARTBEAT_STALE_S = 30.0
-"""A started job whose heartbeat is older than this is considered abandoned (worker heartbeat: 5 s)."""
+RETRY_BACKOFF_S = (2.0, 10.0, 30.0, 60.0)
+"""Wait before retrying after the n-th failed attempt (the last value repeats)."""
 INTERVAL_S = 2.0
 """Seconds between two passes."""
 
@@ -48,7 +49,7 @@ def _job_error(job: Job | None) -> str:
     return f"job ended {job.get_status()} without recording an outcome"
 
 
-def _job_alive(job: Job) -> bool:
+def _job_alive(job: Job, stale_s: float) -> bool:
     status = job.get_status()
     if status in _WAITING:
         return True
@@ -56,7 +57,7 @@ def _job_alive(job: Job) -> bool:
         beat = job.last_heartbeat or job.started_at
         if beat is None:
             return True
-        return (datetime.now(timezone.utc) - beat.replace(tzinfo=timezone.utc)).total_seconds() < HEARTBEAT_STALE_S
+        return (datetime.now(timezone.utc) - beat.replace(tzinfo=timezone.utc)).total_seconds() < stale_s
     return False
 
 
@@ -71,21 +72,35 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
                 job = Job.fetch(record["job_id"], connection=queue.connection, serializer=queue.serializer)
             except (NoSuchJobError, ValueError):
                 job = None
+        if record["status"] == "queued" and record["job_id"] is None:
+            # Waiting to be enqueued: by the API right now (grace period), or after a retry backoff.
+            due = record["not_before"] if record["not_before"] is not None else (
+                datetime.fromisoformat(record["created_at"]).timestamp() + ENQUEUE_GRACE_S)
+            if time.time() >= due:
+                enqueue_request(queue, ledger, request_id, settings)
+                actions.append(f"enqueued {request_id}")
+            continue
+        if job is not None and _job_alive(job, settings.worker_stale_s):
+            continue
         if job is None and record["status"] == "queued" and _age_s(record["created_at"]) < ENQUEUE_GRACE_S:
             continue
-        if job is not None and _job_alive(job):
+        if record["cancel_requested"]:
+            ledger.mark_cancelled(request_id, actor="janitor")
+            actions.append(f"cancelled {request_id}: its job ended while cancelling")
             continue
         error = _job_error(job)
         if job is not None and record["status"] == "queued":
             ledger.count_attempt(request_id)  # the job died before it could mark the request running
         attempts = ledger.get(request_id)["attempts"]
         if attempts >= settings.max_attempts:
-            ledger.mark_failed(request_id, f"gave up after {attempts} attempts; last error: {error}")
+            if ledger.mark_failed(request_id, f"gave up after {attempts} attempts; last error: {error}",
+                                  actor="janitor"):
+                notify_terminal(ledger, request_id, settings)
             actions.append(f"failed {request_id}: {error}")
             continue
-        ledger.mark_queued(request_id)
-        enqueue_request(queue, ledger, request_id, settings)
-        actions.append(f"requeued {request_id} (attempt {attempts + 1}): {error}")
+        backoff = RETRY_BACKOFF_S[min(attempts, len(RETRY_BACKOFF_S)) - 1] if attempts else 0.0
+        ledger.mark_queued(request_id, not_before=time.time() + backoff, reason=error)
+        actions.append(f"will retry {request_id} in {backoff:g} s (attempt {attempts + 1}): {error}")
     return actions
 
 

@@ -3,23 +3,67 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from models_store import Ledger, Store, StoreError
 from models_store.ledger import TERMINAL
-from unlearnd.settings import get_settings
+from models_store.store import now_iso
+from unlearnd.callbacks import notify_terminal
+from unlearnd.receipts import load_or_create_receipt_key, sign
+from unlearnd.settings import Settings, get_settings
 from unlearning import UnlearningError
-from workers.pipeline import METHODS, MethodNotAvailable, ProgressReporter, resolve_method
+from workers.pipeline import (
+    METHODS,
+    MethodNotAvailable,
+    Outcome,
+    ProgressReporter,
+    RequestCancelled,
+    resolve_method,
+)
 
 log = logging.getLogger(__name__)
 
+MAX_COALESCED = 500
+"""Most requests computed together in one job."""
+
+
+def _coalescable(ledger: Ledger, record: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """Other queued requests of the same model that the same computation answers (same method, same kind)."""
+    batch = []
+    for other in ledger.queued_for_model(record["model"], exclude=record["id"])[:MAX_COALESCED]:
+        same_kind = (other["classes"] is None) == (record["classes"] is None)
+        try:
+            same_method = resolve_method(other) == method
+        except MethodNotAvailable:
+            same_method = False
+        if same_kind and same_method and ledger.mark_running(other["id"]):
+            batch.append(ledger.get(other["id"]))
+    return batch
+
+
+def _receipt(record: dict[str, Any], outcome: Outcome, batch_ids: list[str]) -> dict[str, Any]:
+    body = {
+        "request_id": record["id"], "model": record["model"], "method": outcome.result["method"],
+        "classes": record["classes"], "samples": record["samples"],
+        "weights_sha256_before": outcome.state_before["weights_sha256"],
+        "weights_sha256_after": outcome.state_after["weights_sha256"],
+        "state_version": outcome.state_after["state_version"],
+        "artifacts": [{"id": m["id"], "kind": m["kind"], "file_sha256": m["file_sha256"],
+                       "manifest_sha256": m["manifest_sha256"]} for m in outcome.artifacts],
+        "metrics": outcome.result.get("metrics", {}), "computed_with": batch_ids,
+        "accepted_at": record["created_at"], "finished_at": now_iso(),
+    }
+    return body
+
 
 def process_forget_request(request_id: str) -> dict[str, Any]:
-    """Compute one forget request under its model's lock and record how it ended in the ledger.
+    """Compute one forget request, plus every queued request of the same model it can answer too, under the
+    model's lock, and record how each ended in the ledger.
 
-    Safe to run twice: a request that already ended is skipped. Expected errors (bad forget set,
-    missing data, unavailable method) end the request `failed`; anything else propagates so that the
-    janitor can retry it within `max_attempts`.
+    Safe to run twice: a request that already ended is skipped. Expected errors (bad forget set, missing
+    data, unavailable method) end the batch `failed`; anything else propagates so that the janitor can
+    retry within `max_attempts`.
     """
     settings = get_settings()
     ledger, store = Ledger(settings.ledger_path), Store(settings.store_dir)
@@ -29,12 +73,43 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
     with store.model_lock(record["model"]):
         if not ledger.mark_running(request_id):  # cancelled or finished while we waited for the lock
             return {"request_id": request_id, "status": ledger.get(request_id)["status"], "skipped": True}
+        batch = [ledger.get(request_id)]
         try:
             method = resolve_method(record)
-            result = METHODS[method](store, record, settings, ProgressReporter(ledger, request_id))
+            batch += _coalescable(ledger, record, method)
+            ids = [r["id"] for r in batch]
+            outcome = METHODS[method](store, batch, settings, ProgressReporter(ledger, ids))
+        except RequestCancelled:
+            return _after_cancel(ledger, batch)
         except (UnlearningError, StoreError, MethodNotAvailable) as exc:
             log.warning("forget request %s failed: %s", request_id, exc)
-            ledger.mark_failed(request_id, f"{type(exc).__name__}: {exc}")
+            for member in batch:
+                ledger.mark_failed(member["id"], f"{type(exc).__name__}: {exc}")
+            _notify(ledger, batch, settings)
             return {"request_id": request_id, "status": "failed"}
-        ledger.mark_succeeded(request_id, result)
-    return {"request_id": request_id, "status": "succeeded", "artifact_id": result["artifact_id"]}
+        key = load_or_create_receipt_key(settings)
+        for member in batch:
+            result = {**outcome.result, "coalesced_with": [i for i in ids if i != member["id"]]}
+            ledger.mark_succeeded(member["id"], result, receipt=sign(_receipt(member, outcome, ids), key))
+    _notify(ledger, batch, settings)
+    return {"request_id": request_id, "status": "succeeded", "batch": ids,
+            "artifact_id": outcome.result["artifact_id"]}
+
+
+def _after_cancel(ledger: Ledger, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cancelled members end `cancelled`; the others go back in line to be computed without them."""
+    cancelled = set(ledger.cancel_requested([r["id"] for r in batch]))
+    for member in batch:
+        if member["id"] in cancelled:
+            ledger.mark_cancelled(member["id"], actor="worker")
+        else:
+            ledger.mark_queued(member["id"], not_before=time.time(), reason="a request computed with it was cancelled")
+    return {"request_id": batch[0]["id"], "status": "cancelled", "cancelled": sorted(cancelled)}
+
+
+def _notify(ledger: Ledger, batch: list[dict[str, Any]], settings: Settings) -> None:
+    for member in batch:
+        try:
+            notify_terminal(ledger, member["id"], settings)
+        except Exception:  # a callback must never fail the request
+            log.exception("callback for %s", member["id"])

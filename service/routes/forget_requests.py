@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from models_store.ledger import ACTIVE, TERMINAL
 from service.deps import Governance, ServicesDep
 from service.errors import Problem
-from service.schemas import ForgetRequestCreate, ForgetRequestPublic
+from service.schemas import ForgetRequestCreate, ForgetRequestPublic, ForgetRequestsPublic, Status
 from unlearnd.queue import enqueue_request
 
 log = logging.getLogger(__name__)
@@ -23,11 +28,7 @@ def _check_available(body: ForgetRequestCreate) -> None:
         raise Problem(501, "Not implemented", "the zero_shot method is not available yet; use forget_vector")
 
 
-@router.post("/v1/models/{model}/forget-requests", status_code=202)
-def create_forget_request(
-    model: str, body: ForgetRequestCreate, response: Response, services: ServicesDep, principal: Governance
-) -> ForgetRequestPublic:
-    """Accept a deletion request: record it durably, queue its job, answer 202 with where to poll."""
+def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id: str) -> ForgetRequestPublic:
     record = services.store.get_model(model)
     if body.classes is not None:
         out_of_range = [c for c in body.classes if not 0 <= c < record["num_classes"]]
@@ -38,17 +39,93 @@ def create_forget_request(
     request_id = f"fr_{uuid.uuid4().hex}"
     stored = services.ledger.create({
         "id": request_id, "model": model, "classes": body.classes, "samples": body.samples,
-        "method": body.method, "reason": body.reason, "key_id": principal.key_id,
+        "method": body.method, "reason": body.reason, "key_id": key_id, "callback_url": body.callback_url,
     })
     try:
         enqueue_request(services.queue, services.ledger, request_id, services.settings)
     except RedisError as exc:  # the ledger row is durable; the janitor enqueues it when Redis is back
         log.warning("could not enqueue %s now, the janitor will: %s", request_id, exc)
-    response.headers["Location"] = f"/v1/forget-requests/{request_id}"
     return ForgetRequestPublic.from_record(stored)
+
+
+@router.post("/v1/models/{model}/forget-requests", status_code=202, response_model=ForgetRequestPublic)
+async def create_forget_request(
+    model: str, request: Request, services: ServicesDep, principal: Governance,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Accept a deletion request: record it durably, queue its job, answer 202 with where to poll.
+
+    With an `Idempotency-Key` header, the same key and body replay the first answer, a different body
+    answers 422, and a retry while the first is still being accepted answers 409.
+    """
+    raw = await request.body()
+    try:
+        body = ForgetRequestCreate.model_validate_json(raw)
+    except ValueError as exc:
+        errors = getattr(exc, "errors", lambda: [])()
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}".lstrip(": ") for e in errors[:5])
+        raise Problem(422, "Invalid request", detail or str(exc)) from None
+    if idempotency_key is not None:
+        digest = hashlib.sha256(model.encode() + b"\0" + raw).hexdigest()
+        existing = services.ledger.idempotency_begin(principal.key_id, idempotency_key, digest)
+        if existing is not None:
+            if existing["body_sha256"] != digest:
+                raise Problem(422, "Idempotency key reused", "this Idempotency-Key was used with another body")
+            if existing["status_code"] is None:
+                raise Problem(409, "Request in progress", "the first request with this Idempotency-Key is "
+                              "still being accepted; retry shortly")
+            return Response(existing["response"], status_code=existing["status_code"],
+                            headers={**json.loads(existing["headers"]), "Idempotent-Replayed": "true"},
+                            media_type="application/json")
+    try:
+        public = _accept(model, body, services, principal.key_id)
+    except BaseException:
+        if idempotency_key is not None:
+            services.ledger.idempotency_release(principal.key_id, idempotency_key)
+        raise
+    headers = {"Location": f"/v1/forget-requests/{public.id}"}
+    content = public.model_dump_json()
+    if idempotency_key is not None:
+        services.ledger.idempotency_finish(principal.key_id, idempotency_key, 202, content, headers)
+    return Response(content, status_code=202, headers=headers, media_type="application/json")
+
+
+@router.get("/v1/forget-requests")
+def list_forget_requests(
+    services: ServicesDep, _: Governance, model: str | None = None, status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+) -> ForgetRequestsPublic:
+    """Requests in acceptance order; pass `next_cursor` back as `cursor` for the next page."""
+    rows = services.ledger.list(model=model, status=status, limit=limit + 1, after_seq=int(cursor or 0))
+    page = rows[:limit]
+    next_cursor = str(page[-1]["seq"]) if len(rows) > limit else None
+    return ForgetRequestsPublic(data=[ForgetRequestPublic.from_record(r) for r in page], count=len(page),
+                                next_cursor=next_cursor)
 
 
 @router.get("/v1/forget-requests/{request_id}")
 def get_forget_request(request_id: str, services: ServicesDep, _: Governance) -> ForgetRequestPublic:
     """Status, progress and result of one request."""
     return ForgetRequestPublic.from_record(services.ledger.get(request_id))
+
+
+@router.delete("/v1/forget-requests/{request_id}")
+def cancel_forget_request(request_id: str, services: ServicesDep, principal: Governance) -> JSONResponse:
+    """Cancel a request that has not finished: a queued one at once (200), a running one when its worker
+    next reports progress (202; it may still finish first). A finished one answers 409."""
+    outcome = services.ledger.request_cancel(request_id, principal.key_id)
+    if outcome in TERMINAL:
+        raise Problem(409, "Already finished", f"the request ended {outcome}; it cannot be cancelled")
+    record = ForgetRequestPublic.from_record(services.ledger.get(request_id))
+    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled" else 202)
+
+
+@router.get("/v1/forget-requests/{request_id}/receipt")
+def get_receipt(request_id: str, services: ServicesDep, _: Governance) -> JSONResponse:
+    """The signed receipt of a succeeded request (verify offline with `unlearnd verify-receipt`)."""
+    record = services.ledger.get(request_id)
+    if record["receipt"] is None:
+        state = record["status"]
+        raise Problem(409 if state in ACTIVE else 404, "No receipt",
+                      f"the request is {state}; receipts exist for succeeded requests only")
+    return JSONResponse(record["receipt"])

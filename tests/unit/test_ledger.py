@@ -32,7 +32,7 @@ def test_terminal_requests_do_not_change_again(tmp_path):
     ledger.mark_failed("r1", "boom")
     assert not ledger.mark_running("r1")
     assert not ledger.mark_succeeded("r1", {})
-    assert not ledger.mark_queued("r1")
+    assert not ledger.mark_queued("r1", not_before=0.0, reason="x")
     assert ledger.get("r1")["status"] == "failed" and ledger.get("r1")["error"] == "boom"
 
 

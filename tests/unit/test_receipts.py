@@ -1,0 +1,43 @@
+import json
+
+from unlearnd.__main__ import main
+from unlearnd.receipts import load_or_create_receipt_key, sign, signature_header, verify
+from unlearnd.settings import Settings
+
+
+def test_sign_and_verify_round_trip_and_tamper():
+    doc = sign({"request_id": "fr_1", "metrics": {"UA": 100.0}}, b"k")
+    assert verify(doc, b"k")
+    assert not verify(doc, b"other key")
+    doc["receipt"]["metrics"]["UA"] = 99.0
+    assert not verify(doc, b"k")
+    assert not verify({"receipt": {}}, b"k")
+
+
+def test_signature_header_is_hmac_of_the_raw_body():
+    import hashlib
+    import hmac
+
+    assert signature_header(b"{}", b"k") == "sha256=" + hmac.new(b"k", b"{}", hashlib.sha256).hexdigest()
+
+
+def test_receipt_key_is_generated_once(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    assert load_or_create_receipt_key(settings) == load_or_create_receipt_key(settings)
+    assert Settings(data_dir=tmp_path, receipt_key="abc").receipt_key == "abc"
+    assert load_or_create_receipt_key(Settings(data_dir=tmp_path, receipt_key="abc")) == b"abc"
+
+
+def test_cli_verifies_offline(tmp_path, capsys):
+    key_file = tmp_path / "key"
+    key_file.write_text("secret\n")
+    receipt = tmp_path / "r.json"
+    receipt.write_text(json.dumps(sign({"request_id": "fr_9", "model": "m"}, b"secret")))
+    assert main(["verify-receipt", str(receipt), "--key-file", str(key_file)]) == 0
+    assert "fr_9" in capsys.readouterr().out
+    tampered = json.loads(receipt.read_text())
+    tampered["receipt"]["model"] = "other"
+    receipt.write_text(json.dumps(tampered))
+    assert main(["verify-receipt", str(receipt), "--key-file", str(key_file)]) == 1
+    receipt.write_text("not json")
+    assert main(["verify-receipt", str(receipt), "--key-file", str(key_file)]) == 2
