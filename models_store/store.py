@@ -5,6 +5,8 @@ Layout (all JSON written atomically; tensors as safetensors named by their sha25
     models/<name>/model.json                 the model record
     models/<name>/weights/<sha256>.safetensors
     models/<name>/state.json                 the served state: weights + artifacts in force
+    models/<name>/torchscript/<sha256>.pt    an uploaded TorchScript archive (records with format "torchscript")
+    models/<name>/versions/<n>.json          the record of each version superseded by a newer one
     datasets/<name>/dataset.json, data.safetensors
     artifacts/<id>.safetensors, artifacts/<id>.json   tensors and their manifest
 """
@@ -112,6 +114,85 @@ class Store:
         atomic_write_json(self._model_dir(name) / "model.json", record)
         return record
 
+    def put_torchscript(self, name: str, data: bytes) -> str:
+        """Store a TorchScript archive named by its sha256 (the network's code; weights stay safetensors)."""
+        digest = sha256_bytes(data)
+        path = self._model_dir(name) / "torchscript" / f"{digest}.pt"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return digest
+
+    def load_torchscript(self, name: str, torchscript_sha256: str) -> bytes:
+        """The archive's bytes, verified against its sha256 (load them with torch.jit.load)."""
+        path = self._model_dir(name) / "torchscript" / f"{check_name(torchscript_sha256, 'sha256')}.pt"
+        if not path.exists():
+            raise NotFoundError(f"model {name!r} has no TorchScript archive {torchscript_sha256[:12]}")
+        data = path.read_bytes()
+        if sha256_bytes(data) != torchscript_sha256:
+            raise IntegrityError(f"TorchScript archive of {name!r} does not match its sha256 {torchscript_sha256[:12]}")
+        return data
+
+    def create_model_version(self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Replace a model's weights by a new version with a fresh served state (nothing applied).
+
+        Call it under `model_lock(name)`. The superseded record is kept in versions/<n>.json, its
+        weights stay on disk; the new record says what it supersedes, including the requests that were
+        in force (they do not carry over: their artifacts were computed for the old weights). The
+        state_version keeps counting up so that every reader sees the switch. A name never
+        registered gets version 1, as `create_model`.
+        """
+        name = record["name"]
+        if not self.has_model(name):
+            return self.create_model(record, state_dict)
+        previous, previous_state = self.get_model(name), self.read_state(name)
+        weights_sha256 = self.put_weights(name, state_dict)
+        version = previous["version"] + 1
+        created_at = now_iso()
+        record = {**record, "version": version, "weights_sha256": weights_sha256, "created_at": created_at,
+                  "supersedes": {"version": previous["version"], "weights_sha256": previous["weights_sha256"],
+                                 "state_version": previous_state["state_version"],
+                                 "requests_in_force": list(previous_state.get("requests", [])),
+                                 "forgotten_classes": list(previous_state.get("forgotten_classes", []))}}
+        atomic_write_json(self._model_dir(name) / "versions" / f"{previous['version']}.json", previous)
+        atomic_write_json(self._model_dir(name) / "model.json", record)
+        self.write_state(name, {"model": name, "model_version": version,  # the switch: state.json last
+                                "state_version": previous_state["state_version"] + 1,
+                                "weights_sha256": weights_sha256, "artifacts": [], "requests": [],
+                                "forgotten_classes": [], "forgotten_samples": [], "updated_at": created_at})
+        return record
+
+    def get_model_version(self, name: str, version: int) -> dict[str, Any]:
+        """The record of one version (the current one or a superseded one): what loads its weights."""
+        current = self.get_model(name)
+        if current["version"] == version:
+            return current
+        path = self._model_dir(name) / "versions" / f"{int(version)}.json"
+        if not path.exists():
+            raise NotFoundError(f"model {name!r} has no version {version}")
+        return read_json(path)
+
+    def list_model_versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version's record, oldest first, the current one last."""
+        current = self.get_model(name)
+        older = [read_json(p) for p in (self._model_dir(name) / "versions").glob("*.json")]
+        return sorted(older, key=lambda r: r["version"]) + [current]
+
+    @contextlib.contextmanager
+    def try_model_lock(self, name: str) -> Iterator[bool]:
+        """`model_lock` without waiting: yields False (holding nothing) when another process holds it."""
+        path = self._model_dir(name) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     # ---- served state -------------------------------------------------------------------------------
     def read_state(self, name: str) -> dict[str, Any]:
         path = self._model_dir(name) / "state.json"
@@ -120,8 +201,19 @@ class Store:
         return read_json(path)
 
     def write_state(self, name: str, state: dict[str, Any]) -> None:
-        """Replace the served state in one rename: readers see the old state or the new one."""
+        """Replace the served state in one rename: readers see the old state or the new one.
+
+        Every state is also kept as states/<state_version>.json, for history and rollback.
+        """
+        atomic_write_json(self._model_dir(name) / "states" / f"{state['state_version']}.json", state)
         atomic_write_json(self._model_dir(name) / "state.json", state)
+
+    def state_history(self, name: str) -> list[dict[str, Any]]:
+        """Every state the model has served, oldest first."""
+        states = self._model_dir(name) / "states"
+        if not states.exists():
+            raise NotFoundError(f"no model named {name!r}")
+        return sorted((read_json(p) for p in states.glob("*.json")), key=lambda s: s["state_version"])
 
     @contextlib.contextmanager
     def model_lock(self, name: str) -> Iterator[None]:
