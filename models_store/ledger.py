@@ -210,8 +210,8 @@ class Ledger:
     def request_cancel(self, request_id: str, actor: str) -> str:
         """Cancel a queued request at once, or ask the worker to stop a running one.
 
-        Returns "cancelled", "cancelling" (the worker stops at its next progress report, or finishes first if it
-        is already publishing) or the terminal status the request already had.
+        Returns "cancelled-now", "cancelling" (the worker stops at its next progress report, or finishes first
+        if it is already publishing) or the terminal status the request already had.
         """
         with self._connect() as db, _transaction(db):
             row = db.execute("SELECT status, model FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
@@ -223,7 +223,7 @@ class Ledger:
                            "WHERE id = ?", (now_iso(), json.dumps({"fraction": 0.0, "stage": "cancelled"}),
                                             request_id))
                 _audit(db, "request.cancelled", actor, request_id, model, {})
-                return "cancelled"
+                return "cancelled-now"
             if status == "running":
                 db.execute("UPDATE forget_requests SET cancel_requested = 1 WHERE id = ?", (request_id,))
                 _audit(db, "request.cancel_requested", actor, request_id, model, {})

@@ -117,7 +117,7 @@ def cancel_forget_request(request_id: str, services: ServicesDep, principal: Gov
     if outcome in TERMINAL:
         raise Problem(409, "Already finished", f"the request ended {outcome}; it cannot be cancelled")
     record = ForgetRequestPublic.from_record(services.ledger.get(request_id))
-    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled" else 202)
+    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202)
 
 
 @router.get("/v1/forget-requests/{request_id}/receipt")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from models_store import Ledger, Store
-from unlearnd.demo import ensure_demo_model
+from unlearnd.demo import DEMO_MODEL, ensure_demo_model
 from unlearnd.processes import Child, api_child, janitor_child, redis_child, wait_for_redis, worker_child
 from unlearnd.settings import Settings
 
@@ -33,6 +34,28 @@ class Stack:
     worker: Child
     janitor: Child
     api: Child
+    paused: set[str] = field(default_factory=set)
+    """Names of children the supervisor must leave stopped."""
+
+    @property
+    def children(self) -> list[Child]:
+        return [self.redis, self.worker, self.janitor, self.api]
+
+    def supervise(self, stop: threading.Event) -> None:
+        """What `unlearnd run` does: restart any child that died (unless a test paused it)."""
+        while not stop.wait(0.3):
+            for child in self.children:
+                if child.name not in self.paused and not child.alive():
+                    child.start()
+
+    def clone_demo_model(self, name: str) -> str:
+        """Register the demo model's weights again under `name`, so a test has a served state of its own."""
+        store = self.store
+        record = store.get_model(DEMO_MODEL)
+        weights = store.load_weights(DEMO_MODEL, record["weights_sha256"])
+        keep = {k: v for k, v in record.items() if k not in ("version", "weights_sha256", "created_at")}
+        store.create_model({**keep, "name": name}, weights)
+        return name
 
     def client(self, role: str) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {KEYS[role]}"}, timeout=60)
@@ -66,11 +89,21 @@ class Stack:
                 time.sleep(0.2)
         raise TimeoutError(f"request {request_id} did not finish: {record}")
 
+    def wait_for(self, request_id: str, predicate, timeout_s: float = 60) -> dict:
+        """Poll the ledger until predicate(record) holds."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self.ledger.get(request_id)
+            if predicate(record):
+                return record
+            time.sleep(0.05)
+        raise TimeoutError(f"request {request_id} never reached the expected state: {record}")
+
 
 @pytest.fixture(scope="session")
 def stack():
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))  # short: the Redis socket path must stay < 100 chars
-    settings = Settings(data_dir=data_dir, port=free_port(),
+    settings = Settings(data_dir=data_dir, port=free_port(), worker_stale_s=10,
                         api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()))
     logs = data_dir / "logs"
     logs.mkdir()
@@ -88,7 +121,14 @@ def stack():
             children.append(child)
         running = Stack(settings, f"http://127.0.0.1:{settings.port}", redis, worker, janitor, api)
         running.wait_ready()
-        yield running
+        stop = threading.Event()
+        supervisor = threading.Thread(target=running.supervise, args=(stop,), daemon=True)
+        supervisor.start()
+        try:
+            yield running
+        finally:
+            stop.set()
+            supervisor.join()
     finally:
         for child in reversed(children):
             child.stop()

@@ -64,5 +64,5 @@ def test_class_deletion_end_to_end(stack):
 
     with stack.client("governance") as c:
         model = c.get(f"/v1/models/{DEMO_MODEL}").json()
-    assert model["unlearning"]["requests"] == [request_id]
-    assert model["unlearning"]["forgotten_classes"] == [forgotten]
+    assert request_id in model["unlearning"]["requests"]
+    assert forgotten in model["unlearning"]["forgotten_classes"]

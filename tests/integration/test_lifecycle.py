@@ -1,0 +1,153 @@
+"""Governance lifecycle over real HTTP: receipts, audit, idempotency, cancellation, callbacks, listing, rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from unlearnd.keys import key_id
+from tests.integration.conftest import KEYS
+
+
+def _submit(stack, model: str, body: dict, headers: dict | None = None):
+    with stack.client("governance") as c:
+        return c.post(f"/v1/models/{model}/forget-requests", json=body, headers=headers or {})
+
+
+def test_receipt_verifies_offline_and_tampering_fails(stack, tmp_path):
+    model = stack.clone_demo_model("digits-receipts")
+    request_id = _submit(stack, model, {"classes": [5]}).json()["id"]
+    assert stack.wait_terminal(request_id)["status"] == "succeeded"
+    with stack.client("governance") as c:
+        receipt = c.get(f"/v1/forget-requests/{request_id}/receipt").json()
+        state = c.get(f"/v1/models/{model}/state").json()
+    body = receipt["receipt"]
+    assert body["request_id"] == request_id and body["model"] == model
+    assert body["weights_sha256_before"] == body["weights_sha256_after"] == state["weights_sha256"]
+    assert [a["id"] for a in body["artifacts"]] == state["artifacts"]
+    assert body["metrics"]["after"]["UA"] >= 95
+
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(receipt))
+    key_file = stack.settings.data_dir / "receipt_key"
+    verify = [sys.executable, "-m", "unlearnd", "verify-receipt", str(path), "--key-file", str(key_file)]
+    assert subprocess.run(verify, capture_output=True).returncode == 0
+    receipt["receipt"]["metrics"]["after"]["UA"] = 50.0
+    path.write_text(json.dumps(receipt))
+    assert subprocess.run(verify, capture_output=True).returncode == 1
+
+    with stack.client("admin") as c:
+        actions = [e["action"] for e in c.get("/v1/audit", params={"request_id": request_id}).json()["data"]]
+    assert actions[:3] == ["request.accepted", "request.running", "request.succeeded"]
+
+
+def test_idempotency_replay_mismatch_and_conflict(stack):
+    model = stack.clone_demo_model("digits-idem")
+    headers = {"Idempotency-Key": "delete-42"}
+    first = _submit(stack, model, {"classes": [1], "reason": "r"}, headers)
+    replay = _submit(stack, model, {"classes": [1], "reason": "r"}, headers)
+    assert first.status_code == replay.status_code == 202
+    assert replay.json()["id"] == first.json()["id"] and replay.headers["idempotent-replayed"] == "true"
+    assert replay.headers["location"] == first.headers["location"]
+    mismatch = _submit(stack, model, {"classes": [2]}, headers)
+    assert mismatch.status_code == 422 and "another body" in mismatch.json()["detail"]
+    # A first request with this key that is still being accepted: claim it the way the API does.
+    body = json.dumps({"classes": [1]}).encode()
+    stack.ledger.idempotency_begin(key_id(KEYS["governance"]), "in-flight",
+                                   hashlib.sha256(model.encode() + b"\0" + body).hexdigest())
+    with stack.client("governance") as c:
+        conflict = c.post(f"/v1/models/{model}/forget-requests", content=body,
+                          headers={"Idempotency-Key": "in-flight", "Content-Type": "application/json"})
+    assert conflict.status_code == 409
+    assert len(stack.ledger.list(model=model)) == 1
+    stack.wait_terminal(first.json()["id"])
+
+
+def test_cancel_a_queued_request(stack):
+    model = stack.clone_demo_model("digits-cancel-q")
+    stack.paused.add(stack.worker.name)
+    stack.worker.stop()
+    try:
+        request_id = _submit(stack, model, {"classes": [2]}).json()["id"]
+        with stack.client("governance") as c:
+            response = c.delete(f"/v1/forget-requests/{request_id}")
+            assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
+            assert c.delete(f"/v1/forget-requests/{request_id}").status_code == 409
+    finally:
+        stack.paused.discard(stack.worker.name)
+    stack.wait_ready()
+    time.sleep(2)  # give the worker a chance to (wrongly) run it
+    assert stack.ledger.get(request_id)["status"] == "cancelled"
+    assert stack.store.read_state(model)["requests"] == []
+
+
+def test_cancel_a_running_request_publishes_nothing(stack):
+    model = stack.clone_demo_model("digits-cancel-r")
+    request_id = _submit(stack, model, {"classes": [4]}).json()["id"]
+    stack.wait_for(request_id, lambda r: r["progress"].get("stage") == "optimising")
+    with stack.client("governance") as c:
+        response = c.delete(f"/v1/forget-requests/{request_id}")
+    assert response.status_code == 202 and response.json()["cancel_requested"]
+    assert stack.wait_terminal(request_id)["status"] == "cancelled"
+    assert stack.store.read_state(model)["artifacts"] == []
+
+
+def test_callback_is_signed_and_recorded(stack):
+    received: list[tuple[bytes, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append((self.rfile.read(int(self.headers["Content-Length"])), dict(self.headers)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        model = stack.clone_demo_model("digits-callback")
+        url = f"http://127.0.0.1:{server.server_port}/hook"
+        request_id = _submit(stack, model, {"classes": [6], "callback_url": url}).json()["id"]
+        stack.wait_terminal(request_id)
+        record = stack.wait_for(request_id, lambda r: r["callback"] is not None, timeout_s=30)
+    finally:
+        server.shutdown()
+    assert record["callback"]["delivered"] and record["callback"]["status"] == 204
+    payload, headers = received[0]
+    key = (stack.settings.data_dir / "receipt_key").read_text().strip().encode()
+    assert headers["X-Unlearnd-Signature"] == "sha256=" + hmac.new(key, payload, hashlib.sha256).hexdigest()
+    assert json.loads(payload)["id"] == request_id and json.loads(payload)["status"] == "succeeded"
+
+
+def test_list_pages_and_rollback(stack):
+    model = stack.clone_demo_model("digits-rollback")
+    first = _submit(stack, model, {"classes": [0]}).json()["id"]
+    stack.wait_terminal(first)
+    second = _submit(stack, model, {"classes": [9]}).json()["id"]
+    stack.wait_terminal(second)
+    with stack.client("governance") as c:
+        page = c.get("/v1/forget-requests", params={"model": model, "limit": 1}).json()
+        assert [r["id"] for r in page["data"]] == [first] and page["next_cursor"]
+        rest = c.get("/v1/forget-requests", params={"model": model, "cursor": page["next_cursor"]}).json()
+        assert [r["id"] for r in rest["data"]] == [second] and rest["next_cursor"] is None
+        state = c.get(f"/v1/models/{model}/state").json()
+    assert state["forgotten_classes"] == [0, 9]
+    with stack.client("governance") as c:
+        assert c.post(f"/v1/models/{model}/rollback", json={"state_version": 2}).status_code == 403
+    with stack.client("admin") as c:
+        rolled = c.post(f"/v1/models/{model}/rollback", json={"state_version": 2, "reason": "test"})
+        assert rolled.status_code == 200, rolled.text
+        assert rolled.json()["forgotten_classes"] == [0] and rolled.json()["requests"] == [first]
+        served = c.post(f"/v1/models/{model}/predict", json={"inputs": [[[[0.0] * 8] * 8]]}).json()
+        assert served["state_version"] == state["state_version"] + 1
+        assert served["applied"] == rolled.json()["artifacts"]
+        audit = c.get("/v1/audit", params={"action": "model.rollback", "model": model}).json()["data"]
+        assert audit[0]["detail"]["to_state"] == 2 and audit[0]["actor"] == key_id(KEYS["admin"])
