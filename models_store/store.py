@@ -5,7 +5,7 @@ Layout (all JSON written atomically; tensors as safetensors named by their sha25
     models/<name>/model.json                 the model record
     models/<name>/weights/<sha256>.safetensors
     models/<name>/state.json                 the served state: weights + artifacts in force
-    models/<name>/torchscript/<sha256>.pt    an uploaded TorchScript archive (records with format "torchscript")
+    models/<name>/torchscript/<sha256>.pt    an uploaded TorchScript archive (format "torchscript")
     models/<name>/versions/<n>.json          the record of each version superseded by a newer one
     datasets/<name>/dataset.json, data.safetensors
     artifacts/<id>.safetensors, artifacts/<id>.json   tensors and their manifest
@@ -129,10 +129,13 @@ class Store:
             raise NotFoundError(f"model {name!r} has no TorchScript archive {torchscript_sha256[:12]}")
         data = path.read_bytes()
         if sha256_bytes(data) != torchscript_sha256:
-            raise IntegrityError(f"TorchScript archive of {name!r} does not match its sha256 {torchscript_sha256[:12]}")
+            raise IntegrityError(f"TorchScript archive of {name!r} does not match its sha256 "
+                                 f"{torchscript_sha256[:12]}")
         return data
 
-    def create_model_version(self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def create_model_version(
+        self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
         """Replace a model's weights by a new version with a fresh served state (nothing applied).
 
         Call it under `model_lock(name)`. The superseded record is kept in versions/<n>.json, its

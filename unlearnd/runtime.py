@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import torch
 
 from models_store import Store
@@ -18,16 +21,28 @@ def pick_device(preference: str = "auto") -> torch.device:
 def load_classifier(store: Store, record: dict, weights_sha256: str, device: torch.device) -> torch.nn.Module:
     """The model of `record` with the given stored weights, normalisation inside, frozen, in eval mode.
 
-    Input: raw pixels (B, C, H, W) in [0, 1]; output: logits (B, num_classes).
+    Input: raw pixels (B, C, H, W) in [0, 1]; output: logits (B, num_classes). Records with format
+    "torchscript" take the network from their stored archive (admin uploads only); the others build
+    `arch`. Either way the stored weights are the state_dict of the NormalizedClassifier around it.
     """
-    channels = record["input_shape"][0]
-    net = build_model(record["arch"], channels, record["num_classes"])
+    if record.get("format", "safetensors") == "torchscript":
+        net = load_torchscript_net(store.load_torchscript(record["name"], record["torchscript_sha256"]))
+    else:
+        net = build_model(record["arch"], record["input_shape"][0], record["num_classes"])
     model = NormalizedClassifier(net, record["mean"], record["std"])
     model.load_state_dict(store.load_weights(record["name"], weights_sha256))
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def load_torchscript_net(data: bytes) -> torch.nn.Module:
+    """A TorchScript archive's module on the CPU. torch.jit.load runs the archive's code: only for
+    archives an admin registered (POST /v1/models), never for anything a client sends."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": still the format
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
 
 def load_image_sets(store: Store, dataset_name: str) -> tuple[ImageSet, ImageSet | None]:
