@@ -28,6 +28,7 @@ class ServedState:
     model: Any  # torch.nn.Module, frozen, eval mode
     delta: Any  # torch.Tensor (C, H, W) or None
     device: Any
+    input_shape: list[int]
 
 
 class InferenceRuntime:
@@ -55,7 +56,7 @@ class InferenceRuntime:
         from unlearnd.runtime import load_classifier, pick_device
 
         device = pick_device(self.device_preference)
-        record = self.store.get_model(name)
+        record = self.store.get_model_version(name, state.get("model_version", self.store.get_model(name)["version"]))
         model = load_classifier(self.store, record, state["weights_sha256"], device)
         delta = None
         for artifact_id in state["artifacts"]:
@@ -69,7 +70,7 @@ class InferenceRuntime:
             raise IntegrityError(f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
         torch.set_grad_enabled(False)
         return ServedState(name, record["version"], state["state_version"], state["weights_sha256"],
-                           tuple(state["artifacts"]), model, delta, device)
+                           tuple(state["artifacts"]), model, delta, device, list(record["input_shape"]))
 
     def predict(self, name: str, inputs: list[Any], max_batch: int) -> tuple[ServedState, np.ndarray]:
         """Class probabilities (N, K) for images in [0, 1], with every forget vector in force applied."""
@@ -78,8 +79,7 @@ class InferenceRuntime:
         from unlearning import apply_delta
 
         served = self.served(name)
-        record = self.store.get_model(name)
-        x = validate_images(inputs, record["input_shape"], max_batch)
+        x = validate_images(inputs, served.input_shape, max_batch)
         with torch.no_grad():
             batch = apply_delta(torch.from_numpy(x).to(served.device), served.delta, clip=True)
             probabilities = torch.softmax(served.model(batch), dim=1).cpu().numpy()

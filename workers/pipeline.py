@@ -98,7 +98,7 @@ def run_forget_vector(
                   after["state_version"]}
         return Outcome(result, state, after, manifests)
 
-    model_record = store.get_model(model_name)
+    model_record = store.get_model_version(model_name, state.get("model_version", store.get_model(model_name)["version"]))
     report(0.02, "loading", force=True)
     device = pick_device(settings.device)
     model = load_classifier(store, model_record, state["weights_sha256"], device)
