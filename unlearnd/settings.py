@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]' for the workers.")
     demo_model: bool = Field(True, description="Train and register the digits demo model on first start.")
     max_predict_batch: int = Field(256, ge=1, description="Most images in one /predict call.")
+    max_sample_ids: int = Field(100_000, ge=1, description="Most sample ids in one forget request.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes.")
 
     @property

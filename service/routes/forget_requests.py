@@ -28,6 +28,27 @@ def _check_available(body: ForgetRequestCreate) -> None:
         raise Problem(501, "Not implemented", "the zero_shot method is not available yet; use forget_vector")
 
 
+MAX_LISTED_IDS = 20
+"""How many unknown sample ids a 422 lists."""
+
+
+def _check_samples(samples: list[str], record: dict, services: ServicesDep) -> None:
+    """Sample ids must name training samples of the model's training set."""
+    limit = services.settings.max_sample_ids
+    if len(samples) > limit:
+        raise Problem(422, "Too many samples", f"{len(samples)} sample ids; at most {limit} per request "
+                      "(UNLEARND_MAX_SAMPLE_IDS)")
+    known = set(services.store.get_dataset(record["train_dataset"])["ids_train"])
+    unknown = [s for s in samples if s not in known]
+    if unknown:
+        shown = ", ".join(repr(s) for s in unknown[:MAX_LISTED_IDS])
+        more = f" and {len(unknown) - MAX_LISTED_IDS} more" if len(unknown) > MAX_LISTED_IDS else ""
+        raise Problem(422, "Unknown sample ids", f"{len(unknown)} ids are not in training set "
+                      f"{record['train_dataset']!r}: {shown}{more}", unknown_ids=unknown[:MAX_LISTED_IDS])
+    if len(samples) >= len(known):
+        raise Problem(422, "Invalid samples", "the request would forget every training sample")
+
+
 def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id: str) -> ForgetRequestPublic:
     record = services.store.get_model(model)
     if body.classes is not None:
@@ -35,6 +56,8 @@ def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id
         if out_of_range:
             raise Problem(422, "Invalid classes",
                           f"classes {out_of_range} are outside 0..{record['num_classes'] - 1}")
+    if body.samples is not None:
+        _check_samples(body.samples, record, services)
     _check_available(body)
     request_id = f"fr_{uuid.uuid4().hex}"
     stored = services.ledger.create({

@@ -12,8 +12,10 @@ from unlearning import NormalizedClassifier, build_model
 def model_store(settings):
     store = Store(settings.store_dir)
     net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
+    store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
+                      {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
     store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
-                        "mean": [0.5], "std": [0.25], "train_dataset": "none"}, net.state_dict())
+                        "mean": [0.5], "std": [0.25], "train_dataset": "tinyset"}, net.state_dict())
     return store
 
 
@@ -43,9 +45,20 @@ def test_unknown_model_is_404(client, model_store):
 
 
 def test_unbuilt_methods_answer_501_not_500(client, settings, model_store):
-    for body in ({"samples": ["train-1"]}, {"classes": [1], "method": "zero_shot"}):
+    for body in ({"samples": ["a"]}, {"classes": [1], "method": "zero_shot"}):
         response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("admin"))
         assert response.status_code == 501, response.text
+    assert Ledger(settings.ledger_path).list() == []
+
+
+def test_unknown_sample_ids_are_listed(client, settings, model_store):
+    body = {"samples": ["a", "zz", "../etc"]}
+    response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("governance"))
+    assert response.status_code == 422
+    assert response.json()["unknown_ids"] == ["zz", "../etc"] and "2 ids" in response.json()["detail"]
+    everything = client.post("/v1/models/tiny/forget-requests", json={"samples": ["a", "b", "c"]},
+                             headers=auth("governance"))
+    assert everything.status_code == 422 and "every training sample" in everything.json()["detail"]
     assert Ledger(settings.ledger_path).list() == []
 
 
