@@ -63,7 +63,7 @@ class InferenceRuntime:
             tensors, manifest = self.store.load_artifact(artifact_id)
             if manifest["weights_sha256"] != state["weights_sha256"]:
                 raise IntegrityError(f"artifact {artifact_id} was computed for other weights")
-            if manifest["kind"] == "forget_vector":
+            if manifest["kind"] in ("forget_vector", "class_vector"):
                 d = tensors["delta"].to(device)
                 delta = d if delta is None else delta + d
         if delta is not None and list(delta.shape) != list(record["input_shape"]):

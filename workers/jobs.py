@@ -13,8 +13,8 @@ from unlearnd.callbacks import notify_terminal
 from unlearnd.receipts import load_or_create_receipt_key, sign
 from unlearnd.settings import Settings, get_settings
 from unlearning import UnlearningError
+from workers.methods import METHODS
 from workers.pipeline import (
-    METHODS,
     MethodNotAvailable,
     Outcome,
     ProgressReporter,

@@ -20,14 +20,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["forget requests"])
 
 
-def _check_available(body: ForgetRequestCreate) -> None:
-    """Methods this version computes; the request shape is final, the rest answers 501 for now."""
-    if body.samples is not None:
-        raise Problem(501, "Not implemented", "sample-wise forgetting is not available yet; forget classes")
-    if body.method == "zero_shot":
-        raise Problem(501, "Not implemented", "the zero_shot method is not available yet; use forget_vector")
-
-
 MAX_LISTED_IDS = 20
 """How many unknown sample ids a 422 lists."""
 
@@ -58,7 +50,6 @@ def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id
                           f"classes {out_of_range} are outside 0..{record['num_classes'] - 1}")
     if body.samples is not None:
         _check_samples(body.samples, record, services)
-    _check_available(body)
     request_id = f"fr_{uuid.uuid4().hex}"
     stored = services.ledger.create({
         "id": request_id, "model": model, "classes": body.classes, "samples": body.samples,

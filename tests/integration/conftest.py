@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 import threading
@@ -132,3 +133,4 @@ def stack():
     finally:
         for child in reversed(children):
             child.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

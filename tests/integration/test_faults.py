@@ -29,7 +29,7 @@ def _count(stack, model: str) -> int:
 def test_kill_work_horse_mid_job(stack):
     model = stack.clone_demo_model("digits-kill-horse")
     request_id = _submit(stack, model, [7])
-    stack.wait_for(request_id, lambda r: r["progress"].get("stage") == "optimising")
+    stack.wait_for(request_id, lambda r: r["status"] == "running" and r["progress"]["fraction"] > 0.05)
     horses = _horse_pids(stack)
     assert horses, "no work-horse found"
     for pid in horses:
@@ -43,7 +43,7 @@ def test_kill_work_horse_mid_job(stack):
 def test_kill_whole_worker_mid_job(stack):
     model = stack.clone_demo_model("digits-kill-worker")
     request_id = _submit(stack, model, [8])
-    stack.wait_for(request_id, lambda r: r["progress"].get("stage") == "optimising")
+    stack.wait_for(request_id, lambda r: r["status"] == "running" and r["progress"]["fraction"] > 0.05)
     victims = [stack.worker.process.pid, *_horse_pids(stack)]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)  # the supervisor restarts the worker; the janitor sees the stale heartbeat

@@ -46,3 +46,4 @@ def test_run_serves_and_ctrl_c_stops_everything(stack):
     assert f"http://127.0.0.1:{port}/docs" in output and "curl" in output
     time.sleep(0.5)
     assert [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    shutil.rmtree(data_dir, ignore_errors=True)
