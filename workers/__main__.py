@@ -13,6 +13,9 @@ from unlearnd.settings import get_settings
 
 JOB_MONITORING_INTERVAL_S = 5
 """How often the worker refreshes a running job's heartbeat, seconds; the janitor reads it."""
+WORKER_TTL_S = 20
+"""A worker's registration expires this long after its last heartbeat, so /readyz stops counting a dead
+worker within about this many seconds (RQ's default is 420)."""
 
 
 def main() -> None:
@@ -21,7 +24,7 @@ def main() -> None:
     connection = redis_connection(settings)
     worker = Worker(
         [forget_queue(connection, settings)], connection=connection, serializer=JSONSerializer,
-        job_monitoring_interval=JOB_MONITORING_INTERVAL_S,
+        job_monitoring_interval=JOB_MONITORING_INTERVAL_S, worker_ttl=WORKER_TTL_S,
     )
     worker.work(logging_level="INFO")
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from fastapi import APIRouter
 from redis.exceptions import RedisError
 from rq import Worker
@@ -18,10 +20,15 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(services: ServicesDep) -> dict[str, object]:
-    """Redis answers and at least one worker is registered on it; 503 with the reason otherwise."""
+    """Redis answers and at least one worker heartbeated within UNLEARND_WORKER_STALE_S; else 503 with the reason."""
     try:
         services.redis.ping()
-        workers = Worker.count(connection=services.redis)
+        now = datetime.now(timezone.utc)
+        workers = sum(
+            1 for w in Worker.all(connection=services.redis)
+            if w is not None and w.last_heartbeat is not None
+            and (now - w.last_heartbeat.replace(tzinfo=timezone.utc)).total_seconds() < services.settings.worker_stale_s
+        )
     except RedisError as exc:
         raise Problem(503, "Not ready", f"Redis does not answer: {exc}") from None
     if workers == 0:

@@ -112,3 +112,21 @@ def test_200_concurrent_requests_are_all_accounted_for_and_coalesced(stack):
     assert len(computations) < 50, f"{len(computations)} computations for 200 requests: not coalesced"
     state = stack.store.read_state(model)
     assert sorted(state["forgotten_classes"]) == [0, 1, 2] and sorted(state["requests"]) == sorted(accepted)
+
+
+def test_readyz_reports_a_dead_worker_and_recovers(stack):
+    import httpx
+
+    stack.paused.add(stack.worker.name)
+    try:
+        os.kill(stack.worker.process.pid, signal.SIGKILL)
+        deadline, status = time.monotonic() + 60, 200
+        while time.monotonic() < deadline and status == 200:
+            response = httpx.get(f"{stack.base_url}/readyz", timeout=5)
+            status = response.status_code
+            time.sleep(1)
+        assert status == 503 and "worker" in response.json()["detail"]
+        assert httpx.get(f"{stack.base_url}/healthz", timeout=5).status_code == 200
+    finally:
+        stack.paused.discard(stack.worker.name)
+    stack.wait_ready()
