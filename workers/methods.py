@@ -14,6 +14,7 @@ Whatever is forgotten never counts as retain data again: a vector's retain term 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ from unlearning.metrics import unlearning_report
 from workers.pipeline import Outcome, publish
 
 Report = Callable[..., None]
-SAMPLE_VECTOR_LR = 0.01
-"""Learning rate of sample-wise vectors: the class-wise 0.05 overshoots the held-out target in one epoch on digits."""
+SAMPLE_VECTOR = ForgetVectorConfig(lr=0.01, batch_size=64)
+"""Sample-wise vectors: smaller steps (the class-wise lr overshoots the held-out target in one epoch on digits)
+and smaller batches (a forget set of a few percent gives few steps per epoch otherwise). The target is set per request."""
 ZERO_SHOT_CLASS_TARGET = 0.10
 """Zero-shot smoothing of classes stops once their training accuracy is at most this (UA >= 90)."""
 VECTOR_KINDS = ("forget_vector", "class_vector")
@@ -168,7 +170,7 @@ def _sample_vector(
 
     split = _forget_split(loaded.train, state, samples=samples)
     target = random_forget_target(loaded.model, split, loaded.test)
-    config = ForgetVectorConfig(target_forget_accuracy=target, lr=SAMPLE_VECTOR_LR)
+    config = dataclasses.replace(SAMPLE_VECTOR, target_forget_accuracy=target)
     vector = learn_forget_vector(loaded.model, split, config, progress=_span(report, low, high, "optimising"))
     manifest = store.put_artifact({"delta": vector.delta}, {
         "kind": "forget_vector", "model": loaded.record["name"], "weights_sha256": loaded.weights_sha256,
