@@ -19,6 +19,8 @@ class CoefficientConfig(ForgetVectorConfig):
     lr: float = 0.05
     max_epochs: int = 30
     lam: float = 0.01
+    max_train_samples: int | None = 1024
+    """K coefficients need few samples: a fixed budget keeps the cost independent of the data set's size."""
     init: float = 1.0
     """Initial value of every coefficient (1 = start from the plain sum of the class vectors)."""
 

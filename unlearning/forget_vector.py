@@ -10,7 +10,7 @@ be a seeded subsample, and training stops by a stated rule instead of a hand-pic
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ class ForgetVectorConfig:
     batch_size: int = 256
     retain_fraction: float = 1.0
     """Share of D_r used (seeded subsample); 1.0 uses all of it."""
+    max_train_samples: int | None = None
+    """Most samples optimised on per epoch: a seeded subsample of D_f and the kept D_r in proportion, so the
+    cost no longer grows with the data (for few parameters, as in vector arithmetic); None: no cap."""
     clip: bool = True
     """Clip x + δ to [0, 1]."""
     target_forget_accuracy: float = 0.0
@@ -51,10 +54,13 @@ class ForgetVectorConfig:
     """For a target above 0: accept forget accuracy within ± this of it."""
     max_retain_drop: float = 0.02
     """…and accuracy on monitored retain samples is at most this far below the unperturbed model's."""
-    patience: int = 8
+    patience: int = 4
     """Stop when the monitored objective has not improved for this many epochs."""
+    checks_per_epoch: int = 1
+    """How often per epoch the stopping rule is checked (more: stops closer to a target above 0)."""
     monitor_size: int = 512
-    """Retain samples held back from optimisation to check the stopping rule."""
+    """Retain samples held back from optimisation to check the stopping rule; also the most forget samples
+    checked (a seeded subsample), so one check costs at most 2 × this many forward passes."""
     seed: int = 0
 
 
@@ -99,11 +105,11 @@ def learn_forget_vector(
 ) -> ForgetVectorResult:
     """Optimise δ for Eq. 3 on D_f ∪ D_r with the model frozen in eval mode (δ starts at zero).
 
-    Stopping rule, checked after every epoch on all of D_f and on `monitor_size` held-back retain
-    samples: stop as soon as forget accuracy is within `target_tolerance` of `target_forget_accuracy`
-    (at or below it when the target is 0) and retain accuracy >= its unperturbed value − `max_retain_drop`;
-    else when the monitored objective has not improved for `patience` epochs, or at `max_epochs`.
-    The returned δ is the best one seen by that objective.
+    Stopping rule, checked `checks_per_epoch` times an epoch on D_f (at most `monitor_size` of it) and on
+    `monitor_size` held-back retain samples: stop as soon as forget accuracy is within `target_tolerance` of
+    `target_forget_accuracy` (at or below it when the target is 0) and retain accuracy >= its unperturbed
+    value − `max_retain_drop`; else when the monitored objective has not improved for `patience` epochs, or
+    at `max_epochs`. The returned δ is the best one seen by that objective, the starting δ = 0 included.
     """
     device = next(model.parameters()).device
     delta = torch.zeros(split.forget.x.shape[1:], device=device, requires_grad=True)  # (C, H, W)
@@ -117,11 +123,27 @@ def random_forget_target(model: nn.Module, split: ForgetSplit, heldout: ImageSet
     """Forget-set accuracy to aim at for random (sample-wise) forgetting, without a retrained model.
 
     A model retrained without D_f treats D_f as unseen data, so its accuracy there is about its accuracy
-    on held-out data: use the original model's test accuracy (or, with no test set, its accuracy on the
-    retain set as an upper bound).
+    on held-out data: use the original model's accuracy on `heldout` (the test split), or, with none, its
+    accuracy on the retain set (an upper bound: then the vector is asked to change little).
     """
     data = heldout if heldout is not None and len(heldout) else split.retain
     return accuracy(model, data.x, data.y)
+
+
+CLASS_WISE = ForgetVectorConfig()
+"""Recommended class-wise config: target forget accuracy 0 (UA = 100, as a retrained model)."""
+SAMPLE_WISE = ForgetVectorConfig(lr=0.01, batch_size=64, checks_per_epoch=4)
+"""Recommended sample-wise base config: smaller steps than class-wise (lr 0.05 overshoots the held-out target
+in one epoch on digits), smaller batches (a forget set of a few percent gives few steps otherwise) and checks
+within the epoch, so optimisation stops when the forget accuracy enters the target band instead of passing
+through it. Its target comes per request from `sample_wise_config`."""
+
+
+def sample_wise_config(
+    model: nn.Module, split: ForgetSplit, heldout: ImageSet | None, base: ForgetVectorConfig = SAMPLE_WISE,
+) -> ForgetVectorConfig:
+    """`base` with `target_forget_accuracy` = `random_forget_target(model, split, heldout)`."""
+    return replace(base, target_forget_accuracy=random_forget_target(model, split, heldout))
 
 
 def _target_gap(forget_acc: float, cfg: ForgetVectorConfig) -> float:
@@ -143,7 +165,7 @@ def optimise_perturbation(
     """The shared optimisation loop of forget vectors and their arithmetic: SGD with momentum and
     exponential decay on `parameters`, loss α·CE(retain) + β·max(margin, −τ)(forget) + λ·penalty() on the
     perturbation `build_delta()` (C, H, W); stopping rule as in `learn_forget_vector`.
-    Returns (best δ, its epoch, stop reason, per-epoch history)."""
+    Returns (best δ, the epoch it was found in (0 = the starting δ), stop reason, history of the checks)."""
     device = next(model.parameters()).device
     model.eval()
     for p in model.parameters():
@@ -156,23 +178,44 @@ def optimise_perturbation(
     monitor_idx, train_idx = order[:n_monitor], order[n_monitor:]
     n_keep = max(1, round(len(train_idx) * cfg.retain_fraction))
     train_idx = train_idx[:n_keep]
+    forget_order = torch.randperm(len(forget), generator=generator)
+    forget_check, forget_idx = forget_order[: cfg.monitor_size], forget_order
+    if cfg.max_train_samples is not None and len(forget_idx) + len(train_idx) > cfg.max_train_samples:
+        share = cfg.max_train_samples / (len(forget_idx) + len(train_idx))
+        forget_idx = forget_idx[: max(1, round(len(forget_idx) * share))]
+        train_idx = train_idx[: max(1, round(len(train_idx) * share))]
 
-    x_all = torch.cat([forget.x, retain.x[train_idx]])  # (Nf + Nr, C, H, W)
-    y_all = torch.cat([forget.y, retain.y[train_idx]])
-    is_forget_all = torch.cat([torch.ones(len(forget), dtype=torch.bool),
+    x_all = torch.cat([forget.x[forget_idx], retain.x[train_idx]])  # (Nf + Nr, C, H, W)
+    y_all = torch.cat([forget.y[forget_idx], retain.y[train_idx]])
+    is_forget_all = torch.cat([torch.ones(len(forget_idx), dtype=torch.bool),
                                torch.zeros(len(train_idx), dtype=torch.bool)])
+    x_fc, y_fc = forget.x[forget_check], forget.y[forget_check]
     x_mon, y_mon = retain.x[monitor_idx], retain.y[monitor_idx]
 
     optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
-
+    steps_per_epoch = -(-len(y_all) // cfg.batch_size)
+    checks = max(1, min(cfg.checks_per_epoch, steps_per_epoch))
+    check_after = {round(steps_per_epoch * (i + 1) / checks) for i in range(checks)}  # step numbers in an epoch
     retain_floor = accuracy(model, x_mon, y_mon) - cfg.max_retain_drop if n_monitor else 0.0
-    best_score, best_delta, best_epoch, stale = float("inf"), build_delta().detach().clone(), 0, 0
-    history: list[dict] = []
-    stop_reason = "max_epochs"
+
+    def check(epoch: float) -> tuple[float, dict, torch.Tensor]:
+        d = build_delta().detach()
+        forget_acc = accuracy(model, x_fc, y_fc, d, cfg.clip)
+        retain_acc = accuracy(model, x_mon, y_mon, d, cfg.clip) if n_monitor else 1.0
+        # Monitored objective: distance from the forget target band plus the retain shortfall.
+        score = _target_gap(forget_acc, cfg) + max(0.0, retain_floor - retain_acc)
+        record = {"epoch": round(epoch, 3), "forget_acc": forget_acc, "retain_acc": retain_acc,
+                  "delta_l2": float(d.norm()), "lr": schedule.get_last_lr()[0]}
+        return score, record, d
+
+    best_score, first, best_delta = check(0.0)
+    if best_score == 0.0:  # the starting δ already meets the targets: nothing to learn
+        return best_delta, 0, "targets_met", [first]
+    best_epoch, stale, history, stop_reason = 0, 0, [first], "max_epochs"
     for epoch in range(1, cfg.max_epochs + 1):
         perm = torch.randperm(len(y_all), generator=generator)
-        for start in range(0, len(perm), cfg.batch_size):
+        for step, start in enumerate(range(0, len(perm), cfg.batch_size), start=1):
             index = perm[start : start + cfg.batch_size]
             delta = build_delta()
             x = apply_delta(x_all[index].to(device), delta, cfg.clip)
@@ -184,26 +227,21 @@ def optimise_perturbation(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if step not in check_after:
+                continue
+            score, record, d = check(epoch - 1 + step / steps_per_epoch)
+            history.append(record)
+            if score < best_score - 1e-6:
+                best_score, best_delta, best_epoch, stale = score, d.clone(), epoch, 0
+            else:
+                stale += 1
+            if progress is not None:
+                progress(record["epoch"] / cfg.max_epochs, record)
+            if score == 0.0:
+                stop_reason = "targets_met"
+            elif stale >= cfg.patience * checks:
+                stop_reason = "plateau"
+            if stop_reason != "max_epochs":
+                return best_delta, best_epoch, stop_reason, history
         schedule.step()
-
-        d = build_delta().detach()
-        forget_acc = accuracy(model, forget.x, forget.y, d, cfg.clip)
-        retain_acc = accuracy(model, x_mon, y_mon, d, cfg.clip) if n_monitor else 1.0
-        # Monitored objective: distance from the forget target band plus the retain shortfall.
-        score = _target_gap(forget_acc, cfg) + max(0.0, retain_floor - retain_acc)
-        record = {"epoch": epoch, "forget_acc": forget_acc, "retain_acc": retain_acc,
-                  "delta_l2": float(d.norm()), "lr": schedule.get_last_lr()[0]}
-        history.append(record)
-        if score < best_score - 1e-6:
-            best_score, best_delta, best_epoch, stale = score, d.clone(), epoch, 0
-        else:
-            stale += 1
-        if progress is not None:
-            progress(epoch / cfg.max_epochs, record)
-        if score == 0.0:
-            stop_reason = "targets_met"
-            break
-        if stale >= cfg.patience:
-            stop_reason = "plateau"
-            break
     return best_delta, best_epoch, stop_reason, history

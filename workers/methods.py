@@ -14,7 +14,6 @@ Whatever is forgotten never counts as retain data again: a vector's retain term 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from unlearnd.runtime import load_classifier, load_image_sets, pick_device
 from unlearnd.settings import Settings
 from unlearning import (
     ForgetSplit,
-    ForgetVectorConfig,
     ImageSet,
     InvalidForgetSetError,
     accuracy,
@@ -35,15 +33,11 @@ from unlearning import (
     split_by_classes,
     split_by_ids,
 )
+from unlearning.forget_vector import CLASS_WISE
 from unlearning.metrics import unlearning_report
 from workers.pipeline import Outcome, publish
 
 Report = Callable[..., None]
-SAMPLE_VECTOR = ForgetVectorConfig(lr=0.01, batch_size=64)
-"""Sample-wise vectors: smaller steps (the class-wise lr overshoots the held-out target in one epoch on digits)
-and smaller batches (a forget set of a few percent gives few steps per epoch otherwise). The target is set per request."""
-ZERO_SHOT_CLASS_TARGET = 0.10
-"""Zero-shot smoothing of classes stops once their training accuracy is at most this (UA >= 90)."""
 VECTOR_KINDS = ("forget_vector", "class_vector")
 ARITHMETIC_MAX_FORGET_ACCURACY = 0.02
 """Coefficients over bank vectors are kept when forget accuracy falls to this; otherwise a joint vector is learned."""
@@ -128,7 +122,7 @@ def _class_vectors(
     step = (high - low) / max(steps, 1)
     for i, cls in enumerate(missing):
         split = _forget_split(loaded.train, {**state, "forgotten_classes": classes}, classes=[cls])
-        vector = learn_forget_vector(loaded.model, split, ForgetVectorConfig(),
+        vector = learn_forget_vector(loaded.model, split, CLASS_WISE,
                                      progress=_span(report, low + i * step, low + (i + 1) * step,
                                                     f"class vector {cls}"))
         manifest = store.put_artifact({"delta": vector.delta}, {
@@ -150,7 +144,7 @@ def _class_vectors(
     delta, strategy = combined.delta, "arithmetic"
     extra: dict[str, Any] = {"coefficients": {str(c): w for c, w in combined.weights.items()}}
     if accuracy(loaded.model, split.forget.x, split.forget.y, delta.to(loaded.device)) > ARITHMETIC_MAX_FORGET_ACCURACY:
-        joint = learn_forget_vector(loaded.model, split, ForgetVectorConfig(),
+        joint = learn_forget_vector(loaded.model, split, CLASS_WISE,
                                     progress=_span(report, high - step / 2, high, "joint vector"))
         delta, strategy = joint.delta, "joint"
         extra = {**extra, "joint_epochs": joint.epochs, "joint_stop_reason": joint.stop_reason}
@@ -166,11 +160,11 @@ def _sample_vector(
     report: Report, low: float, high: float,
 ) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
     """A sample-wise forget vector aimed at what a retrained model does: forget-set accuracy ≈ held-out accuracy."""
-    from unlearning.forget_vector import random_forget_target
+    from unlearning.forget_vector import sample_wise_config
 
     split = _forget_split(loaded.train, state, samples=samples)
-    target = random_forget_target(loaded.model, split, loaded.test)
-    config = dataclasses.replace(SAMPLE_VECTOR, target_forget_accuracy=target)
+    config = sample_wise_config(loaded.model, split, loaded.test)
+    target = config.target_forget_accuracy
     vector = learn_forget_vector(loaded.model, split, config, progress=_span(report, low, high, "optimising"))
     manifest = store.put_artifact({"delta": vector.delta}, {
         "kind": "forget_vector", "model": loaded.record["name"], "weights_sha256": loaded.weights_sha256,
@@ -241,7 +235,7 @@ def run_zero_shot(store: Store, records: list[dict[str, Any]], settings: Setting
     """JiT smoothing on the batch's forget inputs (no labels, no retain data) -> new weights; then every forget
     vector in force is recomputed for the new weights, and only then is the new state served."""
     from unlearning.forget_vector import random_forget_target
-    from unlearning.smoothing import SmoothingConfig, accuracy_at_most, lipschitz_smoothing
+    from unlearning.smoothing import CLASS_FORGET_TARGET, SmoothingConfig, accuracy_at_most, lipschitz_smoothing
 
     started = time.monotonic()
     state = store.read_state(records[0]["model"])
@@ -260,7 +254,7 @@ def run_zero_shot(store: Store, records: list[dict[str, Any]], settings: Setting
     has_vectors = bool(state.get("forgotten_classes") or state.get("vector_samples"))
     smoothing_end = 0.6 if has_vectors else 0.9
     # JiT itself uses no labels; the service uses the forget labels only to decide when to stop.
-    target = ZERO_SHOT_CLASS_TARGET if by_class else random_forget_target(loaded.model, split, loaded.test)
+    target = CLASS_FORGET_TARGET if by_class else random_forget_target(loaded.model, split, loaded.test)
     smoothed = lipschitz_smoothing(loaded.model, split.forget.x, SmoothingConfig(),
                                    progress=_span(report, 0.05, smoothing_end, "smoothing"),
                                    stop=accuracy_at_most(split.forget.x, split.forget.y, target))

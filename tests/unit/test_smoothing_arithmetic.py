@@ -42,7 +42,7 @@ def test_smoothing_stops_when_the_rule_says_so():
     model = _Linear([[1.0, 0.0], [0.0, 1.0]])
     x = torch.rand(32, 1, 1, 2)
     calls = []
-    result = lipschitz_smoothing(model, x, SmoothingConfig(epochs=5, batch_size=8),
+    result = lipschitz_smoothing(model, x, SmoothingConfig(epochs=5, batch_size=8, check_every=1),
                                  stop=lambda m: calls.append(1) or len(calls) == 3)
     assert result.steps == 3 and result.stop_reason == "target_met"
 
