@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,7 +65,12 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        title = HTTPStatus(exc.status_code).phrase
+        detail = str(exc.detail) if exc.detail and str(exc.detail) != title else {
+            404: f"no endpoint at {request.url.path} (see /docs)",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, title)
+        return problem_response(request, exc.status_code, title, detail, headers=getattr(exc, "headers", None))
 
     for error_type, status, title in _DOMAIN_ERRORS:
         def make(status: int = status, title: str = title):

@@ -19,6 +19,7 @@ from workers.pipeline import (
     Outcome,
     ProgressReporter,
     RequestCancelled,
+    published_outcome,
     resolve_method,
 )
 
@@ -74,6 +75,9 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
         if not ledger.mark_running(request_id):  # cancelled or finished while we waited for the lock
             return {"request_id": request_id, "status": ledger.get(request_id)["status"], "skipped": True}
         batch = [ledger.get(request_id)]
+        earlier = published_outcome(store, record["model"], request_id)
+        if earlier is not None:  # an earlier attempt published it and died before recording it: no recompute
+            return _finish(ledger, settings, batch, *earlier)
         try:
             method = resolve_method(record)
             batch += _coalescable(ledger, record, method)
@@ -87,12 +91,18 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
                 ledger.mark_failed(member["id"], f"{type(exc).__name__}: {exc}")
             _notify(ledger, batch, settings)
             return {"request_id": request_id, "status": "failed"}
-        key = load_or_create_receipt_key(settings)
-        for member in batch:
-            result = {**outcome.result, "coalesced_with": [i for i in ids if i != member["id"]]}
-            ledger.mark_succeeded(member["id"], result, receipt=sign(_receipt(member, outcome, ids), key))
+        return _finish(ledger, settings, batch, outcome, ids)
+
+
+def _finish(ledger: Ledger, settings: Settings, batch: list[dict[str, Any]], outcome: Outcome,
+            ids: list[str]) -> dict[str, Any]:
+    """Record every member of the batch `succeeded` with the shared result and its own receipt, then notify."""
+    key = load_or_create_receipt_key(settings)
+    for member in batch:
+        result = {**outcome.result, "coalesced_with": [i for i in ids if i != member["id"]]}
+        ledger.mark_succeeded(member["id"], result, receipt=sign(_receipt(member, outcome, ids), key))
     _notify(ledger, batch, settings)
-    return {"request_id": request_id, "status": "succeeded", "batch": ids,
+    return {"request_id": batch[0]["id"], "status": "succeeded", "batch": ids,
             "artifact_id": outcome.result["artifact_id"]}
 
 

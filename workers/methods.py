@@ -189,7 +189,7 @@ def run_forget_vector(store: Store, records: list[dict[str, Any]], settings: Set
     if by_class:
         classes = sorted(set(state.get("forgotten_classes", [])).union(*(r["classes"] for r in records)))
         if classes == sorted(state.get("forgotten_classes", [])) and state["artifacts"]:
-            return _already_covered(store, state, request_ids, started)
+            return _already_covered(store, state, settings, classes, request_ids, started)
     report(0.02, "loading", force=True)
     loaded = _load(store, state, settings)
     current = _applied_delta(store, state["artifacts"])
@@ -212,22 +212,32 @@ def run_forget_vector(store: Store, records: list[dict[str, Any]], settings: Set
         changes = {"vector_samples": samples,
                    "forgotten_samples": sorted(set(state.get("forgotten_samples", [])) | set(samples))}
     report(0.97, "publishing", force=True)
-    new_state = publish(store, state["model"], state, artifacts=[m["id"] for m in applied], requests=request_ids,
-                        **changes)
     result = {"artifact_id": applied[0]["id"], "metrics": {"before": before, "after": after},
-              "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector", **info,
-              "state_version": new_state["state_version"]}
-    return Outcome(result, state, new_state, applied)
+              "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector", **info}
+    return _published(store, state, result, applied, artifacts=[m["id"] for m in applied], requests=request_ids,
+                      **changes)
 
 
-def _already_covered(store: Store, state: dict[str, Any], request_ids: list[str], started: float) -> Outcome:
-    """Every requested class is already forgotten by the vector in force: record the requests, compute nothing."""
+def _published(store: Store, state: dict[str, Any], result: dict[str, Any], manifests: list[dict[str, Any]],
+               **changes: Any) -> Outcome:
+    """Publish the next served state with the result recorded in it; the Outcome of the batch."""
+    new_state = publish(store, state["model"], state,
+                        outcome={**result, "artifact_ids": [m["id"] for m in manifests]}, **changes)
+    return Outcome({**result, "state_version": new_state["state_version"]}, state, new_state, manifests)
+
+
+def _already_covered(store: Store, state: dict[str, Any], settings: Settings, classes: list[int],
+                     request_ids: list[str], started: float) -> Outcome:
+    """Every requested class is already forgotten by the vector in force: record the requests and measure the
+    served state (before = after: nothing is recomputed)."""
     manifests = [store.get_artifact_manifest(a) for a in state["artifacts"]]
-    new_state = publish(store, state["model"], state, requests=request_ids)
-    result = {"artifact_id": state["artifacts"][0], "metrics": manifests[0].get("metrics", {}),
+    loaded = _load(store, state, settings)
+    served = _report(loaded, _forget_split(loaded.train, state, classes=classes), classes,
+                     _applied_delta(store, state["artifacts"]))
+    result = {"artifact_id": state["artifacts"][0], "metrics": {"before": served, "after": served},
               "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector",
-              "strategy": "already_in_force", "state_version": new_state["state_version"]}
-    return Outcome(result, state, new_state, manifests)
+              "strategy": "already_in_force"}
+    return _published(store, state, result, manifests, requests=request_ids)
 
 
 # ---- zero-shot Lipschitz smoothing --------------------------------------------------------------------------
@@ -282,16 +292,14 @@ def run_zero_shot(store: Store, records: list[dict[str, Any]], settings: Setting
         "hyperparameters": smoothed.config, "steps": smoothed.steps, "stop_reason": smoothed.stop_reason,
         "target_forget_accuracy": target, "metrics": {"before": before, "after": after}})
     report(0.97, "publishing", force=True)
-    new_state = publish(
-        store, name, state, weights_sha256=new_sha, artifacts=[m["id"] for m in applied], requests=request_ids,
-        smoothed=[*state.get("smoothed", []), manifest["id"]], forgotten_samples=forgotten_samples,
-        smoothed_classes=smoothed_classes, **changes)
     result = {"artifact_id": manifest["id"], "metrics": {"before": before, "after": after},
               "duration_s": round(time.monotonic() - started, 2), "method": "zero_shot",
               "weights_sha256": new_sha, "parent_weights_sha256": state["weights_sha256"],
               "steps": smoothed.steps, "stop_reason": smoothed.stop_reason,
-              "recomputed_vectors": [m["id"] for m in applied], "state_version": new_state["state_version"]}
-    return Outcome(result, state, new_state, [manifest, *applied])
-
+              "recomputed_vectors": [m["id"] for m in applied]}
+    return _published(
+        store, state, result, [manifest, *applied], weights_sha256=new_sha, artifacts=[m["id"] for m in applied],
+        requests=request_ids, smoothed=[*state.get("smoothed", []), manifest["id"]],
+        forgotten_samples=forgotten_samples, smoothed_classes=smoothed_classes, **changes)
 
 METHODS = {"forget_vector": run_forget_vector, "zero_shot": run_zero_shot}

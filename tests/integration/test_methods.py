@@ -119,3 +119,18 @@ def test_client_registers_its_own_model_and_data_deletes_samples_and_predicts(st
     assert stack.store.read_state("clinic-cnn")["forgotten_samples"] == sorted(forget_ids)
     predicted = _labels(stack, "clinic-cnn", test.x.numpy())
     assert (predicted == test.y.numpy()).mean() >= 0.85
+
+
+def test_a_class_already_forgotten_is_recorded_with_metrics_of_the_served_state(stack):
+    model = stack.clone_demo_model("digits-again")
+    first = stack.wait_terminal(_submit(stack, model, {"classes": [4]}))
+    assert first["status"] == "succeeded", first
+    again = stack.wait_terminal(_submit(stack, model, {"classes": [4]}))
+    assert again["status"] == "succeeded", again
+    assert again["result"]["strategy"] == "already_in_force"
+    assert again["result"]["artifact_id"] == first["result"]["artifact_id"]
+    metrics = again["result"]["metrics"]
+    assert metrics["before"] == metrics["after"]
+    assert metrics["after"]["UA"] == first["result"]["metrics"]["after"]["UA"] >= 95
+    receipt = stack.ledger.get(again["id"])["receipt"]["receipt"]
+    assert receipt["metrics"]["after"]["UA"] == metrics["after"]["UA"]

@@ -3,14 +3,31 @@ import pytest
 from service.main import create_app
 from tests.service.conftest import auth
 
-# (method, path, a role that must be refused, JSON body)
-WRONG_ROLE = [
+# Every /v1 operation: (method, OpenAPI path, a role that must be refused or None for "any role", JSON body)
+ROLES = [
     ("GET", "/v1/models", None, None),
-    ("GET", "/v1/models/digits-cnn", None, None),
-    ("POST", "/v1/models/digits-cnn/forget-requests", "inference", {"classes": [1]}),
-    ("GET", "/v1/forget-requests/fr_x", "inference", None),
-    ("POST", "/v1/models/digits-cnn/predict", "governance", {"inputs": [[[[0.0]]]]}),
+    ("POST", "/v1/models", "governance", None),
+    ("GET", "/v1/models/{model}", None, None),
+    ("POST", "/v1/models/{model}/predict", "governance", {"inputs": [[[[0.0]]]]}),
+    ("GET", "/v1/models/{model}/state", None, None),
+    ("POST", "/v1/models/{model}/rollback", "governance", {"state_version": 1}),
+    ("POST", "/v1/models/{model}/forget-requests", "inference", {"classes": [1]}),
+    ("GET", "/v1/forget-requests", "inference", None),
+    ("GET", "/v1/forget-requests/{request_id}", "inference", None),
+    ("DELETE", "/v1/forget-requests/{request_id}", "inference", None),
+    ("GET", "/v1/forget-requests/{request_id}/receipt", "inference", None),
+    ("GET", "/v1/audit", "governance", None),
+    ("GET", "/v1/datasets", "inference", None),
+    ("POST", "/v1/datasets", "governance", {"name": "d", "source": "builtin:digits"}),
+    ("GET", "/v1/datasets/{name}", "inference", None),
 ]
+PATH_VALUES = {"{model}": "digits-cnn", "{request_id}": "fr_x", "{name}": "digits"}
+
+
+def _url(path: str) -> str:
+    for placeholder, value in PATH_VALUES.items():
+        path = path.replace(placeholder, value)
+    return path
 
 
 def _v1_routes(settings):
@@ -25,7 +42,7 @@ def test_every_v1_endpoint_refuses_a_missing_or_unknown_key(client, settings):
     routes = list(_v1_routes(settings))
     assert len(routes) >= 5
     for method, path in routes:
-        url = path.replace("{", "").replace("}", "")
+        url = _url(path)
         for headers in ({}, {"Authorization": "Bearer not-a-key"}):
             response = client.request(method, url, headers=headers)
             assert response.status_code == 401, (method, path, response.text)
@@ -33,11 +50,23 @@ def test_every_v1_endpoint_refuses_a_missing_or_unknown_key(client, settings):
             assert response.headers["www-authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize(("method", "path", "role", "body"), [r for r in WRONG_ROLE if r[2]])
+def test_every_v1_endpoint_has_its_roles_listed_here(settings):
+    """A new endpoint must be added to ROLES, so its wrong-role refusal is tested below."""
+    assert sorted(_v1_routes(settings)) == sorted((m, p) for m, p, _, _ in ROLES)
+
+
+@pytest.mark.parametrize(("method", "path", "role", "body"), [r for r in ROLES if r[2]])
 def test_wrong_role_is_forbidden(client, method, path, role, body):
-    response = client.request(method, path, headers=auth(role), json=body)
-    assert response.status_code == 403
+    response = client.request(method, _url(path), headers=auth(role), json=body)
+    assert response.status_code == 403, response.text
+    assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["title"] == "Forbidden" and role in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, role, _ in ROLES if role is None])
+def test_any_role_may_read_models(client, method, path):
+    for role in ("admin", "governance", "inference"):
+        assert client.request(method, _url(path), headers=auth(role)).status_code not in (401, 403)
 
 
 def test_health_needs_no_key(client):

@@ -115,6 +115,25 @@ def test_oversized_body_is_413(settings, model_store):
     assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json"
 
 
+def test_oversized_chunked_body_is_413(settings, model_store):
+    """No Content-Length: the limit is enforced on the bytes that arrive."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    def chunks():
+        for _ in range(5):
+            yield b"x" * 1000
+
+    small = settings.model_copy(update={"max_body_bytes": 2048})
+    with TestClient(create_app(small)) as c:
+        response = c.post("/v1/models/tiny/predict", content=chunks(),
+                          headers={**auth("inference"), "Content-Type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json"
+    assert "UNLEARND_MAX_BODY_BYTES" in response.json()["detail"]
+
+
 def test_tampered_artifact_is_refused_not_served(client, settings, model_store):
     state = model_store.read_state("tiny")
     manifest = model_store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
@@ -137,3 +156,11 @@ def test_artifact_bound_to_other_weights_is_refused(client, model_store):
     response = client.post("/v1/models/tiny/predict", json={"inputs": [[[[0.0] * 8] * 8]]},
                            headers=auth("inference"))
     assert response.status_code == 503 and "other weights" in response.json()["detail"]
+
+
+def test_unknown_route_and_wrong_method_are_problems_with_a_detail(client):
+    missing = client.get("/v1/no-such-thing", headers=auth("admin"))
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["title"] == "Not Found" and "/v1/no-such-thing" in missing.json()["detail"]
+    wrong = client.put("/v1/models", headers=auth("admin"))
+    assert wrong.status_code == 405 and "PUT" in wrong.json()["detail"]

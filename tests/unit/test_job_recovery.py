@@ -1,0 +1,61 @@
+"""A job that dies after publishing and before recording its requests: the retry finishes from what was published
+instead of computing again (zero-shot would otherwise smooth the smoothed weights a second time)."""
+
+import pytest
+
+from models_store import Ledger, Store
+from unlearnd.demo import DEMO_MODEL, ensure_demo_model
+from unlearnd.settings import Settings, get_settings
+from unlearnd.runtime import load_image_sets
+from workers import jobs
+
+
+class Died(BaseException):
+    """Stands in for a SIGKILL between publishing and recording."""
+
+
+@pytest.fixture
+def installation(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARND_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("UNLEARND_API_KEYS", "admin:a")
+    get_settings.cache_clear()
+    settings = Settings()
+    store, ledger = Store(settings.store_dir), Ledger(settings.ledger_path)
+    ensure_demo_model(store, epochs=5)
+    yield store, ledger
+    get_settings.cache_clear()
+
+
+def test_retry_after_publish_records_the_published_outcome_without_recomputing(installation, monkeypatch):
+    store, ledger = installation
+    train, _ = load_image_sets(store, "digits")
+    ledger.create({"id": "fr_a", "model": DEMO_MODEL, "samples": list(train.ids[:30]), "method": "zero_shot"})
+    weights_0 = store.read_state(DEMO_MODEL)["weights_sha256"]
+
+    record_success = Ledger.mark_succeeded
+
+    def die(self, *args, **kwargs):
+        raise Died
+
+    monkeypatch.setattr(Ledger, "mark_succeeded", die)
+    with pytest.raises(Died):
+        jobs.process_forget_request("fr_a")
+    published = store.read_state(DEMO_MODEL)
+    assert published["weights_sha256"] != weights_0 and "fr_a" in published["requests"]
+    assert ledger.get("fr_a")["status"] == "running"
+
+    # what the janitor does with a crashed job: back in line, then the job runs again
+    monkeypatch.setattr(Ledger, "mark_succeeded", record_success)
+    assert ledger.mark_queued("fr_a", not_before=0.0, reason="worker died")
+    outcome = jobs.process_forget_request("fr_a")
+
+    assert outcome["status"] == "succeeded" and outcome["batch"] == ["fr_a"]
+    assert store.read_state(DEMO_MODEL) == published  # nothing computed or published again
+    record = ledger.get("fr_a")
+    assert record["status"] == "succeeded"
+    assert record["result"]["weights_sha256"] == published["weights_sha256"]
+    assert record["result"]["state_version"] == published["state_version"]
+    assert record["result"]["metrics"]["after"]["UA"] is not None
+    receipt = record["receipt"]["receipt"]
+    assert receipt["weights_sha256_before"] == weights_0
+    assert receipt["weights_sha256_after"] == published["weights_sha256"]
