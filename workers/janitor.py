@@ -85,7 +85,8 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
         if job is None and record["status"] == "queued" and _age_s(record["created_at"]) < ENQUEUE_GRACE_S:
             continue
         if record["cancel_requested"]:
-            ledger.mark_cancelled(request_id, actor="janitor")
+            if ledger.mark_cancelled(request_id, actor="janitor"):
+                notify_terminal(ledger, request_id, settings)
             actions.append(f"cancelled {request_id}: its job ended while cancelling")
             continue
         error = _job_error(job)

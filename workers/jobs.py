@@ -72,41 +72,49 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
     if record["status"] in TERMINAL:
         return {"request_id": request_id, "status": record["status"], "skipped": True}
     with store.model_lock(record["model"]):
-        if not ledger.mark_running(request_id):  # cancelled or finished while we waited for the lock
-            return {"request_id": request_id, "status": ledger.get(request_id)["status"], "skipped": True}
-        batch = [ledger.get(request_id)]
-        earlier = published_outcome(store, record["model"], request_id)
-        if earlier is not None:  # an earlier attempt published it and died before recording it: no recompute
-            return _finish(ledger, settings, batch, *earlier)
-        try:
-            method = resolve_method(record)
-            batch += _coalescable(ledger, record, method)
-            ids = [r["id"] for r in batch]
-            outcome = METHODS[method](store, batch, settings, ProgressReporter(ledger, ids))
-        except RequestCancelled:
-            return _after_cancel(ledger, batch)
-        except (UnlearningError, StoreError, MethodNotAvailable) as exc:
-            log.warning("forget request %s failed: %s", request_id, exc)
-            for member in batch:
-                ledger.mark_failed(member["id"], f"{type(exc).__name__}: {exc}")
-            _notify(ledger, batch, settings)
-            return {"request_id": request_id, "status": "failed"}
-        return _finish(ledger, settings, batch, outcome, ids)
+        summary, ended = _compute_locked(ledger, store, settings, record)
+    _notify(ledger, ended, settings)  # outside the lock: a slow callback never delays the model's next job
+    return summary
+
+
+def _compute_locked(ledger: Ledger, store: Store, settings: Settings,
+                    record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The job under the model's lock: (summary, ids of the requests that ended and get a callback)."""
+    request_id = record["id"]
+    if not ledger.mark_running(request_id):  # cancelled or finished while we waited for the lock
+        return {"request_id": request_id, "status": ledger.get(request_id)["status"], "skipped": True}, []
+    batch = [ledger.get(request_id)]
+    earlier = published_outcome(store, record["model"], request_id)
+    if earlier is not None:  # an earlier attempt published it and died before recording it: no recompute
+        return _finish(ledger, settings, batch, *earlier)
+    try:
+        method = resolve_method(record)
+        batch += _coalescable(ledger, record, method)
+        ids = [r["id"] for r in batch]
+        outcome = METHODS[method](store, batch, settings, ProgressReporter(ledger, ids))
+    except RequestCancelled:
+        return _after_cancel(ledger, batch)
+    except (UnlearningError, StoreError, MethodNotAvailable) as exc:
+        log.warning("forget request %s failed: %s", request_id, exc)
+        for member in batch:
+            ledger.mark_failed(member["id"], f"{type(exc).__name__}: {exc}")
+        return {"request_id": request_id, "status": "failed"}, [r["id"] for r in batch]
+    return _finish(ledger, settings, batch, outcome, ids)
 
 
 def _finish(ledger: Ledger, settings: Settings, batch: list[dict[str, Any]], outcome: Outcome,
-            ids: list[str]) -> dict[str, Any]:
-    """Record every member of the batch `succeeded` with the shared result and its own receipt, then notify."""
+            ids: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Record every member of the batch `succeeded` with the shared result and its own receipt."""
     key = load_or_create_receipt_key(settings)
     for member in batch:
         result = {**outcome.result, "coalesced_with": [i for i in ids if i != member["id"]]}
         ledger.mark_succeeded(member["id"], result, receipt=sign(_receipt(member, outcome, ids), key))
-    _notify(ledger, batch, settings)
-    return {"request_id": batch[0]["id"], "status": "succeeded", "batch": ids,
-            "artifact_id": outcome.result["artifact_id"]}
+    summary = {"request_id": batch[0]["id"], "status": "succeeded", "batch": ids,
+               "artifact_id": outcome.result["artifact_id"]}
+    return summary, [r["id"] for r in batch]
 
 
-def _after_cancel(ledger: Ledger, batch: list[dict[str, Any]]) -> dict[str, Any]:
+def _after_cancel(ledger: Ledger, batch: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """Cancelled members end `cancelled`; the others go back in line to be computed without them."""
     cancelled = set(ledger.cancel_requested([r["id"] for r in batch]))
     for member in batch:
@@ -114,12 +122,12 @@ def _after_cancel(ledger: Ledger, batch: list[dict[str, Any]]) -> dict[str, Any]
             ledger.mark_cancelled(member["id"], actor="worker")
         else:
             ledger.mark_queued(member["id"], not_before=time.time(), reason="a request computed with it was cancelled")
-    return {"request_id": batch[0]["id"], "status": "cancelled", "cancelled": sorted(cancelled)}
+    return {"request_id": batch[0]["id"], "status": "cancelled", "cancelled": sorted(cancelled)}, sorted(cancelled)
 
 
-def _notify(ledger: Ledger, batch: list[dict[str, Any]], settings: Settings) -> None:
-    for member in batch:
+def _notify(ledger: Ledger, request_ids: list[str], settings: Settings) -> None:
+    for request_id in request_ids:
         try:
-            notify_terminal(ledger, member["id"], settings)
+            notify_terminal(ledger, request_id, settings)
         except Exception:  # a callback must never fail the request
-            log.exception("callback for %s", member["id"])
+            log.exception("callback for %s", request_id)

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -14,6 +14,7 @@ from models_store.ledger import ACTIVE, TERMINAL
 from service.deps import Governance, ServicesDep
 from service.errors import Problem
 from service.schemas import ForgetRequestCreate, ForgetRequestPublic, ForgetRequestsPublic, Status
+from unlearnd.callbacks import notify_terminal
 from unlearnd.queue import enqueue_request
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,19 @@ def get_forget_request(request_id: str, services: ServicesDep, _: Governance) ->
 
 
 @router.delete("/v1/forget-requests/{request_id}")
-def cancel_forget_request(request_id: str, services: ServicesDep, principal: Governance) -> JSONResponse:
+def cancel_forget_request(request_id: str, services: ServicesDep, principal: Governance,
+                          background: BackgroundTasks) -> JSONResponse:
     """Cancel a request that has not finished: a queued one at once (200), a running one when its worker
-    next reports progress (202; it may still finish first). A finished one answers 409."""
+    next reports progress (202; it may still finish first). A finished one answers 409. A request that ends
+    `cancelled` gets its callback like any other ending (after the answer is sent)."""
     outcome = services.ledger.request_cancel(request_id, principal.key_id)
     if outcome in TERMINAL:
         raise Problem(409, "Already finished", f"the request ended {outcome}; it cannot be cancelled")
     record = ForgetRequestPublic.from_record(services.ledger.get(request_id))
-    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202)
+    if outcome == "cancelled-now":
+        background.add_task(notify_terminal, services.ledger, request_id, services.settings)
+    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202,
+                        background=background)
 
 
 @router.get("/v1/forget-requests/{request_id}/receipt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -69,18 +70,44 @@ def test_idempotency_replay_mismatch_and_conflict(stack):
     stack.wait_terminal(first.json()["id"])
 
 
+@contextlib.contextmanager
+def _hook_server():
+    """A local HTTP endpoint that records every callback POSTed to it: yields (url, [(body, headers)])."""
+    received: list[tuple[bytes, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append((self.rfile.read(int(self.headers["Content-Length"])), dict(self.headers)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+
+
 def test_cancel_a_queued_request(stack):
     model = stack.clone_demo_model("digits-cancel-q")
     stack.paused.add(stack.worker.name)
     stack.worker.stop()
-    try:
-        request_id = _submit(stack, model, {"classes": [2]}).json()["id"]
-        with stack.client("governance") as c:
-            response = c.delete(f"/v1/forget-requests/{request_id}")
-            assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
-            assert c.delete(f"/v1/forget-requests/{request_id}").status_code == 409
-    finally:
-        stack.paused.discard(stack.worker.name)
+    with _hook_server() as (url, received):
+        try:
+            request_id = _submit(stack, model, {"classes": [2], "callback_url": url}).json()["id"]
+            with stack.client("governance") as c:
+                response = c.delete(f"/v1/forget-requests/{request_id}")
+                assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
+                assert c.delete(f"/v1/forget-requests/{request_id}").status_code == 409
+        finally:
+            stack.paused.discard(stack.worker.name)
+        record = stack.wait_for(request_id, lambda r: r["callback"] is not None, timeout_s=30)
+    assert record["callback"]["delivered"]
+    assert [json.loads(body)["status"] for body, _ in received] == ["cancelled"]
     stack.wait_ready()
     time.sleep(2)  # give the worker a chance to (wrongly) run it
     assert stack.ledger.get(request_id)["status"] == "cancelled"
@@ -99,27 +126,11 @@ def test_cancel_a_running_request_publishes_nothing(stack):
 
 
 def test_callback_is_signed_and_recorded(stack):
-    received: list[tuple[bytes, dict]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            received.append((self.rfile.read(int(self.headers["Content-Length"])), dict(self.headers)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _hook_server() as (url, received):
         model = stack.clone_demo_model("digits-callback")
-        url = f"http://127.0.0.1:{server.server_port}/hook"
         request_id = _submit(stack, model, {"classes": [6], "callback_url": url}).json()["id"]
         stack.wait_terminal(request_id)
         record = stack.wait_for(request_id, lambda r: r["callback"] is not None, timeout_s=30)
-    finally:
-        server.shutdown()
     assert record["callback"]["delivered"] and record["callback"]["status"] == 204
     payload, headers = received[0]
     key = (stack.settings.data_dir / "receipt_key").read_text().strip().encode()
