@@ -200,7 +200,7 @@ def optimise_perturbation(
     retain_floor = accuracy(model, x_mon, y_mon) - cfg.max_retain_drop if n_monitor else 0.0
 
     def check(epoch: float) -> tuple[float, dict, torch.Tensor]:
-        d = build_delta().detach()
+        d = build_delta().detach().clone()  # a copy: the optimiser updates the parameter in place
         forget_acc = accuracy(model, x_fc, y_fc, d, cfg.clip)
         retain_acc = accuracy(model, x_mon, y_mon, d, cfg.clip) if n_monitor else 1.0
         # Monitored objective: distance from the forget target band plus the retain shortfall.
@@ -232,7 +232,7 @@ def optimise_perturbation(
             score, record, d = check(epoch - 1 + step / steps_per_epoch)
             history.append(record)
             if score < best_score - 1e-6:
-                best_score, best_delta, best_epoch, stale = score, d.clone(), epoch, 0
+                best_score, best_delta, best_epoch, stale = score, d, epoch, 0
             else:
                 stale += 1
             if progress is not None:

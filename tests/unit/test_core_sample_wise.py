@@ -71,3 +71,12 @@ def test_starting_delta_is_kept_when_it_already_meets_the_target():
     cfg = ForgetVectorConfig(target_forget_accuracy=0.95, target_tolerance=0.1)
     result = learn_forget_vector(_Pixels(), _split(), cfg)
     assert result.stop_reason == "targets_met" and result.epochs == 0 and result.delta.abs().sum() == 0
+
+
+def test_starting_delta_stays_the_answer_when_optimisation_only_moves_away():
+    # band [0.94, 0.96]: the start (1.0) is closest; big steps jump straight past the band to 0
+    cfg = ForgetVectorConfig(target_forget_accuracy=0.95, target_tolerance=0.01, lr=1.0, batch_size=8,
+                             lam=0.0, max_epochs=3, patience=1)
+    result = learn_forget_vector(_Pixels(), _split(), cfg)
+    assert result.epochs == 0 and result.history[-1]["delta_l2"] > 0  # δ did move...
+    assert result.delta.abs().sum() == 0  # ...but the δ returned is the untouched start
