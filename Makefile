@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help run test test-unit bench-quality bench clean
+.PHONY: help run test test-unit bench-quality bench-clip clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -24,6 +24,9 @@ test-unit: $(INSTALLED)  ## run only the fast tests
 
 bench-quality: $(INSTALLED)  ## unlearning quality benchmark against retraining (docs/benchmarks.md)
 	$(PY) -m bench.quality
+
+bench-clip: $(INSTALLED)  ## forget vectors with and without clipping x + δ to [0, 1] (docs/benchmarks.md)
+	$(PY) -m bench.clip
 
 clean:  ## remove the virtual environment and local state
 	rm -rf $(VENV) .unlearnd

@@ -17,3 +17,13 @@ def test_every_setting_is_documented_with_its_default():
             default = str(default).lower()
         documented = rows[0].split("|")[2].strip().strip("`")
         assert documented in (str(default), "unset" if default is None else "", f"./{default}"), (variable, documented)
+
+
+def test_relative_links_in_the_docs_point_at_files_that_exist():
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" not in target:
+                assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
