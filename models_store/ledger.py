@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     response     TEXT,
     headers      TEXT,
     created_at   TEXT NOT NULL,
+    request_id   TEXT,
     PRIMARY KEY (key_id, key)
 );
 
@@ -95,6 +98,9 @@ class Ledger:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
+            if "request_id" not in columns:  # ledgers created before the column existed
+                db.execute("ALTER TABLE idempotency ADD COLUMN request_id TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -114,8 +120,11 @@ class Ledger:
                 record[key] = json.loads(record[key])
         return record
 
-    def create(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Insert a new request in status `queued`; returns the stored record."""
+    def create(self, record: dict[str, Any], idempotency: tuple[str, str] | None = None) -> dict[str, Any]:
+        """Insert a new request in status `queued`; returns the stored record.
+
+        `idempotency` = (key_id, key) of a claimed Idempotency-Key: the claim is bound to this request in the
+        same transaction, so a retry after a crash finds the request instead of a claim that never finishes."""
         row = {
             "id": record["id"], "model": record["model"], "method": record["method"],
             "classes": json.dumps(record.get("classes")) if record.get("classes") is not None else None,
@@ -132,6 +141,9 @@ class Ledger:
             _audit(db, "request.accepted", row["key_id"] or "system", row["id"], row["model"],
                    {"classes": record.get("classes"), "samples": len(record.get("samples") or []) or None,
                     "method": row["method"]})
+            if idempotency is not None:
+                db.execute("UPDATE idempotency SET request_id = ? WHERE key_id = ? AND key = ?",
+                           (row["id"], *idempotency))
         return self.get(record["id"])
 
     def get(self, request_id: str) -> dict[str, Any]:
@@ -313,6 +325,16 @@ class Ledger:
         with self._connect() as db:
             db.execute("UPDATE idempotency SET status_code = ?, response = ?, headers = ? WHERE key_id = ? AND key = ?",
                        (status_code, response, json.dumps(headers), key_id, key))
+
+    def idempotency_take_over(self, key_id: str, key: str, older_than_s: float) -> bool:
+        """Take over a pending claim bound to no request and older than `older_than_s` (its API process died
+        before accepting): True if the caller now holds it."""
+        cutoff = datetime.fromtimestamp(time.time() - older_than_s, timezone.utc).isoformat(timespec="milliseconds")
+        with self._connect() as db:
+            taken = db.execute(
+                "UPDATE idempotency SET created_at = ? WHERE key_id = ? AND key = ? AND status_code IS NULL "
+                "AND request_id IS NULL AND created_at < ?", (now_iso(), key_id, key, cutoff))
+            return taken.rowcount == 1
 
     def idempotency_release(self, key_id: str, key: str) -> None:
         """Forget a claim whose request was refused, so the client may retry with the same key."""

@@ -18,6 +18,9 @@ from unlearnd.callbacks import notify_terminal
 from unlearnd.queue import enqueue_request
 
 log = logging.getLogger(__name__)
+IDEMPOTENCY_STALE_S = 60.0
+"""A claim on an Idempotency-Key bound to no request after this long belongs to a process that died before
+accepting: a retry with the key takes it over instead of answering 409."""
 router = APIRouter(tags=["forget requests"])
 
 
@@ -42,7 +45,8 @@ def _check_samples(samples: list[str], record: dict, services: ServicesDep) -> N
         raise Problem(422, "Invalid samples", "the request would forget every training sample")
 
 
-def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id: str) -> ForgetRequestPublic:
+def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id: str,
+            idempotency: tuple[str, str] | None = None) -> ForgetRequestPublic:
     record = services.store.get_model(model)
     if body.classes is not None:
         out_of_range = [c for c in body.classes if not 0 <= c < record["num_classes"]]
@@ -55,7 +59,7 @@ def _accept(model: str, body: ForgetRequestCreate, services: ServicesDep, key_id
     stored = services.ledger.create({
         "id": request_id, "model": model, "classes": body.classes, "samples": body.samples,
         "method": body.method, "reason": body.reason, "key_id": key_id, "callback_url": body.callback_url,
-    })
+    }, idempotency=idempotency)
     try:
         enqueue_request(services.queue, services.ledger, request_id, services.settings)
     except RedisError as exc:  # the ledger row is durable; the janitor enqueues it when Redis is back
@@ -86,14 +90,21 @@ async def create_forget_request(
         if existing is not None:
             if existing["body_sha256"] != digest:
                 raise Problem(422, "Idempotency key reused", "this Idempotency-Key was used with another body")
-            if existing["status_code"] is None:
+            if existing["status_code"] is None and existing["request_id"] is not None:
+                # accepted, but the process that accepted it died before storing its answer: answer now
+                public = ForgetRequestPublic.from_record(services.ledger.get(existing["request_id"]))
+                existing = _store_answer(services, principal.key_id, idempotency_key, public)
+            elif existing["status_code"] is None and not services.ledger.idempotency_take_over(
+                    principal.key_id, idempotency_key, IDEMPOTENCY_STALE_S):
                 raise Problem(409, "Request in progress", "the first request with this Idempotency-Key is "
                               "still being accepted; retry shortly")
-            return Response(existing["response"], status_code=existing["status_code"],
-                            headers={**json.loads(existing["headers"]), "Idempotent-Replayed": "true"},
-                            media_type="application/json")
+            if existing["status_code"] is not None:
+                return Response(existing["response"], status_code=existing["status_code"],
+                                headers={**json.loads(existing["headers"]), "Idempotent-Replayed": "true"},
+                                media_type="application/json")
     try:
-        public = _accept(model, body, services, principal.key_id)
+        public = _accept(model, body, services, principal.key_id,
+                         None if idempotency_key is None else (principal.key_id, idempotency_key))
     except BaseException:
         if idempotency_key is not None:
             services.ledger.idempotency_release(principal.key_id, idempotency_key)
@@ -103,6 +114,14 @@ async def create_forget_request(
     if idempotency_key is not None:
         services.ledger.idempotency_finish(principal.key_id, idempotency_key, 202, content, headers)
     return Response(content, status_code=202, headers=headers, media_type="application/json")
+
+
+def _store_answer(services: ServicesDep, key_id: str, key: str, public: ForgetRequestPublic) -> dict:
+    """Record the 202 of an accepted request as the key's answer; returns it as an idempotency row."""
+    headers = {"Location": f"/v1/forget-requests/{public.id}"}
+    content = public.model_dump_json()
+    services.ledger.idempotency_finish(key_id, key, 202, content, headers)
+    return {"status_code": 202, "response": content, "headers": json.dumps(headers)}
 
 
 @router.get("/v1/forget-requests")

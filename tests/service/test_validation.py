@@ -1,10 +1,12 @@
 """Bad input gets a 4xx problem and changes nothing; no Redis needed for these decisions."""
 
+import hashlib
+
 import pytest
 import torch
 
 from models_store import Ledger, Store
-from tests.service.conftest import auth
+from tests.service.conftest import KEYS, auth
 from unlearning import NormalizedClassifier, build_model
 
 
@@ -164,3 +166,45 @@ def test_unknown_route_and_wrong_method_are_problems_with_a_detail(client):
     assert missing.json()["title"] == "Not Found" and "/v1/no-such-thing" in missing.json()["detail"]
     wrong = client.put("/v1/models", headers=auth("admin"))
     assert wrong.status_code == 405 and "PUT" in wrong.json()["detail"]
+
+
+BODY = b'{"classes": [1]}'
+BODY_DIGEST = hashlib.sha256(b"tiny\0" + BODY).hexdigest()  # what the API binds a key to: model + raw body
+
+
+def _idempotent_post(client, key):
+    return client.post("/v1/models/tiny/forget-requests", content=BODY,
+                       headers={**auth("governance"), "Idempotency-Key": key, "Content-Type": "application/json"})
+
+
+def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it(client, settings, model_store):
+    """The first process claimed the key and committed the request, then died before storing its answer."""
+    from unlearnd.keys import key_id
+
+    ledger, gov = Ledger(settings.ledger_path), key_id(KEYS["governance"])
+    assert ledger.idempotency_begin(gov, "k1", BODY_DIGEST) is None
+    ledger.create({"id": "fr_first", "model": "tiny", "classes": [1], "method": "auto", "key_id": gov},
+                  idempotency=(gov, "k1"))
+    replay = _idempotent_post(client, "k1")
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["id"] == "fr_first" and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.headers["Location"] == "/v1/forget-requests/fr_first"
+    assert ledger.count() == 1
+
+
+def test_stale_idempotency_claim_with_no_request_is_taken_over(client, settings, model_store):
+    """The first process claimed the key and died before accepting: after a while a retry goes ahead."""
+    import sqlite3
+
+    from unlearnd.keys import key_id
+
+    ledger, gov = Ledger(settings.ledger_path), key_id(KEYS["governance"])
+    assert ledger.idempotency_begin(gov, "k2", BODY_DIGEST) is None
+    assert _idempotent_post(client, "k2").status_code == 409  # fresh claim: the first may still be accepting
+    with sqlite3.connect(settings.ledger_path) as db:
+        db.execute("UPDATE idempotency SET created_at = '2000-01-01T00:00:00.000+00:00' WHERE key = 'k2'")
+    accepted = _idempotent_post(client, "k2")
+    assert accepted.status_code == 202, accepted.text
+    assert "Idempotent-Replayed" not in accepted.headers and ledger.count() == 1
+    replay = _idempotent_post(client, "k2")
+    assert replay.json()["id"] == accepted.json()["id"] and replay.headers["Idempotent-Replayed"] == "true"
