@@ -3,21 +3,12 @@
 import math
 
 import torch
-from torch import nn
 
 from unlearning.data import ForgetSplit, ImageSet
 from unlearning.metrics import avg_gap, mia_efficacy, true_label_confidence, unlearning_report
+from tests.unit.toys import PixelLogits
 
 
-class _Logits(nn.Module):
-    """logits = 10 · (the two pixels): confidence is set by how far apart the pixels are."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        return self.scale * x.flatten(1)
 
 
 def _images(rows: list[tuple[float, float]], label: int, prefix: str) -> ImageSet:
@@ -35,7 +26,7 @@ UNSURE = [(0.5, 0.45 - 0.01 * i) for i in range(6)]  # confidence ≈ 0.6–0.8:
 
 def test_true_label_confidence_by_hand():
     data = _images([(0.1, 0.0), (0.0, 0.0)], 0, "a")
-    conf = true_label_confidence(_Logits(), data.x, data.y)
+    conf = true_label_confidence(PixelLogits(), data.x, data.y)
     assert torch.allclose(conf, torch.tensor([1 / (1 + math.exp(-1.0)), 0.5]))
 
 
@@ -43,23 +34,23 @@ def test_mia_counts_forget_samples_that_look_unseen():
     retain, test = _images(SURE, 0, "r"), _images(UNSURE, 0, "t")
     # forget: 3 member-like and 1 unseen-like sample → 1 of 4 predicted non-member
     forget = _cat(_images(SURE[:3], 0, "f"), _images(UNSURE[:1], 0, "g"))
-    assert mia_efficacy(_Logits(), ForgetSplit(forget, retain), test) == 0.25
+    assert mia_efficacy(PixelLogits(), ForgetSplit(forget, retain), test) == 0.25
     # all unseen-like → 100 %, all member-like → 0 %
-    assert mia_efficacy(_Logits(), ForgetSplit(_images(UNSURE[2:5], 0, "f"), retain), test) == 1.0
-    assert mia_efficacy(_Logits(), ForgetSplit(_images(SURE[5:9], 0, "f"), retain), test) == 0.0
+    assert mia_efficacy(PixelLogits(), ForgetSplit(_images(UNSURE[2:5], 0, "f"), retain), test) == 1.0
+    assert mia_efficacy(PixelLogits(), ForgetSplit(_images(SURE[5:9], 0, "f"), retain), test) == 0.0
 
 
 def test_mia_is_seeded_and_uses_a_delta():
     retain, test = _images(SURE, 0, "r"), _images(UNSURE, 0, "t")
     split = ForgetSplit(_images(SURE[:4], 0, "f"), retain)
-    assert mia_efficacy(_Logits(), split, test, seed=3) == mia_efficacy(_Logits(), split, test, seed=3)
+    assert mia_efficacy(PixelLogits(), split, test, seed=3) == mia_efficacy(PixelLogits(), split, test, seed=3)
     # a δ that pulls pixel 0 down makes every sample unsure, members included: the attack sees no difference
     delta = torch.tensor([[[-0.5, 0.0]]])
-    assert 0.0 <= mia_efficacy(_Logits(), split, test, delta=delta) <= 1.0
+    assert 0.0 <= mia_efficacy(PixelLogits(), split, test, delta=delta) <= 1.0
 
 
 def test_report_keys_and_values_by_hand():
-    model = _Logits()
+    model = PixelLogits()
     forget = _images([(0.0, 1.0), (1.0, 0.0)], 0, "f")  # one wrong, one right → UA 50
     retain = _cat(_images(SURE[:4], 0, "r"), _images([(0.0, 1.0)] * 4, 1, "s"))
     test = _cat(_images([(1.0, 0.0), (0.0, 1.0)], 0, "t"), _images([(0.0, 1.0)] * 2, 1, "u"))

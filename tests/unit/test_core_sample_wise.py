@@ -1,21 +1,12 @@
 """Sample-wise forget vectors: the held-out target rule and the stopping rule around it."""
 
 import torch
-from torch import nn
 
 from unlearning import ForgetSplit, ForgetVectorConfig, ImageSet, accuracy, learn_forget_vector
 from unlearning.forget_vector import SAMPLE_WISE, _target_gap, random_forget_target, sample_wise_config
+from tests.unit.toys import PixelLogits
 
 
-class _Pixels(nn.Module):
-    """Two pixels, two classes: logit_k = 10 · pixel_k."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        return self.scale * x.flatten(1)
 
 
 def _set(pairs, labels, prefix):
@@ -42,14 +33,14 @@ def test_target_band_by_hand():
 def test_random_target_is_held_out_accuracy_of_the_original():
     split = _split()
     heldout = _set([(0.9, 0.1), (0.1, 0.9), (0.6, 0.4), (0.4, 0.6)], [0, 1, 1, 1], "t")  # 3 of 4 right
-    assert random_forget_target(_Pixels(), split, heldout) == 0.75
-    assert random_forget_target(_Pixels(), split, None) == 1.0  # no held-out data: the retain accuracy
-    cfg = sample_wise_config(_Pixels(), split, heldout)
+    assert random_forget_target(PixelLogits(), split, heldout) == 0.75
+    assert random_forget_target(PixelLogits(), split, None) == 1.0  # no held-out data: the retain accuracy
+    cfg = sample_wise_config(PixelLogits(), split, heldout)
     assert cfg.target_forget_accuracy == 0.75 and cfg.lr == SAMPLE_WISE.lr
 
 
 def test_sample_wise_vector_stops_inside_the_target_band_and_keeps_retain():
-    model, split = _Pixels(), _split()
+    model, split = PixelLogits(), _split()
     # 5 steps an epoch, the rule checked after every one of them
     cfg = ForgetVectorConfig(target_forget_accuracy=0.5, target_tolerance=0.1, lr=0.002, batch_size=8,
                              lam=0.0, max_epochs=60, patience=60, checks_per_epoch=5)
@@ -69,7 +60,7 @@ def test_sample_wise_vector_stops_inside_the_target_band_and_keeps_retain():
 
 def test_starting_delta_is_kept_when_it_already_meets_the_target():
     cfg = ForgetVectorConfig(target_forget_accuracy=0.95, target_tolerance=0.1)
-    result = learn_forget_vector(_Pixels(), _split(), cfg)
+    result = learn_forget_vector(PixelLogits(), _split(), cfg)
     assert result.stop_reason == "targets_met" and result.epochs == 0 and result.delta.abs().sum() == 0
 
 
@@ -77,6 +68,6 @@ def test_starting_delta_stays_the_answer_when_optimisation_only_moves_away():
     # band [0.94, 0.96]: the start (1.0) is closest; big steps jump straight past the band to 0
     cfg = ForgetVectorConfig(target_forget_accuracy=0.95, target_tolerance=0.01, lr=1.0, batch_size=8,
                              lam=0.0, max_epochs=3, patience=1)
-    result = learn_forget_vector(_Pixels(), _split(), cfg)
+    result = learn_forget_vector(PixelLogits(), _split(), cfg)
     assert result.epochs == 0 and result.history[-1]["delta_l2"] > 0  # δ did move...
     assert result.delta.abs().sum() == 0  # ...but the δ returned is the untouched start

@@ -1,10 +1,10 @@
 import math
 
 import torch
-from torch import nn
 
 from unlearning import ForgetSplit, ForgetVectorConfig, ImageSet, accuracy, apply_delta, learn_forget_vector
 from unlearning.losses import cw_forget_loss, forget_vector_objective, true_class_margin
+from tests.unit.toys import PixelLogits
 
 
 def test_margin_and_cw_loss_by_hand():
@@ -40,15 +40,6 @@ def test_apply_delta_clips_to_pixel_range():
     assert torch.allclose(out, torch.tensor([[[[0.7, 1.0]]]]))
 
 
-class _PixelClassifier(nn.Module):
-    """Two pixels, two classes: the class is the brighter pixel (logit = 10·pixel)."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x):
-        return self.scale * x.flatten(1)
 
 
 def _pixel_data(n: int, seed: int) -> ImageSet:
@@ -61,7 +52,7 @@ def _pixel_data(n: int, seed: int) -> ImageSet:
 
 
 def test_optimiser_learns_a_vector_that_forgets_one_class_and_keeps_the_model_frozen():
-    model = _PixelClassifier().eval()
+    model = PixelLogits().eval()
     data = _pixel_data(400, seed=0)
     split = ForgetSplit(data.subset(data.y == 1), data.subset(data.y == 0))
     assert accuracy(model, split.forget.x, split.forget.y) == 1.0
@@ -76,7 +67,7 @@ def test_optimiser_learns_a_vector_that_forgets_one_class_and_keeps_the_model_fr
 
 
 def test_progress_is_reported_every_epoch_with_increasing_fraction():
-    model = _PixelClassifier().eval()
+    model = PixelLogits().eval()
     data = _pixel_data(200, seed=1)
     split = ForgetSplit(data.subset(data.y == 1), data.subset(data.y == 0))
     seen = []

@@ -7,6 +7,7 @@ from unlearning import ForgetSplit, ImageSet, accuracy
 from unlearning.arithmetic import CoefficientConfig, learn_coefficients, missing_classes
 from unlearning.forget_vector import random_forget_target
 from unlearning.smoothing import SmoothingConfig, accuracy_at_most, lipschitz_loss, lipschitz_smoothing
+from tests.unit.toys import PixelLogits
 
 
 class _Linear(nn.Module):
@@ -64,13 +65,6 @@ def test_random_forget_target_is_held_out_accuracy():
 
 def test_coefficients_combine_bank_vectors_to_forget_both_classes():
     # Three classes, logit_k = 10·pixel_k; a class vector pushes its pixel down.
-    class _Pixels(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.scale = nn.Parameter(torch.tensor(10.0))
-
-        def forward(self, x):
-            return self.scale * x.flatten(1)
 
     g = torch.Generator().manual_seed(0)
     n = 300
@@ -82,8 +76,8 @@ def test_coefficients_combine_bank_vectors_to_forget_both_classes():
     split = ForgetSplit(data.subset(forget), data.subset(~forget))
     bank = {0: torch.tensor([[[-0.5, 0.0, 0.0]]]), 1: torch.tensor([[[0.0, -0.5, 0.0]]])}
     assert missing_classes([0, 1, 2], bank) == [2]
-    result = learn_coefficients(_Pixels().eval(), split, bank, CoefficientConfig(max_epochs=40, max_retain_drop=0.05))
-    model = _Pixels().eval()
+    result = learn_coefficients(PixelLogits().eval(), split, bank, CoefficientConfig(max_epochs=40, max_retain_drop=0.05))
+    model = PixelLogits().eval()
     assert accuracy(model, split.forget.x, split.forget.y, result.delta) <= 0.02
     assert accuracy(model, split.retain.x, split.retain.y, result.delta) >= 0.95
     rebuilt = result.weights[0] * bank[0] + result.weights[1] * bank[1]
