@@ -1,4 +1,5 @@
-"""`unlearnd run` (what `make run` starts): serves, prints its keys, and Ctrl-C leaves no process behind."""
+"""`unlearnd run` (what `make run` starts): serves, prints its keys, restarts a worker or Redis that dies, and
+Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
@@ -39,6 +40,31 @@ def test_run_serves_and_ctrl_c_stops_everything(stack):
         assert "redis-server" in names and "workers.janitor" in names and "uvicorn" in names
         keys = (data_dir / "api_keys.json").read_text()
         assert "governance" in keys
+
+        # kill -9 the worker and the embedded Redis: the launcher brings both back, the API keeps answering
+        def supervised():  # the live worker and Redis processes under the launcher now
+            found = []
+            for p in psutil.Process(launcher.pid).children(recursive=True):
+                try:
+                    argv = p.cmdline()
+                except psutil.Error:  # killed and not reaped yet
+                    continue
+                if argv and (argv[-2:] == ["-m", "workers"] or "redis-server" in argv[0]):
+                    found.append(p)
+            return found
+
+        victims = supervised()
+        assert len(victims) == 2, [p.cmdline() for p in family]
+        for victim in victims:
+            victim.kill()
+        deadline, back = time.monotonic() + 60, False
+        while time.monotonic() < deadline and not back:
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            fresh = {p.pid for p in supervised()} - {p.pid for p in victims}
+            back = len(fresh) == 2 and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            time.sleep(0.3)
+        assert back, "the worker and Redis were not restarted"
+        family = psutil.Process(launcher.pid).children(recursive=True)
     finally:
         launcher.send_signal(signal.SIGINT)
         output, _ = launcher.communicate(timeout=60)
