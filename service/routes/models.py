@@ -58,8 +58,12 @@ class RollbackRequest(BaseModel):
 
 @router.post("/{model}/rollback")
 def rollback(model: str, body: RollbackRequest, services: ServicesDep, principal: Admin) -> dict:
-    """Serve an earlier state again, as a new state version; recorded in the audit log."""
-    with services.store.model_lock(model):
+    """Serve an earlier state again, as a new state version; recorded in the audit log. While a forget job
+    holds the model, answers 409 (retry when it is done) instead of waiting for it."""
+    services.store.read_state(model)  # 404 for an unknown model, before anything is written
+    with services.store.try_model_lock(model) as locked:
+        if not locked:
+            raise Problem(409, "Model busy", f"a forget job is running on {model!r}; retry when it has finished")
         current = services.store.read_state(model)
         target = next((s for s in services.store.state_history(model)
                        if s["state_version"] == body.state_version), None)
@@ -67,7 +71,8 @@ def rollback(model: str, body: RollbackRequest, services: ServicesDep, principal
             raise Problem(404, "Unknown state", f"model {model!r} has no state version {body.state_version}")
         if body.state_version == current["state_version"]:
             raise Problem(409, "Already serving", f"state {body.state_version} is the current state")
-        new_state = {**target, "state_version": current["state_version"] + 1, "updated_at": now_iso(),
+        kept = {k: v for k, v in target.items() if k != "outcome"}  # that state's job result is not this one
+        new_state = {**kept, "state_version": current["state_version"] + 1, "updated_at": now_iso(),
                      "rolled_back_to": body.state_version}
         services.store.write_state(model, new_state)
     services.ledger.audit("model.rollback", principal.key_id, model=model, detail={

@@ -208,3 +208,20 @@ def test_stale_idempotency_claim_with_no_request_is_taken_over(client, settings,
     assert "Idempotent-Replayed" not in accepted.headers and ledger.count() == 1
     replay = _idempotent_post(client, "k2")
     assert replay.json()["id"] == accepted.json()["id"] and replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_rollback_of_an_unknown_model_is_404_and_writes_nothing(client, settings):
+    response = client.post("/v1/models/nope/rollback", json={"state_version": 1}, headers=auth("admin"))
+    assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"
+    assert not (settings.store_dir / "models" / "nope").exists()
+
+
+def test_rollback_while_a_job_holds_the_model_is_409(client, model_store):
+    state = model_store.read_state("tiny")
+    model_store.write_state("tiny", {**state, "state_version": 2})
+    with model_store.model_lock("tiny"):  # what a running forget job holds
+        response = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
+    assert response.status_code == 409 and "retry" in response.json()["detail"]
+    assert model_store.read_state("tiny")["state_version"] == 2
+    response = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
+    assert response.status_code == 200 and response.json()["rolled_back_to"] == 1
