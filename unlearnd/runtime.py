@@ -58,3 +58,15 @@ def load_image_sets(store: Store, dataset_name: str) -> tuple[ImageSet, ImageSet
         n = len(tensors["y_test"])
         test = ImageSet(as_float(tensors["x_test"]), tensors["y_test"].long(), tuple(f"test-{i}" for i in range(n)))
     return train, test
+
+
+def load_model_data(store: Store, record: dict) -> tuple[ImageSet, ImageSet | None]:
+    """(train, held-out) images of a registered model: its `train_dataset`'s training split, and for TA, the
+    membership attack and the sample-wise target its `test_dataset` (that dataset's test split, or all of it
+    when it has none), else the train dataset's own test split."""
+    train, test = load_image_sets(store, record["train_dataset"])
+    other = record.get("test_dataset")
+    if other and other != record["train_dataset"]:
+        other_train, other_test = load_image_sets(store, other)
+        test = other_test if other_test is not None else other_train
+    return train, test

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from models_store import Store
-from unlearnd.runtime import load_classifier, load_image_sets, pick_device
+from unlearnd.runtime import load_classifier, load_model_data, pick_device
 from unlearnd.settings import Settings
 from unlearning import (
     ForgetSplit,
@@ -58,7 +58,7 @@ def _load(store: Store, state: dict[str, Any], settings: Settings, weights_sha25
     record = store.get_model_version(name, state.get("model_version", store.get_model(name)["version"]))
     device = pick_device(settings.device)
     sha = weights_sha256 or state["weights_sha256"]
-    train, test = load_image_sets(store, record["train_dataset"])
+    train, test = load_model_data(store, record)
     return Loaded(record, sha, load_classifier(store, record, sha, device), train, test, device)
 
 

@@ -83,3 +83,25 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
         store.write_state("m", {**store.read_state("m"), "state_version": 7})
     leftovers = [p for p in tmp_path.rglob("*.tmp")]
     assert leftovers == [] and store.read_state("m")["state_version"] == 7
+
+
+def test_model_data_takes_held_out_images_from_the_test_dataset(tmp_path):
+    from unlearnd.runtime import load_model_data
+
+    store = Store(tmp_path)
+
+    def put(name, n_train, n_test=0):
+        tensors = {"x_train": torch.rand(n_train, 1, 2, 2), "y_train": torch.zeros(n_train, dtype=torch.long)}
+        if n_test:
+            tensors |= {"x_test": torch.rand(n_test, 1, 2, 2), "y_test": torch.zeros(n_test, dtype=torch.long)}
+        store.put_dataset({"name": name, "ids_train": [str(i) for i in range(n_train)], "num_classes": 2}, tensors)
+
+    put("train", 10, n_test=3)
+    put("holdout-with-test", 8, n_test=5)
+    put("holdout-plain", 7)
+    sizes = {}
+    for test_dataset in (None, "train", "holdout-with-test", "holdout-plain"):
+        train, test = load_model_data(store, {"train_dataset": "train", "test_dataset": test_dataset})
+        assert len(train) == 10
+        sizes[test_dataset] = len(test)
+    assert sizes == {None: 3, "train": 3, "holdout-with-test": 5, "holdout-plain": 7}
