@@ -39,7 +39,6 @@ from unlearning.baselines import GradientAscentConfig, fine_tune, gradient_ascen
 from unlearning.data import channel_stats
 from unlearning.forget_vector import CLASS_WISE, SAMPLE_WISE, random_forget_target
 from unlearning.metrics import avg_gap, unlearning_report
-from unlearning.models import NormalizedClassifier as _Top
 from unlearning.smoothing import CLASS_FORGET_TARGET, SmoothingConfig, accuracy_at_most, lipschitz_smoothing
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,7 +60,7 @@ class PassCounter:
         self.counts = {"grad": 0, "nograd": 0}
 
         def hook(module, inputs, output):
-            if isinstance(module, _Top):
+            if isinstance(module, NormalizedClassifier):
                 self.counts["grad" if torch.is_grad_enabled() else "nograd"] += inputs[0].shape[0]
 
         self._handle = torch.nn.modules.module.register_module_forward_hook(hook)

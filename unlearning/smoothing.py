@@ -83,8 +83,8 @@ def lipschitz_smoothing(
 ) -> SmoothingResult:
     """Smooth a copy of `model` around forget_x (N, C, H, W) in [0, 1]; the given model is not changed.
 
-    `stop(smoothed_model)`, checked every `check_every` steps and after each epoch, ends smoothing early (the service stops once the
-    forget set's accuracy reaches its target, so the model is not smoothed further than needed).
+    `stop(smoothed_model)`, checked every `check_every` steps and after each epoch, ends smoothing early (the
+    service stops once the forget set's accuracy reaches its target, so the model is not smoothed further).
     """
     smoothed = copy.deepcopy(model).eval()
     for p in smoothed.parameters():

@@ -93,7 +93,7 @@ async def create_forget_request(
             if existing["status_code"] is None and existing["request_id"] is not None:
                 # accepted, but the process that accepted it died before storing its answer: answer now
                 public = ForgetRequestPublic.from_record(services.ledger.get(existing["request_id"]))
-                existing = _store_answer(services, principal.key_id, idempotency_key, public)
+                existing = _store_answer(services, principal.key_id, idempotency_key, _accepted_answer(public))
             elif existing["status_code"] is None and not services.ledger.idempotency_take_over(
                     principal.key_id, idempotency_key, IDEMPOTENCY_STALE_S):
                 raise Problem(409, "Request in progress", "the first request with this Idempotency-Key is "
@@ -109,19 +109,24 @@ async def create_forget_request(
         if idempotency_key is not None:
             services.ledger.idempotency_release(principal.key_id, idempotency_key)
         raise
-    headers = {"Location": f"/v1/forget-requests/{public.id}"}
-    content = public.model_dump_json()
+    answer = _accepted_answer(public)
     if idempotency_key is not None:
-        services.ledger.idempotency_finish(principal.key_id, idempotency_key, 202, content, headers)
-    return Response(content, status_code=202, headers=headers, media_type="application/json")
+        _store_answer(services, principal.key_id, idempotency_key, answer)
+    return Response(answer["response"], status_code=202, headers=json.loads(answer["headers"]),
+                    media_type="application/json")
 
 
-def _store_answer(services: ServicesDep, key_id: str, key: str, public: ForgetRequestPublic) -> dict:
-    """Record the 202 of an accepted request as the key's answer; returns it as an idempotency row."""
+def _accepted_answer(public: ForgetRequestPublic) -> dict:
+    """The 202 of an accepted request, shaped like an idempotency row (status_code, response, headers)."""
     headers = {"Location": f"/v1/forget-requests/{public.id}"}
-    content = public.model_dump_json()
-    services.ledger.idempotency_finish(key_id, key, 202, content, headers)
-    return {"status_code": 202, "response": content, "headers": json.dumps(headers)}
+    return {"status_code": 202, "response": public.model_dump_json(), "headers": json.dumps(headers)}
+
+
+def _store_answer(services: ServicesDep, key_id: str, key: str, answer: dict) -> dict:
+    """Record `answer` as the Idempotency-Key's replay; returns it."""
+    services.ledger.idempotency_finish(key_id, key, answer["status_code"], answer["response"],
+                                      json.loads(answer["headers"]))
+    return answer
 
 
 @router.get("/v1/forget-requests")
