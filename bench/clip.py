@@ -17,7 +17,8 @@ import torch
 from bench.quality import RESULTS, TRAIN, measured, new_model
 from unlearning import learn_forget_vector, load_digits_split, split_by_classes, train_classifier
 from unlearning.data import channel_stats
-from unlearning.forget_vector import CLASS_WISE, accuracy
+from unlearning.evaluation import accuracy
+from unlearning.forget_vector import CLASS_WISE
 
 
 def main(argv: list[str] | None = None) -> int:

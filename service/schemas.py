@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["auto", "forget_vector", "zero_shot"]
+from workers.methods import REQUESTABLE
+
+Method = Literal[REQUESTABLE]  # type: ignore[valid-type]  # names from the one method registry
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 

@@ -9,10 +9,9 @@ from unlearning.exceptions import InvalidForgetSetError, UnknownMethodError, Unl
 from unlearning.forget_vector import (
     ForgetVectorConfig,
     ForgetVectorResult,
-    accuracy,
-    apply_delta,
     learn_forget_vector,
 )
+from unlearning.evaluation import accuracy, apply_delta
 from unlearning.models import NormalizedClassifier, build_model
 from unlearning.training import TrainConfig, train_classifier
 

@@ -35,11 +35,6 @@ class CoefficientResult:
     config: dict = field(default_factory=dict)
 
 
-def missing_classes(classes: list[int], bank: dict[int, torch.Tensor]) -> list[int]:
-    """Classes that need a class vector before they can be combined."""
-    return [c for c in classes if c not in bank]
-
-
 def learn_coefficients(
     model: nn.Module,
     split: ForgetSplit,

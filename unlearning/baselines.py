@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unlearning.data import ForgetSplit
-from unlearning.forget_vector import accuracy
+from unlearning.evaluation import accuracy
 from unlearning.training import TrainConfig, train_classifier
 
 

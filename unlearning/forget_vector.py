@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from unlearning.data import ForgetSplit, ImageSet
+from unlearning.evaluation import accuracy, apply_delta
 from unlearning.losses import forget_vector_objective
 
 ProgressFn = Callable[[float, dict], None]
@@ -71,30 +72,6 @@ class ForgetVectorResult:
     stop_reason: str
     history: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
-
-
-def apply_delta(x: torch.Tensor, delta: torch.Tensor | None, clip: bool = True) -> torch.Tensor:
-    """x + δ for x: (B, C, H, W) and δ: (C, H, W), clipped to [0, 1] when `clip`."""
-    if delta is None:
-        return x
-    x = x + delta.to(x.device)
-    return x.clamp(0.0, 1.0) if clip else x
-
-
-@torch.no_grad()
-def accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor | None = None,
-    clip: bool = True, batch_size: int = 1024,
-) -> float:
-    """Top-1 accuracy in [0, 1] of model(x + δ). x: (N, C, H, W), y: (N,)."""
-    if len(y) == 0:
-        return float("nan")
-    device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, len(y), batch_size):
-        xb = apply_delta(x[start : start + batch_size].to(device), delta, clip)
-        correct += (model(xb).argmax(1).cpu() == y[start : start + batch_size]).sum().item()
-    return correct / len(y)
 
 
 def learn_forget_vector(
@@ -220,8 +197,7 @@ def optimise_perturbation(
             delta = build_delta()
             x = apply_delta(x_all[index].to(device), delta, cfg.clip)
             loss, _ = forget_vector_objective(
-                model(x), y_all[index].to(device), is_forget_all[index].to(device), delta,
-                cfg.alpha, cfg.beta, 0.0, cfg.tau,
+                model(x), y_all[index].to(device), is_forget_all[index].to(device), cfg.alpha, cfg.beta, cfg.tau,
             )
             loss = loss + cfg.lam * penalty()
             optimizer.zero_grad(set_to_none=True)

@@ -35,19 +35,16 @@ def forget_vector_objective(
     logits: torch.Tensor,
     labels: torch.Tensor,
     is_forget: torch.Tensor,
-    delta: torch.Tensor,
     alpha: float,
     beta: float,
-    lam: float,
     tau: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """α·CE(retain) + β·max(margin, −τ)(forget) + λ·‖δ‖₂ for one mixed batch (Sun et al. 2024, Eq. 3).
+    """α·CE(retain) + β·max(margin, −τ)(forget) for one mixed batch: the data terms of Sun et al. (2024), Eq. 3.
+    The caller adds the norm term λ·‖δ‖₂ (or its own penalty, as vector arithmetic does).
 
-    logits: (B, K); labels: (B,); is_forget: (B,) bool; delta: (C, H, W). Returns the loss and its parts.
+    logits: (B, K); labels: (B,); is_forget: (B,) bool. Returns the loss and its parts.
     """
     l_retain = retain_loss(logits[~is_forget], labels[~is_forget])
     l_forget = cw_forget_loss(logits[is_forget], labels[is_forget], tau)
-    l_norm = delta.norm(p=2)
-    total = alpha * l_retain + beta * l_forget + lam * l_norm
-    parts = {"retain": float(l_retain.detach()), "forget": float(l_forget.detach()), "norm": float(l_norm.detach())}
-    return total, parts
+    total = alpha * l_retain + beta * l_forget
+    return total, {"retain": float(l_retain.detach()), "forget": float(l_forget.detach())}

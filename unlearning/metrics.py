@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from unlearning.data import ForgetSplit, ImageSet
-from unlearning.forget_vector import accuracy, apply_delta
+from unlearning.evaluation import accuracy, apply_delta
 
 GAP_METRICS = ("UA", "RA", "TA", "MIA")
 

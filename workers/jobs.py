@@ -13,15 +13,10 @@ from unlearnd.callbacks import notify_terminal
 from unlearnd.receipts import load_or_create_receipt_key, sign
 from unlearnd.settings import Settings, get_settings
 from unlearning import UnlearningError
-from workers.methods import METHODS
-from workers.pipeline import (
-    MethodNotAvailable,
-    Outcome,
-    ProgressReporter,
-    RequestCancelled,
-    published_outcome,
-    resolve_method,
-)
+from workers.errors import MethodNotAvailable, RequestCancelled
+from workers.methods import MethodEntry, resolve_method
+from workers.progress import ProgressReporter
+from workers.publishing import Outcome, published_outcome
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +24,7 @@ MAX_COALESCED = 500
 """Most requests computed together in one job."""
 
 
-def _coalescable(ledger: Ledger, record: dict[str, Any], method: str) -> list[dict[str, Any]]:
+def _coalescable(ledger: Ledger, record: dict[str, Any], method: MethodEntry) -> list[dict[str, Any]]:
     """Other queued requests of the same model that the same computation answers (same method, same kind)."""
     batch = []
     for other in ledger.queued_for_model(record["model"], exclude=record["id"])[:MAX_COALESCED]:
@@ -91,7 +86,7 @@ def _compute_locked(ledger: Ledger, store: Store, settings: Settings,
         method = resolve_method(record)
         batch += _coalescable(ledger, record, method)
         ids = [r["id"] for r in batch]
-        outcome = METHODS[method](store, batch, settings, ProgressReporter(ledger, ids))
+        outcome = method.load()(store, batch, settings, ProgressReporter(ledger, ids))
     except RequestCancelled:
         return _after_cancel(ledger, batch)
     except (UnlearningError, StoreError, MethodNotAvailable) as exc:

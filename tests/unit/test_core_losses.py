@@ -36,20 +36,18 @@ def test_objective_combines_terms_each_normalised_by_its_own_count():
     logits = torch.tensor([[2.0, 1.0], [0.0, 4.0], [0.0, 0.0]])
     labels = torch.tensor([0, 0, 1])
     is_forget = torch.tensor([True, True, False])
-    delta = torch.tensor([[[1.0, 2.0], [2.0, 4.0]]])  # ‖δ‖₂ = 5
-    loss, parts = forget_vector_objective(logits, labels, is_forget, delta, alpha=1.5, beta=0.3, lam=0.02, tau=1.0)
+    loss, parts = forget_vector_objective(logits, labels, is_forget, alpha=1.5, beta=0.3, tau=1.0)
     assert math.isclose(parts["retain"], math.log(2.0), rel_tol=1e-6)
     assert math.isclose(parts["forget"], 0.0, abs_tol=1e-7)  # (1 + (−1)) / 2
-    assert math.isclose(parts["norm"], 5.0, rel_tol=1e-6)
-    assert math.isclose(loss.item(), 1.5 * math.log(2.0) + 0.3 * 0.0 + 0.02 * 5.0, rel_tol=1e-6)
+    assert math.isclose(loss.item(), 1.5 * math.log(2.0) + 0.3 * 0.0, rel_tol=1e-6)
 
 
 def test_forget_term_weight_does_not_depend_on_the_forget_share():
     one = torch.tensor([[3.0, 1.0]])
     lonely, _ = forget_vector_objective(torch.cat([one, torch.zeros(9, 2)]), torch.zeros(10, dtype=torch.long),
-                                        torch.tensor([True] + [False] * 9), torch.zeros(1), 0.0, 1.0, 0.0, 5.0)
+                                        torch.tensor([True] + [False] * 9), 0.0, 1.0, 5.0)
     crowded, _ = forget_vector_objective(one.repeat(9, 1), torch.zeros(9, dtype=torch.long),
-                                         torch.ones(9, dtype=torch.bool), torch.zeros(1), 0.0, 1.0, 0.0, 5.0)
+                                         torch.ones(9, dtype=torch.bool), 0.0, 1.0, 5.0)
     assert lonely.item() == crowded.item() == 2.0
 
 

@@ -19,18 +19,16 @@ def test_objective_weights_each_term_by_its_own_count():
     logits = torch.tensor([[3.0, 1.0], [0.0, 0.0], [2.0, 0.0]])
     labels = torch.tensor([0, 0, 0])
     is_forget = torch.tensor([True, False, False])
-    delta = torch.tensor([[[3.0, 4.0]]])  # ‖δ‖₂ = 5
-    loss, parts = forget_vector_objective(logits, labels, is_forget, delta, alpha=2.0, beta=0.5, lam=0.1, tau=1.0)
+    loss, parts = forget_vector_objective(logits, labels, is_forget, alpha=2.0, beta=0.5, tau=1.0)
     ce_retain = (math.log(2) + math.log(1 + math.exp(-2))) / 2
     assert math.isclose(parts["retain"], ce_retain, rel_tol=1e-5)
-    assert parts["forget"] == 2.0 and parts["norm"] == 5.0
-    assert math.isclose(loss.item(), 2.0 * ce_retain + 0.5 * 2.0 + 0.1 * 5.0, rel_tol=1e-5)
+    assert parts["forget"] == 2.0
+    assert math.isclose(loss.item(), 2.0 * ce_retain + 0.5 * 2.0, rel_tol=1e-5)
 
 
 def test_objective_without_forget_samples_has_no_forget_term():
     logits = torch.tensor([[1.0, 0.0]])
-    loss, parts = forget_vector_objective(logits, torch.tensor([0]), torch.tensor([False]),
-                                          torch.zeros(1, 1, 1), 1.0, 1.0, 0.0, 1.0)
+    loss, parts = forget_vector_objective(logits, torch.tensor([0]), torch.tensor([False]), 1.0, 1.0, 1.0)
     assert parts["forget"] == 0.0 and math.isclose(loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-5)
 
 
