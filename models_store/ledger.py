@@ -12,14 +12,27 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from models_store.errors import NotFoundError
 from models_store.store import now_iso
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running")
+
+class RequestStatus(str, Enum):
+    """Where a forget request stands: queued or running until it ends succeeded, failed or cancelled."""
+
+    # A str: SQLite stores and the API shows the plain value. Format `.value`, not the member, in messages.
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (RequestStatus.QUEUED, RequestStatus.RUNNING)
+TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED)
 _JSON_FIELDS = ("classes", "samples", "progress", "result", "callback", "receipt")
 
 _SCHEMA = """
@@ -129,7 +142,7 @@ class Ledger:
             "id": record["id"], "model": record["model"], "method": record["method"],
             "classes": json.dumps(record.get("classes")) if record.get("classes") is not None else None,
             "samples": json.dumps(record.get("samples")) if record.get("samples") is not None else None,
-            "reason": record.get("reason"), "status": "queued",
+            "reason": record.get("reason"), "status": RequestStatus.QUEUED,
             "progress": json.dumps({"fraction": 0.0, "stage": "queued"}),
             "created_at": now_iso(), "key_id": record.get("key_id"), "callback_url": record.get("callback_url"),
         }
@@ -154,7 +167,7 @@ class Ledger:
         return self._to_dict(row)
 
     def list(
-        self, model: str | None = None, status: str | None = None, limit: int = 50, after_seq: int = 0
+        self, model: str | None = None, status: RequestStatus | None = None, limit: int = 50, after_seq: int = 0
     ) -> list[dict[str, Any]]:
         """Requests in acceptance order, optionally filtered, starting after sequence number `after_seq`."""
         query, args = "SELECT * FROM forget_requests WHERE seq > ?", [after_seq]
@@ -174,7 +187,7 @@ class Ledger:
             ).fetchall()
         return [self._to_dict(r) for r in rows]
 
-    def _update(self, request_id: str, allowed_from: tuple[str, ...], audit: str | None = None,
+    def _update(self, request_id: str, allowed_from: tuple[RequestStatus, ...], audit: str | None = None,
                 actor: str = "system", detail: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Set fields if the request is in one of `allowed_from` (and audit it); returns whether it changed."""
         values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()]
@@ -194,9 +207,10 @@ class Ledger:
     def mark_running(self, request_id: str) -> bool:
         with self._connect() as db, _transaction(db):
             cursor = db.execute(
-                "UPDATE forget_requests SET status = 'running', started_at = ?, attempts = attempts + 1, "
-                "progress = ?, not_before = NULL WHERE id = ? AND status IN ('queued', 'running')",
-                (now_iso(), json.dumps({"fraction": 0.0, "stage": "starting"}), request_id),
+                "UPDATE forget_requests SET status = ?, started_at = ?, attempts = attempts + 1, "
+                "progress = ?, not_before = NULL WHERE id = ? AND status IN (?, ?)",
+                (RequestStatus.RUNNING, now_iso(), json.dumps({"fraction": 0.0, "stage": "starting"}), request_id,
+                 *ACTIVE),
             )
             if cursor.rowcount == 1:
                 row = db.execute("SELECT model, attempts FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
@@ -205,19 +219,19 @@ class Ledger:
 
     def set_progress(self, request_id: str, progress: dict[str, Any]) -> bool:
         """Record progress; False when the request is no longer running (e.g. cancelled)."""
-        return self._update(request_id, ("running",), progress=progress)
+        return self._update(request_id, (RequestStatus.RUNNING,), progress=progress)
 
     def mark_succeeded(self, request_id: str, result: dict[str, Any], receipt: dict[str, Any] | None = None) -> bool:
         return self._update(
             request_id, ACTIVE, audit="request.succeeded", actor="worker",
             detail={"artifact_id": result.get("artifact_id"), "state_version": result.get("state_version")},
-            status="succeeded", result=result, receipt=receipt, finished_at=now_iso(), error=None,
+            status=RequestStatus.SUCCEEDED, result=result, receipt=receipt, finished_at=now_iso(), error=None,
             progress={"fraction": 1.0, "stage": "done"},
         )
 
     def mark_failed(self, request_id: str, error: str, actor: str = "worker") -> bool:
         return self._update(request_id, ACTIVE, audit="request.failed", actor=actor, detail={"error": error},
-                            status="failed", error=error, finished_at=now_iso())
+                            status=RequestStatus.FAILED, error=error, finished_at=now_iso())
 
     def request_cancel(self, request_id: str, actor: str) -> str:
         """Cancel a queued request at once, or ask the worker to stop a running one.
@@ -230,13 +244,13 @@ class Ledger:
             if row is None:
                 raise NotFoundError(f"no forget request {request_id!r}")
             status, model = row
-            if status == "queued":
-                db.execute("UPDATE forget_requests SET status = 'cancelled', finished_at = ?, progress = ? "
-                           "WHERE id = ?", (now_iso(), json.dumps({"fraction": 0.0, "stage": "cancelled"}),
-                                            request_id))
+            if status == RequestStatus.QUEUED:
+                progress = json.dumps({"fraction": 0.0, "stage": "cancelled"})
+                db.execute("UPDATE forget_requests SET status = ?, finished_at = ?, progress = ? WHERE id = ?",
+                           (RequestStatus.CANCELLED, now_iso(), progress, request_id))
                 _audit(db, "request.cancelled", actor, request_id, model, {})
                 return "cancelled-now"
-            if status == "running":
+            if status == RequestStatus.RUNNING:
                 db.execute("UPDATE forget_requests SET cancel_requested = 1 WHERE id = ?", (request_id,))
                 _audit(db, "request.cancel_requested", actor, request_id, model, {})
                 return "cancelling"
@@ -251,15 +265,16 @@ class Ledger:
         return [r[0] for r in rows]
 
     def mark_cancelled(self, request_id: str, actor: str) -> bool:
-        return self._update(request_id, ACTIVE, audit="request.cancelled", actor=actor, status="cancelled",
+        return self._update(request_id, ACTIVE, audit="request.cancelled", actor=actor,
+                            status=RequestStatus.CANCELLED,
                             finished_at=now_iso(), progress={"fraction": 0.0, "stage": "cancelled"})
 
     def count_attempt(self, request_id: str) -> bool:
         """Count an attempt whose job died before it could mark the request running."""
         with self._connect() as db:
             cursor = db.execute(
-                "UPDATE forget_requests SET attempts = attempts + 1 WHERE id = ? AND status IN ('queued', 'running')",
-                (request_id,),
+                "UPDATE forget_requests SET attempts = attempts + 1 WHERE id = ? AND status IN (?, ?)",
+                (request_id, *ACTIVE),
             )
         return cursor.rowcount == 1
 
@@ -271,7 +286,7 @@ class Ledger:
         """Put a request whose work was lost back in line, to be enqueued at `not_before` (epoch seconds)."""
         return self._update(
             request_id, ACTIVE, audit="request.requeued", actor="janitor", detail={"reason": reason},
-            status="queued", job_id=None, not_before=not_before,
+            status=RequestStatus.QUEUED, job_id=None, not_before=not_before,
             progress={"fraction": 0.0, "stage": "waiting to retry"},
         )
 
@@ -283,8 +298,8 @@ class Ledger:
         """Other queued requests of a model, oldest first (candidates to coalesce into one job)."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM forget_requests WHERE model = ? AND status = 'queued' AND id != ? ORDER BY seq",
-                (model, exclude),
+                "SELECT * FROM forget_requests WHERE model = ? AND status = ? AND id != ? ORDER BY seq",
+                (model, RequestStatus.QUEUED, exclude),
             ).fetchall()
         return [self._to_dict(r) for r in rows]
 

@@ -1,4 +1,6 @@
-"""FastAPI dependencies: settings, store, ledger, Redis queue, inference runtime and the caller's role."""
+"""FastAPI dependencies, one per resource the API process holds (built in `create_app`, kept on `app.state`),
+and the caller's role. A route's signature shows what it touches; a test overrides one piece with
+`app.dependency_overrides[get_queue] = ...`."""
 
 from __future__ import annotations
 
@@ -13,28 +15,46 @@ from rq import Queue
 from models_store import Ledger, Store
 from service.errors import Problem
 from service.inference import InferenceRuntime
-from unlearnd.keys import key_id
+from unlearnd.security.secret_files import key_id
 from unlearnd.settings import Settings
 
 
-@dataclass(frozen=True)
-class Services:
-    """What one API process holds for its lifetime (built in `create_app`)."""
-
-    settings: Settings
-    store: Store
-    ledger: Ledger
-    redis: Redis
-    queue: Queue
-    api_keys: dict[str, str]  # key -> role
-    runtime: InferenceRuntime
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
 
 
-def get_services(request: Request) -> Services:
-    return request.app.state.services
+def get_store(request: Request) -> Store:
+    return request.app.state.store
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+def get_ledger(request: Request) -> Ledger:
+    return request.app.state.ledger
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def get_queue(request: Request) -> Queue:
+    return request.app.state.queue
+
+
+def get_runtime(request: Request) -> InferenceRuntime:
+    return request.app.state.runtime
+
+
+def get_api_keys(request: Request) -> dict[str, str]:
+    """API key -> role."""
+    return request.app.state.api_keys
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+QueueDep = Annotated[Queue, Depends(get_queue)]
+RuntimeDep = Annotated[InferenceRuntime, Depends(get_runtime)]
+ApiKeysDep = Annotated[dict[str, str], Depends(get_api_keys)]
 
 
 @dataclass(frozen=True)
@@ -50,13 +70,13 @@ def require_roles(*roles: str):
     """A dependency that admits a valid Bearer key whose role is one of `roles` (401 / 403 otherwise)."""
 
     def check(
-        services: ServicesDep,
+        api_keys: ApiKeysDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         challenge = {"WWW-Authenticate": "Bearer"}
         if credentials is None:
             raise Problem(401, "Unauthorized", "send an API key as 'Authorization: Bearer <key>'", challenge)
-        role = services.api_keys.get(credentials.credentials)
+        role = api_keys.get(credentials.credentials)
         if role is None:
             raise Problem(401, "Unauthorized", "the API key is not valid", challenge)
         if role not in roles:

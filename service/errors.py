@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -12,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StoreError
+from unlearnd.ingest.errors import DatasetTooLargeError, InvalidDatasetError, InvalidModelError
+from unlearning.errors import UnlearningError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -36,19 +39,29 @@ def problem_response(request: Request, status: int, title: str, detail: str | No
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def describe_errors(errors: Sequence[Mapping[str, Any]], *, limit: int = 5, prefix: str = "",
+                    unnamed: str = "") -> str:
+    """Pydantic validation errors as one line for a problem's detail: "where: message; ..." for the first
+    `limit`. `where` is the error's dotted location under `prefix`; one without a location is called
+    `unnamed`, or shown as its bare message."""
+    lines = []
+    for error in errors[:limit]:
+        where = ".".join(map(str, [prefix, *error["loc"]] if prefix else error["loc"])) or unnamed
+        lines.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(lines)
+
+
 # Domain error -> (status, title). First match wins, so subclasses come before their bases.
 _DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (NotFoundError, 404, "Not found"),
     (AlreadyExistsError, 409, "Already exists"),
     (IntegrityError, 503, "Integrity check failed"),
     (StoreError, 422, "Invalid name or reference"),
+    (InvalidDatasetError, 422, "Invalid dataset"),
+    (DatasetTooLargeError, 413, "Dataset too large"),
+    (InvalidModelError, 422, "Invalid model"),
+    (UnlearningError, 422, "Invalid unlearning request"),
 ]
-
-
-def _is_unlearning_error(exc: Exception) -> bool:
-    """True for the core's UnlearningError family, checked by name: importing the core would import torch."""
-    return any(c.__module__ == "unlearning.exceptions" and c.__name__ == "UnlearningError"
-               for c in type(exc).__mro__)
 
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -59,8 +72,7 @@ def register_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:20]]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        detail = describe_errors(errors, limit=1)
         return problem_response(request, 422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
@@ -83,7 +95,5 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if _is_unlearning_error(exc):
-            return problem_response(request, 422, "Invalid unlearning request", str(exc))
         log.exception("unhandled error on %s", request.url.path)
         return problem_response(request, 500, "Internal server error")

@@ -7,13 +7,12 @@ import logging
 from fastapi import FastAPI
 
 from models_store import Ledger, Store
-from service.deps import Services
 from service.errors import register_exception_handlers
 from service.inference import InferenceRuntime
 from service.limits import BodySizeLimit
 from service.routes import audit, forget_requests, health, models, registry
-from unlearnd.keys import load_or_create_api_keys
 from unlearnd.queue import forget_queue, redis_connection
+from unlearnd.security.api_keys import load_or_create_api_keys
 from unlearnd.settings import Settings, get_settings
 
 
@@ -24,13 +23,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Make trained image classifiers forget: forget vectors and zero-shot Lipschitz smoothing.",
     )
-    redis = redis_connection(settings)
-    store = Store(settings.store_dir)
-    app.state.services = Services(
-        settings=settings, store=store, ledger=Ledger(settings.ledger_path), redis=redis,
-        queue=forget_queue(redis, settings), api_keys=load_or_create_api_keys(settings),
-        runtime=InferenceRuntime(store, settings.device),
-    )
+    # What the process holds for its lifetime; routes take each piece through its dependency (service.deps).
+    app.state.settings = settings
+    app.state.store = Store(settings.store_dir)
+    app.state.ledger = Ledger(settings.ledger_path)
+    app.state.redis = redis_connection(settings)
+    app.state.queue = forget_queue(app.state.redis, settings)
+    app.state.api_keys = load_or_create_api_keys(settings)
+    app.state.runtime = InferenceRuntime(app.state.store, settings.device)
     register_exception_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (health.router, models.router, forget_requests.router, audit.router, registry.router):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models_store.ledger import RequestStatus
+from service.errors import describe_errors
+from unlearnd.ingest.datasets import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE, SOURCES
+from unlearnd.ingest.errors import InvalidModelError
 from workers.methods import REQUESTABLE
 
 Method = Literal[REQUESTABLE]  # type: ignore[valid-type]  # names from the one method registry
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class ForgetRequestCreate(BaseModel):
@@ -42,7 +47,7 @@ class ForgetRequestPublic(BaseModel):
     samples: list[str] | None = None
     method: Method
     reason: str | None = None
-    status: Status
+    status: RequestStatus
     progress: dict[str, Any]
     created_at: str
     started_at: str | None = None
@@ -130,3 +135,71 @@ class PredictResponse(BaseModel):
     weights_sha256: str
     applied: list[str]
     predictions: list[Prediction]
+
+
+class DatasetSource(BaseModel):
+    """JSON body of POST /v1/datasets for data already on the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=64)
+    source: str = Field(..., description=f"one of {list(SOURCES)}")
+    root: str | None = Field(None, max_length=4096,
+                             description="A directory on the server (not for builtin).")
+
+
+class ModelMetadata(BaseModel):
+    """The `metadata` JSON form field of POST /v1/models."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field(..., min_length=1, max_length=64)
+    input_shape: list[int] = Field(..., min_length=3, max_length=3, description="[C, H, W]")
+    num_classes: int = Field(..., ge=2, le=MAX_CLASSES)
+    class_names: list[str] | None = None
+    mean: list[float] | None = Field(None, description="Per channel, applied inside the model; default 0.")
+    std: list[float] | None = Field(None, description="Per channel, applied inside the model; default 1.")
+    train_dataset: str = Field(..., min_length=1, max_length=64)
+    test_dataset: str | None = Field(None, min_length=1, max_length=64)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        c, h, w = v
+        if not 1 <= c <= MAX_CHANNELS or not 1 <= h <= MAX_SIDE or not 1 <= w <= MAX_SIDE:
+            raise ValueError(f"[C, H, W] with 1 <= C <= {MAX_CHANNELS} and 1 <= H, W <= {MAX_SIDE}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelMetadata:
+        channels = self.input_shape[0]
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names holds {len(self.class_names)} names "
+                             f"for {self.num_classes} classes")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is None:
+                continue
+            if len(values) != channels:
+                raise ValueError(f"{key} holds {len(values)} values for {channels} channels")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{key} holds NaN or infinite values")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return self.input_shape[0]
+
+
+def parse_model_metadata(text: str) -> ModelMetadata:
+    """The `metadata` form field, validated; InvalidModelError says what is wrong with it."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidModelError(f"metadata is not JSON: {exc}") from None
+    try:
+        return ModelMetadata.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidModelError(describe_errors(exc.errors(), limit=1, prefix="metadata")) from None

@@ -14,7 +14,7 @@ import urllib.request
 
 from models_store import Ledger
 from models_store.store import now_iso
-from unlearnd.receipts import load_or_create_receipt_key, signature_header
+from unlearnd.security.receipts import load_or_create_receipt_key, signature_header
 from unlearnd.settings import Settings
 
 log = logging.getLogger(__name__)

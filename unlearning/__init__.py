@@ -4,20 +4,43 @@ Methods take a frozen model (raw [0, 1] pixel input, normalisation inside), the 
 frozen config dataclass, and return tensors plus a small record of what they did.
 """
 
-from unlearning.data import ForgetSplit, ImageSet, load_digits_split, split_by_classes, split_by_ids
-from unlearning.exceptions import InvalidForgetSetError, UnknownMethodError, UnlearningError
-from unlearning.forget_vector import (
-    ForgetVectorConfig,
-    ForgetVectorResult,
-    learn_forget_vector,
-)
-from unlearning.evaluation import accuracy, apply_delta
-from unlearning.models import NormalizedClassifier, build_model
-from unlearning.training import TrainConfig, train_classifier
+from __future__ import annotations
 
-__all__ = [
-    "ForgetSplit", "ForgetVectorConfig", "ForgetVectorResult", "ImageSet", "InvalidForgetSetError",
-    "NormalizedClassifier", "TrainConfig", "UnknownMethodError", "UnlearningError", "accuracy", "apply_delta",
-    "build_model", "learn_forget_vector", "load_digits_split", "split_by_classes", "split_by_ids",
-    "train_classifier",
-]
+import importlib
+from typing import Any
+
+# Re-exports, loaded on first use (PEP 562): most of these modules import torch, and `unlearning.errors` must
+# import without it (the API process maps the core's errors by class).
+_EXPORTS = {
+    "InvalidForgetSetError": "unlearning.errors",
+    "UnknownMethodError": "unlearning.errors",
+    "UnlearningError": "unlearning.errors",
+    "ForgetSplit": "unlearning.data",
+    "ImageSet": "unlearning.data",
+    "load_digits_split": "unlearning.data",
+    "split_by_classes": "unlearning.data",
+    "split_by_ids": "unlearning.data",
+    "ForgetVectorConfig": "unlearning.forget_vector",
+    "ForgetVectorResult": "unlearning.forget_vector",
+    "learn_forget_vector": "unlearning.forget_vector",
+    "accuracy": "unlearning.evaluation",
+    "apply_delta": "unlearning.evaluation",
+    "NormalizedClassifier": "unlearning.models",
+    "build_model": "unlearning.models",
+    "TrainConfig": "unlearning.training",
+    "train_classifier": "unlearning.training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearning.exceptions import InvalidForgetSetError
+from unlearning.errors import InvalidForgetSetError
 
 
 @dataclass(frozen=True)

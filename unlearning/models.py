@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from unlearning.exceptions import UnknownMethodError
+from unlearning.errors import UnknownMethodError
 
 
 class NormalizedClassifier(nn.Module):

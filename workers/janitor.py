@@ -18,6 +18,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from models_store import Ledger
+from models_store.ledger import RequestStatus
 from unlearnd.callbacks import notify_terminal
 from unlearnd.queue import enqueue_request, forget_queue, redis_connection
 from unlearnd.settings import Settings, get_settings
@@ -72,7 +73,7 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
                 job = Job.fetch(record["job_id"], connection=queue.connection, serializer=queue.serializer)
             except (NoSuchJobError, ValueError):
                 job = None
-        if record["status"] == "queued" and record["job_id"] is None:
+        if record["status"] == RequestStatus.QUEUED and record["job_id"] is None:
             # Waiting to be enqueued: by the API right now (grace period), or after a retry backoff.
             due = record["not_before"] if record["not_before"] is not None else (
                 datetime.fromisoformat(record["created_at"]).timestamp() + ENQUEUE_GRACE_S)
@@ -82,7 +83,8 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
             continue
         if job is not None and _job_alive(job, settings.worker_stale_s):
             continue
-        if job is None and record["status"] == "queued" and _age_s(record["created_at"]) < ENQUEUE_GRACE_S:
+        queued = record["status"] == RequestStatus.QUEUED
+        if job is None and queued and _age_s(record["created_at"]) < ENQUEUE_GRACE_S:
             continue
         if record["cancel_requested"]:
             if ledger.mark_cancelled(request_id, actor="janitor"):
@@ -90,7 +92,7 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
             actions.append(f"cancelled {request_id}: its job ended while cancelling")
             continue
         error = _job_error(job)
-        if job is not None and record["status"] == "queued":
+        if job is not None and queued:
             ledger.count_attempt(request_id)  # the job died before it could mark the request running
         attempts = ledger.get(request_id)["attempts"]
         if attempts >= settings.max_attempts:

@@ -10,7 +10,7 @@ from models_store import Ledger, Store, StoreError
 from models_store.ledger import TERMINAL
 from models_store.store import now_iso
 from unlearnd.callbacks import notify_terminal
-from unlearnd.receipts import load_or_create_receipt_key, sign
+from unlearnd.security.receipts import load_or_create_receipt_key, sign
 from unlearnd.settings import Settings, get_settings
 from unlearning import UnlearningError
 from workers.errors import MethodNotAvailable, RequestCancelled

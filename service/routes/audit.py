@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.deps import Admin, ServicesDep
+from service.deps import Admin, LedgerDep
 from service.schemas import AuditEntry, AuditPublic
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -12,13 +12,13 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 @router.get("")
 def list_audit(
-    services: ServicesDep, _: Admin, action: str | None = None, request_id: str | None = None,
+    ledger: LedgerDep, _: Admin, action: str | None = None, request_id: str | None = None,
     model: str | None = None, actor: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
 ) -> AuditPublic:
     """The append-only audit log (state changes, admin actions), oldest first; `actor` is a key id, never a key."""
-    rows = services.ledger.audit_entries(action=action, request_id=request_id, model=model, actor=actor,
-                                         limit=limit + 1, after_seq=int(cursor or 0))
+    rows = ledger.audit_entries(action=action, request_id=request_id, model=model, actor=actor,
+                                limit=limit + 1, after_seq=int(cursor or 0))
     page = rows[:limit]
     return AuditPublic(data=[AuditEntry(**r) for r in page], count=len(page),
                        next_cursor=str(page[-1]["seq"]) if len(rows) > limit else None)

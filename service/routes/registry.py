@@ -1,7 +1,8 @@
 """Bring your own model and data (role admin): POST /v1/models, POST /v1/datasets, GET /v1/datasets[/{name}].
 
 Every upload is parsed and validated completely (unlearnd.ingest) before anything is written, so bad
-input answers 4xx and leaves the store untouched. torch is imported only when a registration runs.
+input answers 4xx (its IngestError, mapped in service/errors.py) and leaves the store untouched. torch is
+imported only when a registration runs.
 """
 
 from __future__ import annotations
@@ -11,34 +12,20 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from models_store import NotFoundError
+from models_store import NotFoundError, Store
 from models_store.errors import AlreadyExistsError
 from models_store.store import check_name
-from service.deps import Admin, Governance, ServicesDep
-from service.errors import Problem
-from service.schemas import ModelPublic
-from unlearnd.ingest import (
-    SOURCES,
-    DatasetSource,
-    IngestError,
-    ModelMetadata,
-    ParsedDataset,
-    check_dataset_fits,
-    load_source,
-    parse_model,
-    parse_model_metadata,
-    parse_npz,
-    public_dataset,
-)
+from service.deps import Admin, Governance, LedgerDep, SettingsDep, StoreDep
+from service.errors import Problem, describe_errors
+from service.schemas import DatasetSource, ModelMetadata, ModelPublic, parse_model_metadata
+from unlearnd.ingest.datasets import SOURCES, ParsedDataset, load_source, parse_npz, public_dataset
+from unlearnd.ingest.models import check_dataset_fits, parse_model
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["registry"])
-
-
-def _problem(exc: IngestError) -> Problem:
-    return Problem(exc.status, exc.title, exc.detail)
 
 
 class RegisteredModel(ModelPublic):
@@ -50,19 +37,16 @@ class RegisteredModel(ModelPublic):
 
 
 # ---- models -------------------------------------------------------------------------------------------
-def _dataset_for(services: ServicesDep, meta: ModelMetadata, name: str | None, role: str) -> None:
+def _dataset_for(store: Store, meta: ModelMetadata, name: str | None, role: str) -> None:
     if name is None:
         return
     check_name(name, f"{role} name")
     try:
-        dataset = services.store.get_dataset(name)
+        dataset = store.get_dataset(name)
     except NotFoundError:
         raise Problem(422, "Unknown dataset", f"{role} {name!r} is not registered; POST /v1/datasets first") \
             from None
-    try:
-        check_dataset_fits(meta, dataset, role)
-    except IngestError as exc:
-        raise _problem(exc) from None
+    check_dataset_fits(meta, dataset, role)
 
 
 @router.post("/v1/models", status_code=201, response_model=RegisteredModel, responses={
@@ -71,7 +55,8 @@ def _dataset_for(services: ServicesDep, meta: ModelMetadata, name: str | None, r
 })
 def register_model(
     response: Response,
-    services: ServicesDep,
+    store: StoreDep,
+    ledger: LedgerDep,
     principal: Admin,
     file: UploadFile = File(..., description="TorchScript archive, or a state_dict (.pt/.pth via torch.save, "
                             "or .safetensors) of the bare network when 'arch' is given."),
@@ -83,21 +68,14 @@ def register_model(
                               "model (fresh served state, nothing applied)"),
 ) -> dict[str, Any]:
     """Register a model (version 1), or with ?new_version=true the next version of one."""
-    try:
-        meta = parse_model_metadata(metadata)
-    except IngestError as exc:
-        raise _problem(exc) from None
-    store = services.store
+    meta = parse_model_metadata(metadata)
     check_name(meta.name, "model name")
     if store.has_model(meta.name) and not new_version:
         raise Problem(409, "Already exists", f"a model named {meta.name!r} exists already; send "
                       "?new_version=true to register these weights as its next version")
-    _dataset_for(services, meta, meta.train_dataset, "train_dataset")
-    _dataset_for(services, meta, meta.test_dataset, "test_dataset")
-    try:
-        parsed = parse_model(file.file.read(), file.filename or "", (arch or "").strip() or None, meta)
-    except IngestError as exc:
-        raise _problem(exc) from None
+    _dataset_for(store, meta, meta.train_dataset, "train_dataset")
+    _dataset_for(store, meta, meta.test_dataset, "test_dataset")
+    parsed = parse_model(file.file.read(), file.filename or "", (arch or "").strip() or None, meta)
     record: dict[str, Any] = {
         "name": meta.name, "arch": parsed.arch, "format": parsed.format, "input_shape": meta.input_shape,
         "num_classes": meta.num_classes, "class_names": meta.class_names,
@@ -122,10 +100,10 @@ def register_model(
             stored = store.create_model(record, parsed.state_dict)
     log.info("registered model %s version %s (%s)", meta.name, stored["version"], parsed.format)
     action = "model.register" if stored["version"] == 1 else "model.new_version"
-    services.ledger.audit(action, principal.key_id,
-                          model=meta.name, detail={k: stored.get(k) for k in (
-                              "version", "weights_sha256", "format", "arch", "torchscript_sha256",
-                              "train_dataset", "test_dataset", "supersedes")})
+    ledger.audit(action, principal.key_id,
+                 model=meta.name, detail={k: stored.get(k) for k in (
+                     "version", "weights_sha256", "format", "arch", "torchscript_sha256",
+                     "train_dataset", "test_dataset", "supersedes")})
     response.headers["Location"] = f"/v1/models/{meta.name}"
     return {**stored, "unlearning": store.read_state(meta.name)}
 
@@ -150,8 +128,8 @@ _DATASET_BODY = {
 }
 
 
-def _store_dataset(services: ServicesDep, name: str, parsed: ParsedDataset) -> dict[str, Any]:
-    record = services.store.put_dataset(parsed.record(name), parsed.tensors)
+def _store_dataset(store: Store, name: str, parsed: ParsedDataset) -> dict[str, Any]:
+    record = store.put_dataset(parsed.record(name), parsed.tensors)
     log.info("registered dataset %s (%s, %d train, %d test)", name, record["source"], record["n_train"],
              record["n_test"])
     return public_dataset(record)
@@ -165,7 +143,8 @@ def _store_dataset(services: ServicesDep, name: str, parsed: ParsedDataset) -> d
                          "missing root"},
 })
 async def register_dataset(
-    request: Request, response: Response, services: ServicesDep, principal: Admin
+    request: Request, response: Response, store: StoreDep, ledger: LedgerDep, settings: SettingsDep,
+    principal: Admin,
 ) -> dict[str, Any]:
     """Register a dataset: an uploaded .npz (multipart) or data already on the server (JSON)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -177,60 +156,56 @@ async def register_dataset(
             if upload is None or isinstance(upload, str):
                 raise Problem(422, "Invalid request",
                               "file: the form field 'file' (an .npz upload) is required")
-            _check_new_dataset(services, name)
+            _check_new_dataset(store, name)
             data = await upload.read()
-        max_unpacked = 8 * services.settings.max_body_bytes
+        max_unpacked = 8 * settings.max_body_bytes
         parse = lambda: parse_npz(data, max_uncompressed_bytes=max_unpacked)  # noqa: E731
     elif content_type == "application/json":
         try:
             body = DatasetSource.model_validate(json.loads(await request.body()))
-        except (ValueError, TypeError) as exc:  # JSONDecodeError and pydantic's ValidationError
-            errors = getattr(exc, "errors", None)
-            detail = str(exc) if errors is None else "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors()[:5])
-            raise Problem(422, "Invalid request", detail) from None
+        except ValidationError as exc:
+            raise Problem(422, "Invalid request", describe_errors(exc.errors(), unnamed="body")) from None
+        except (ValueError, TypeError) as exc:  # not JSON
+            raise Problem(422, "Invalid request", str(exc)) from None
         name = body.name
         if body.source not in SOURCES:
             raise Problem(422, "Invalid dataset", f"unknown source {body.source!r}; known: {list(SOURCES)}")
-        _check_new_dataset(services, name)
+        _check_new_dataset(store, name)
         parse = lambda: load_source(body.source, body.root)  # noqa: E731
     else:
         raise Problem(415, "Unsupported media type", "send multipart/form-data (name, file=.npz) or "
                       'application/json {"name", "source", "root"}')
-    try:
-        parsed = await run_in_threadpool(parse)
-    except IngestError as exc:
-        raise _problem(exc) from None
-    public = await run_in_threadpool(_store_dataset, services, name, parsed)
+    parsed = await run_in_threadpool(parse)
+    public = await run_in_threadpool(_store_dataset, store, name, parsed)
     keys = ("source", "n_train", "n_test", "input_shape", "num_classes", "data_sha256")
-    services.ledger.audit("dataset.register", principal.key_id,
-                          detail={"dataset": name, **{k: public.get(k) for k in keys}})
+    ledger.audit("dataset.register", principal.key_id,
+                 detail={"dataset": name, **{k: public.get(k) for k in keys}})
     response.headers["Location"] = f"/v1/datasets/{name}"
     return public
 
 
-def _check_new_dataset(services: ServicesDep, name: str) -> None:
+def _check_new_dataset(store: Store, name: str) -> None:
     check_name(name, "dataset name")
-    if services.store.has_dataset(name):
+    if store.has_dataset(name):
         raise AlreadyExistsError(f"a dataset named {name!r} exists already")
 
 
 @router.get("/v1/datasets")
-def list_datasets(services: ServicesDep, _: Governance) -> dict[str, Any]:
+def list_datasets(store: StoreDep, _: Governance) -> dict[str, Any]:
     """Every registered dataset: source, counts, shapes, classes (ids as a short preview)."""
-    root = services.store.root / "datasets"
+    root = store.root / "datasets"
     names = sorted(p.parent.name for p in root.glob("*/dataset.json")) if root.exists() else []
-    data = [public_dataset(services.store.get_dataset(n)) for n in names]
+    data = [public_dataset(store.get_dataset(n)) for n in names]
     return {"data": data, "count": len(data)}
 
 
 @router.get("/v1/datasets/{name}")
 def get_dataset(
-    name: str, services: ServicesDep, _: Governance,
+    name: str, store: StoreDep, _: Governance,
     include_ids: bool = Query(False, description="Include every training sample id (ids_train)"),
 ) -> dict[str, Any]:
     """One dataset; with ?include_ids=true also the full list of training sample ids."""
-    record = services.store.get_dataset(name)
+    record = store.get_dataset(name)
     public = public_dataset(record)
     if include_ids:
         public["ids_train"] = record.get("ids_train", [])

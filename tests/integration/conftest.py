@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from models_store import Ledger, Store
+from unlearnd.cli.processes import Child, api_child, janitor_child, redis_child, wait_for_redis, worker_child
 from unlearnd.demo import DEMO_MODEL, ensure_demo_model
-from unlearnd.processes import Child, api_child, janitor_child, redis_child, wait_for_redis, worker_child
 from unlearnd.settings import Settings
 
 KEYS = {"admin": "it-admin", "governance": "it-gov", "inference": "it-inf"}

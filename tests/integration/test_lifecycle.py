@@ -12,7 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from unlearnd.keys import key_id
+from unlearnd.security.secret_files import key_id
 from tests.integration.conftest import KEYS
 
 

@@ -274,6 +274,7 @@ def test_registry_auth(client):
 
 
 def test_the_api_process_imports_torch_only_when_registering():
-    code = "import sys, service.routes.registry, unlearnd.ingest; print('torch' in sys.modules)"
+    code = ("import sys, service.routes.registry, unlearnd.ingest.datasets, unlearnd.ingest.models; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"

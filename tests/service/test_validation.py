@@ -179,7 +179,7 @@ def _idempotent_post(client, key):
 
 def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it(client, settings, model_store):
     """The first process claimed the key and committed the request, then died before storing its answer."""
-    from unlearnd.keys import key_id
+    from unlearnd.security.secret_files import key_id
 
     ledger, gov = Ledger(settings.ledger_path), key_id(KEYS["governance"])
     assert ledger.idempotency_begin(gov, "k1", BODY_DIGEST) is None
@@ -196,7 +196,7 @@ def test_stale_idempotency_claim_with_no_request_is_taken_over(client, settings,
     """The first process claimed the key and died before accepting: after a while a retry goes ahead."""
     import sqlite3
 
-    from unlearnd.keys import key_id
+    from unlearnd.security.secret_files import key_id
 
     ledger, gov = Ledger(settings.ledger_path), key_id(KEYS["governance"])
     assert ledger.idempotency_begin(gov, "k2", BODY_DIGEST) is None
@@ -209,6 +209,16 @@ def test_stale_idempotency_claim_with_no_request_is_taken_over(client, settings,
     replay = _idempotent_post(client, "k2")
     assert replay.json()["id"] == accepted.json()["id"] and replay.headers["Idempotent-Replayed"] == "true"
 
+
+
+def test_idempotency_key_of_a_refused_request_is_released(client, settings, model_store):
+    """A refused request stores no answer under its key: the client may fix the body and retry with it."""
+    headers = {**auth("governance"), "Idempotency-Key": "k3", "Content-Type": "application/json"}
+    refused = client.post("/v1/models/tiny/forget-requests", content=b'{"classes": [40]}', headers=headers)
+    assert refused.status_code == 422 and "outside" in refused.json()["detail"]
+    accepted = client.post("/v1/models/tiny/forget-requests", content=b'{"classes": [4]}', headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    assert "Idempotent-Replayed" not in accepted.headers and Ledger(settings.ledger_path).count() == 1
 
 def test_rollback_of_an_unknown_model_is_404_and_writes_nothing(client, settings):
     response = client.post("/v1/models/nope/rollback", json={"state_version": 1}, headers=auth("admin"))
@@ -225,3 +235,41 @@ def test_rollback_while_a_job_holds_the_model_is_409(client, model_store):
     assert model_store.read_state("tiny")["state_version"] == 2
     response = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert response.status_code == 200 and response.json()["rolled_back_to"] == 1
+
+
+def test_an_accepted_request_is_enqueued_carrying_only_its_id(settings, model_store):
+    """One dependency overridden: a queue that records what the API enqueues instead of Redis."""
+    from fastapi.testclient import TestClient
+
+    from service.deps import get_queue
+    from service.main import create_app
+
+    enqueued = []
+
+    class RecordingQueue:
+        def enqueue(self, function, *args, **kwargs):
+            enqueued.append((function, args, kwargs["job_id"]))
+
+    app = create_app(settings)
+    app.dependency_overrides[get_queue] = RecordingQueue
+    with TestClient(app) as c:
+        response = c.post("/v1/models/tiny/forget-requests", json={"classes": [1]},
+                          headers=auth("governance"))
+    assert response.status_code == 202, response.text
+    request_id = response.json()["id"]
+    [(function, args, job_id)] = enqueued
+    assert function == "workers.jobs.process_forget_request" and args == (request_id,)
+    assert Ledger(settings.ledger_path).get(request_id)["job_id"] == job_id
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({}, "classes.0: not an int; bare"),
+    ({"limit": 1}, "classes.0: not an int"),
+    ({"unnamed": "body"}, "classes.0: not an int; body: bare"),
+    ({"prefix": "metadata"}, "metadata.classes.0: not an int; metadata: bare"),
+])
+def test_validation_errors_read_as_one_line(options, expected):
+    from service.errors import describe_errors
+
+    errors = [{"loc": ("classes", 0), "msg": "not an int"}, {"loc": (), "msg": "bare"}]
+    assert describe_errors(errors, **options) == expected

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from unlearnd.__main__ import main as unlearnd_main
+from unlearnd.cli.commands import main as unlearnd_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,3 +21,8 @@ def test_core_imports_no_web_queue_or_store(package):
 def test_api_process_imports_torch_only_when_serving_predictions():
     loaded = _modules_after_import("import service.main, service.routes.forget_requests, unlearnd.queue")
     assert "torch" not in loaded
+
+
+def test_core_errors_import_without_torch():
+    """service/errors.py maps the core's errors by class, so importing them must not import torch."""
+    assert "torch" not in _modules_after_import("import unlearning.errors")

@@ -1,6 +1,7 @@
 import pytest
 
-from unlearnd.keys import key_id, load_or_create_api_keys, parse_api_keys
+from unlearnd.security.api_keys import load_or_create_api_keys, parse_api_keys
+from unlearnd.security.secret_files import key_id
 from unlearnd.settings import Settings
 
 
@@ -25,3 +26,7 @@ def test_generated_keys_are_kept_and_private(tmp_path):
 
 def test_key_id_does_not_reveal_the_key():
     assert key_id("secret") != "secret" and len(key_id("secret")) == 12
+
+
+def test_api_keys_and_the_receipt_key_share_one_key_id():
+    assert key_id("secret") == key_id(b"secret")

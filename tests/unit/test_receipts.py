@@ -1,7 +1,7 @@
 import json
 
-from unlearnd.__main__ import main
-from unlearnd.receipts import load_or_create_receipt_key, sign, signature_header, verify
+from unlearnd.cli.commands import main
+from unlearnd.security.receipts import load_or_create_receipt_key, sign, signature_header, verify
 from unlearnd.settings import Settings
 
 

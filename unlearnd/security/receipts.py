@@ -8,44 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from models_store.files import canonical_json
+from unlearnd.security.secret_files import key_id, read_or_create_secret_file
 from unlearnd.settings import Settings
 
 ALGORITHM = "HMAC-SHA256"
 
 
 def load_or_create_receipt_key(settings: Settings) -> bytes:
+    """UNLEARND_RECEIPT_KEY, else <data_dir>/receipt_key, generated (mode 600) if missing."""
     if settings.receipt_key:
         return settings.receipt_key.encode()
     path = Path(settings.data_dir) / "receipt_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".receipt_key.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return path.read_text().strip().encode()
-
-
-def key_fingerprint(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:12]
+    return read_or_create_secret_file(path, lambda: secrets.token_hex(32)).strip().encode()
 
 
 def sign(body: dict[str, Any], key: bytes) -> dict[str, Any]:
     """{"receipt": body, "signature": {...}} with an HMAC over the canonical JSON of `body`."""
     value = hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
-    return {"receipt": body, "signature": {"algorithm": ALGORITHM, "key_id": key_fingerprint(key), "value": value}}
+    return {"receipt": body, "signature": {"algorithm": ALGORITHM, "key_id": key_id(key), "value": value}}
 
 
 def verify(document: dict[str, Any], key: bytes) -> bool:

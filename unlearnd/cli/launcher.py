@@ -6,8 +6,7 @@ import signal
 import time
 
 from models_store import Store
-from unlearnd.keys import load_or_create_api_keys
-from unlearnd.processes import (
+from unlearnd.cli.processes import (
     Child,
     api_child,
     janitor_child,
@@ -15,6 +14,7 @@ from unlearnd.processes import (
     wait_for_redis,
     worker_child,
 )
+from unlearnd.security.api_keys import load_or_create_api_keys
 from unlearnd.settings import Settings
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)

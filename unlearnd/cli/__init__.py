@@ -1,0 +1,1 @@
+"""The `unlearnd` command (`commands`) and the processes `unlearnd run` starts and supervises."""

@@ -1,0 +1,1 @@
+"""Secrets and proof: API keys, the receipt key and signed receipts, all kept by one secret-file helper."""
