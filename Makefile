@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help run test test-unit bench-quality bench-clip clean
+.PHONY: help run lint test test-unit bench-quality bench-clip clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -16,7 +16,11 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)  ## start Redis, API, workers and the demo model in the foreground
 	$(PY) -m unlearnd run
 
-test: $(INSTALLED)  ## run the whole test suite (unit + integration)
+lint: $(INSTALLED)  ## ruff (rules in pyproject.toml) on the tree, mypy on unlearning/ and models_store/
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: $(INSTALLED) lint  ## lint, then run the whole test suite (unit + integration)
 	$(PY) -m pytest
 
 test-unit: $(INSTALLED)  ## run only the fast tests

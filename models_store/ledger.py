@@ -6,6 +6,7 @@ synchronous=FULL, so a row committed before the API answers 202 survives a crash
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
@@ -136,15 +137,17 @@ class Ledger:
     def create(self, record: dict[str, Any], idempotency: tuple[str, str] | None = None) -> dict[str, Any]:
         """Insert a new request in status `queued`; returns the stored record.
 
-        `idempotency` = (key_id, key) of a claimed Idempotency-Key: the claim is bound to this request in the
-        same transaction, so a retry after a crash finds the request instead of a claim that never finishes."""
+        `idempotency` = (key_id, key) of a claimed Idempotency-Key: the claim is bound to this request in
+        the same transaction, so a retry after a crash finds the request instead of a claim that never
+        finishes."""
         row = {
             "id": record["id"], "model": record["model"], "method": record["method"],
             "classes": json.dumps(record.get("classes")) if record.get("classes") is not None else None,
             "samples": json.dumps(record.get("samples")) if record.get("samples") is not None else None,
             "reason": record.get("reason"), "status": RequestStatus.QUEUED,
             "progress": json.dumps({"fraction": 0.0, "stage": "queued"}),
-            "created_at": now_iso(), "key_id": record.get("key_id"), "callback_url": record.get("callback_url"),
+            "created_at": now_iso(), "key_id": record.get("key_id"),
+            "callback_url": record.get("callback_url"),
         }
         with self._connect() as db, _transaction(db):
             db.execute(
@@ -166,11 +169,14 @@ class Ledger:
             raise NotFoundError(f"no forget request {request_id!r}")
         return self._to_dict(row)
 
+    # Below this method `list` names it, not the builtin: annotations there say `builtins.list`.
     def list(
-        self, model: str | None = None, status: RequestStatus | None = None, limit: int = 50, after_seq: int = 0
+        self, model: str | None = None, status: RequestStatus | None = None, limit: int = 50,
+        after_seq: int = 0,
     ) -> list[dict[str, Any]]:
         """Requests in acceptance order, optionally filtered, starting after sequence number `after_seq`."""
-        query, args = "SELECT * FROM forget_requests WHERE seq > ?", [after_seq]
+        query = "SELECT * FROM forget_requests WHERE seq > ?"
+        args: builtins.list[Any] = [after_seq]
         if model is not None:
             query, args = query + " AND model = ?", [*args, model]
         if status is not None:
@@ -179,7 +185,7 @@ class Ledger:
             rows = db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
         return [self._to_dict(r) for r in rows]
 
-    def active(self) -> list[dict[str, Any]]:
+    def active(self) -> builtins.list[dict[str, Any]]:
         """Every request not yet in a terminal state."""
         with self._connect() as db:
             rows = db.execute(
@@ -189,7 +195,8 @@ class Ledger:
 
     def _update(self, request_id: str, allowed_from: tuple[RequestStatus, ...], audit: str | None = None,
                 actor: str = "system", detail: dict[str, Any] | None = None, **fields: Any) -> bool:
-        """Set fields if the request is in one of `allowed_from` (and audit it); returns whether it changed."""
+        """Set fields if the request is in one of `allowed_from` (and audit it); returns whether it
+        changed."""
         values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()]
         sets = ", ".join(f"{k} = ?" for k in fields)
         marks = ", ".join("?" * len(allowed_from))
@@ -200,7 +207,9 @@ class Ledger:
             )
             changed = cursor.rowcount == 1
             if changed and audit:
-                model = db.execute("SELECT model FROM forget_requests WHERE id = ?", (request_id,)).fetchone()[0]
+                model = db.execute(
+                    "SELECT model FROM forget_requests WHERE id = ?", (request_id,)
+                ).fetchone()[0]
                 _audit(db, audit, actor, request_id, model, detail)
         return changed
 
@@ -209,11 +218,13 @@ class Ledger:
             cursor = db.execute(
                 "UPDATE forget_requests SET status = ?, started_at = ?, attempts = attempts + 1, "
                 "progress = ?, not_before = NULL WHERE id = ? AND status IN (?, ?)",
-                (RequestStatus.RUNNING, now_iso(), json.dumps({"fraction": 0.0, "stage": "starting"}), request_id,
-                 *ACTIVE),
+                (RequestStatus.RUNNING, now_iso(), json.dumps({"fraction": 0.0, "stage": "starting"}),
+                 request_id, *ACTIVE),
             )
             if cursor.rowcount == 1:
-                row = db.execute("SELECT model, attempts FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
+                row = db.execute(
+                    "SELECT model, attempts FROM forget_requests WHERE id = ?", (request_id,)
+                ).fetchone()
                 _audit(db, "request.running", "worker", request_id, row[0], {"attempt": row[1]})
         return cursor.rowcount == 1
 
@@ -221,7 +232,9 @@ class Ledger:
         """Record progress; False when the request is no longer running (e.g. cancelled)."""
         return self._update(request_id, (RequestStatus.RUNNING,), progress=progress)
 
-    def mark_succeeded(self, request_id: str, result: dict[str, Any], receipt: dict[str, Any] | None = None) -> bool:
+    def mark_succeeded(
+        self, request_id: str, result: dict[str, Any], receipt: dict[str, Any] | None = None
+    ) -> bool:
         return self._update(
             request_id, ACTIVE, audit="request.succeeded", actor="worker",
             detail={"artifact_id": result.get("artifact_id"), "state_version": result.get("state_version")},
@@ -240,14 +253,18 @@ class Ledger:
         if it is already publishing) or the terminal status the request already had.
         """
         with self._connect() as db, _transaction(db):
-            row = db.execute("SELECT status, model FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
+            row = db.execute(
+                "SELECT status, model FROM forget_requests WHERE id = ?", (request_id,)
+            ).fetchone()
             if row is None:
                 raise NotFoundError(f"no forget request {request_id!r}")
             status, model = row
             if status == RequestStatus.QUEUED:
                 progress = json.dumps({"fraction": 0.0, "stage": "cancelled"})
-                db.execute("UPDATE forget_requests SET status = ?, finished_at = ?, progress = ? WHERE id = ?",
-                           (RequestStatus.CANCELLED, now_iso(), progress, request_id))
+                db.execute(
+                    "UPDATE forget_requests SET status = ?, finished_at = ?, progress = ? WHERE id = ?",
+                    (RequestStatus.CANCELLED, now_iso(), progress, request_id),
+                )
                 _audit(db, "request.cancelled", actor, request_id, model, {})
                 return "cancelled-now"
             if status == RequestStatus.RUNNING:
@@ -256,12 +273,13 @@ class Ledger:
                 return "cancelling"
             return status
 
-    def cancel_requested(self, request_ids: list[str]) -> list[str]:
+    def cancel_requested(self, request_ids: builtins.list[str]) -> builtins.list[str]:
         """Which of these requests someone asked to cancel."""
         marks = ", ".join("?" * len(request_ids))
         with self._connect() as db:
-            rows = db.execute(f"SELECT id FROM forget_requests WHERE cancel_requested = 1 AND id IN ({marks})",
-                              request_ids).fetchall()
+            rows = db.execute(
+                f"SELECT id FROM forget_requests WHERE cancel_requested = 1 AND id IN ({marks})", request_ids
+            ).fetchall()
         return [r[0] for r in rows]
 
     def mark_cancelled(self, request_id: str, actor: str) -> bool:
@@ -292,9 +310,11 @@ class Ledger:
 
     def set_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
         with self._connect() as db:
-            db.execute("UPDATE forget_requests SET callback = ? WHERE id = ?", (json.dumps(outcome), request_id))
+            db.execute(
+                "UPDATE forget_requests SET callback = ? WHERE id = ?", (json.dumps(outcome), request_id)
+            )
 
-    def queued_for_model(self, model: str, exclude: str) -> list[dict[str, Any]]:
+    def queued_for_model(self, model: str, exclude: str) -> builtins.list[dict[str, Any]]:
         """Other queued requests of a model, oldest first (candidates to coalesce into one job)."""
         with self._connect() as db:
             rows = db.execute(
@@ -314,10 +334,14 @@ class Ledger:
         with self._connect() as db:
             _audit(db, action, actor, request_id, model, detail)
 
-    def audit_entries(self, action: str | None = None, request_id: str | None = None, model: str | None = None,
-                      actor: str | None = None, limit: int = 100, after_seq: int = 0) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM audit WHERE seq > ?", [after_seq]
-        for column, value in (("action", action), ("request_id", request_id), ("model", model), ("actor", actor)):
+    def audit_entries(
+        self, action: str | None = None, request_id: str | None = None, model: str | None = None,
+        actor: str | None = None, limit: int = 100, after_seq: int = 0,
+    ) -> builtins.list[dict[str, Any]]:
+        query = "SELECT * FROM audit WHERE seq > ?"
+        args: builtins.list[Any] = [after_seq]
+        filters = (("action", action), ("request_id", request_id), ("model", model), ("actor", actor))
+        for column, value in filters:
             if value is not None:
                 query, args = query + f" AND {column} = ?", [*args, value]
         with self._connect() as db:
@@ -328,7 +352,9 @@ class Ledger:
     def idempotency_begin(self, key_id: str, key: str, body_sha256: str) -> dict[str, Any] | None:
         """Claim an idempotency key. None = claimed now, go ahead; else the existing row (pending or done)."""
         with self._connect() as db, _transaction(db):
-            row = db.execute("SELECT * FROM idempotency WHERE key_id = ? AND key = ?", (key_id, key)).fetchone()
+            row = db.execute(
+                "SELECT * FROM idempotency WHERE key_id = ? AND key = ?", (key_id, key)
+            ).fetchone()
             if row is not None:
                 return dict(row)
             db.execute("INSERT INTO idempotency (key, key_id, body_sha256, created_at) VALUES (?, ?, ?, ?)",
@@ -338,20 +364,26 @@ class Ledger:
     def idempotency_finish(self, key_id: str, key: str, status_code: int, response: str,
                            headers: dict[str, str]) -> None:
         with self._connect() as db:
-            db.execute("UPDATE idempotency SET status_code = ?, response = ?, headers = ? WHERE key_id = ? AND key = ?",
-                       (status_code, response, json.dumps(headers), key_id, key))
+            db.execute(
+                "UPDATE idempotency SET status_code = ?, response = ?, headers = ? "
+                "WHERE key_id = ? AND key = ?",
+                (status_code, response, json.dumps(headers), key_id, key),
+            )
 
     def idempotency_take_over(self, key_id: str, key: str, older_than_s: float) -> bool:
         """Take over a pending claim bound to no request and older than `older_than_s` (its API process died
         before accepting): True if the caller now holds it."""
-        cutoff = datetime.fromtimestamp(time.time() - older_than_s, timezone.utc).isoformat(timespec="milliseconds")
+        cutoff = datetime.fromtimestamp(time.time() - older_than_s, timezone.utc)
+        cutoff_iso = cutoff.isoformat(timespec="milliseconds")
         with self._connect() as db:
             taken = db.execute(
                 "UPDATE idempotency SET created_at = ? WHERE key_id = ? AND key = ? AND status_code IS NULL "
-                "AND request_id IS NULL AND created_at < ?", (now_iso(), key_id, key, cutoff))
+                "AND request_id IS NULL AND created_at < ?", (now_iso(), key_id, key, cutoff_iso))
             return taken.rowcount == 1
 
     def idempotency_release(self, key_id: str, key: str) -> None:
         """Forget a claim whose request was refused, so the client may retry with the same key."""
         with self._connect() as db:
-            db.execute("DELETE FROM idempotency WHERE key_id = ? AND key = ? AND status_code IS NULL", (key_id, key))
+            db.execute(
+                "DELETE FROM idempotency WHERE key_id = ? AND key = ? AND status_code IS NULL", (key_id, key)
+            )

@@ -102,7 +102,8 @@ class Store:
         return _tensors_from_bytes(data)
 
     def create_model(self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Register a model: weights, its record (version 1) and an initial served state with nothing applied."""
+        """Register a model: weights, its record (version 1) and an initial served state with nothing
+        applied."""
         name = record["name"]
         if self.has_model(name):
             raise AlreadyExistsError(f"a model named {name!r} exists already")

@@ -80,7 +80,8 @@ def require_roles(*roles: str):
         if role is None:
             raise Problem(401, "Unauthorized", "the API key is not valid", challenge)
         if role not in roles:
-            raise Problem(403, "Forbidden", f"this endpoint needs role {' or '.join(roles)}; the key has {role}")
+            raise Problem(403, "Forbidden",
+                          f"this endpoint needs role {' or '.join(roles)}; the key has {role}")
         return Principal(key_id(credentials.credentials), role)
 
     return check

@@ -82,7 +82,8 @@ def register_exception_handlers(app: FastAPI) -> None:
             404: f"no endpoint at {request.url.path} (see /docs)",
             405: f"{request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, title)
-        return problem_response(request, exc.status_code, title, detail, headers=getattr(exc, "headers", None))
+        return problem_response(request, exc.status_code, title, detail,
+                                headers=getattr(exc, "headers", None))
 
     for error_type, status, title in _DOMAIN_ERRORS:
         def make(status: int = status, title: str = title):

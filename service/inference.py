@@ -56,7 +56,8 @@ class InferenceRuntime:
         from unlearnd.runtime import load_classifier, pick_device
 
         device = pick_device(self.device_preference)
-        record = self.store.get_model_version(name, state.get("model_version", self.store.get_model(name)["version"]))
+        version = state.get("model_version", self.store.get_model(name)["version"])
+        record = self.store.get_model_version(name, version)
         model = load_classifier(self.store, record, state["weights_sha256"], device)
         delta = None
         for artifact_id in state["artifacts"]:
@@ -67,7 +68,8 @@ class InferenceRuntime:
                 d = tensors["delta"].to(device)
                 delta = d if delta is None else delta + d
         if delta is not None and list(delta.shape) != list(record["input_shape"]):
-            raise IntegrityError(f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
+            raise IntegrityError(
+                f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
         torch.set_grad_enabled(False)
         return ServedState(name, record["version"], state["state_version"], state["weights_sha256"],
                            tuple(state["artifacts"]), model, delta, device, list(record["input_shape"]))
@@ -94,7 +96,8 @@ def validate_images(inputs: list[Any], input_shape: list[int], max_batch: int) -
     try:
         x = np.asarray(inputs, dtype=np.float32)
     except (ValueError, TypeError):
-        raise Problem(422, "Invalid inputs", "inputs must be equally shaped nested lists of numbers") from None
+        raise Problem(
+            422, "Invalid inputs", "inputs must be equally shaped nested lists of numbers") from None
     expected = (len(inputs), *input_shape)
     if x.shape != expected:
         raise Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "

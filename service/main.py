@@ -1,4 +1,5 @@
-"""The FastAPI application factory: `uvicorn service.main:create_app_from_env --factory` (UNLEARND_* settings)."""
+"""The FastAPI application factory: `uvicorn service.main:create_app_from_env --factory` (UNLEARND_*
+settings)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="unlearnd",
         version="0.1.0",
-        description="Make trained image classifiers forget: forget vectors and zero-shot Lipschitz smoothing.",
+        description="Make trained image classifiers forget: forget vectors and zero-shot Lipschitz "
+                    "smoothing.",
     )
     # What the process holds for its lifetime; routes take each piece through its dependency (service.deps).
     app.state.settings = settings

@@ -20,7 +20,8 @@ Method = Literal[REQUESTABLE]  # type: ignore[valid-type]  # names from the one 
 class ForgetRequestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    classes: list[int] | None = Field(None, min_length=1, max_length=10_000, description="Class indices to forget.")
+    classes: list[int] | None = Field(None, min_length=1, max_length=10_000,
+                                      description="Class indices to forget.")
     samples: list[str] | None = Field(None, min_length=1, description="Training-set sample ids to forget.")
     method: Method = "auto"
     reason: str | None = Field(None, max_length=2000)
@@ -118,7 +119,8 @@ class ModelsPublic(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Any] = Field(..., min_length=1, description="Images as C×H×W nested lists of floats in [0, 1].")
+    inputs: list[Any] = Field(..., min_length=1,
+                              description="Images as C×H×W nested lists of floats in [0, 1].")
 
 
 class Prediction(BaseModel):

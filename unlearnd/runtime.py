@@ -56,7 +56,8 @@ def load_image_sets(store: Store, dataset_name: str) -> tuple[ImageSet, ImageSet
     test = None
     if "x_test" in tensors:
         n = len(tensors["y_test"])
-        test = ImageSet(as_float(tensors["x_test"]), tensors["y_test"].long(), tuple(f"test-{i}" for i in range(n)))
+        test = ImageSet(as_float(tensors["x_test"]), tensors["y_test"].long(),
+                        tuple(f"test-{i}" for i in range(n)))
     return train, test
 
 

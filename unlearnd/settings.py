@@ -12,28 +12,32 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNLEARND_", env_ignore_empty=True, extra="ignore")
 
-    data_dir: Path = Field(Path(".unlearnd"), description="Artifacts, models, datasets, ledger, keys, Redis files.")
+    data_dir: Path = Field(Path(".unlearnd"),
+                           description="Artifacts, models, datasets, ledger, keys, Redis files.")
     redis_url: str | None = Field(None, description="Use this Redis server; unset = start the embedded one.")
     api_keys: str | None = Field(
         None, description="'role:key' pairs, comma-separated (roles admin, governance, inference); "
         "unset = generated on first start and kept in <data_dir>/api_keys.json.")
     receipt_key: str | None = Field(
-        None, description="HMAC-SHA256 key that signs receipts and callbacks; unset = generated on first start "
-        "and kept in <data_dir>/receipt_key.")
+        None, description="HMAC-SHA256 key that signs receipts and callbacks; unset = generated on first "
+        "start and kept in <data_dir>/receipt_key.")
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, description="Port the API listens on.")
     workers: int = Field(1, ge=1, description="RQ worker processes `unlearnd run` starts.")
     queue_name: str = Field("unlearnd", description="RQ queue name.")
     job_timeout_s: int = Field(3600, ge=10, description="RQ job timeout of one forget job, seconds.")
-    max_attempts: int = Field(3, ge=1, description="Attempts per request before it ends failed (crash retries).")
-    worker_stale_s: float = Field(30.0, ge=6, description="A running job whose worker heartbeat (every 5 s) is "
-                                  "older than this is considered lost and retried, seconds.")
+    max_attempts: int = Field(3, ge=1,
+                              description="Attempts per request before it ends failed (crash retries).")
+    worker_stale_s: float = Field(30.0, ge=6, description="A running job whose worker heartbeat (every 5 s) "
+                                  "is older than this is considered lost and retried, seconds.")
     callback_attempts: int = Field(3, ge=1, description="Delivery attempts per callback.")
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]' for the workers.")
+    device: str = Field("auto",
+                        description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]' for the workers.")
     demo_model: bool = Field(True, description="Train and register the digits demo model on first start.")
     max_predict_batch: int = Field(256, ge=1, description="Most images in one /predict call.")
     max_sample_ids: int = Field(100_000, ge=1, description="Most sample ids in one forget request.")
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                description="Largest request body accepted, bytes.")
 
     @property
     def redis_dir(self) -> Path:

@@ -56,5 +56,6 @@ def learn_coefficients(
     # Recover the coefficients of the best δ by least squares over the basis (exact: δ lies in its span).
     solution = torch.linalg.lstsq(basis.flatten(1).T.cpu(), best.flatten().cpu()[:, None]).solution
     return CoefficientResult(
-        delta=best.cpu(), weights={k: round(float(w), 6) for k, w in zip(keys, solution.flatten())},
+        delta=best.cpu(),
+        weights={k: round(float(w), 6) for k, w in zip(keys, solution.flatten(), strict=True)},
         epochs=epochs, stop_reason=stop_reason, history=history, config=asdict(cfg))

@@ -19,7 +19,9 @@ from unlearning.evaluation import accuracy
 from unlearning.training import TrainConfig, train_classifier
 
 
-def retrain(build: Callable[[], nn.Module], split: ForgetSplit, cfg: TrainConfig, device: str = "cpu") -> nn.Module:
+def retrain(
+    build: Callable[[], nn.Module], split: ForgetSplit, cfg: TrainConfig, device: str = "cpu"
+) -> nn.Module:
     """A fresh model from `build()` trained on D_r only."""
     return train_classifier(build(), split.retain, cfg, device)
 

@@ -42,12 +42,14 @@ def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor | None = None,
     clip: bool = True, batch_size: int = 1024, gate_classes: list[int] | None = None,
 ) -> float:
-    """Top-1 accuracy in [0, 1] of model(x + δ) (gated by `gate_classes` when given). x: (N, C, H, W), y: (N,)."""
+    """Top-1 accuracy in [0, 1] of model(x + δ) (gated by `gate_classes` when given).
+
+    x: (N, C, H, W), y: (N,)."""
     if len(y) == 0:
         return float("nan")
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(y), batch_size):
         logits = perturbed_logits(model, x[start : start + batch_size].to(device), delta, gate_classes, clip)
-        correct += (logits.argmax(1).cpu() == y[start : start + batch_size]).sum().item()
+        correct += int((logits.argmax(1).cpu() == y[start : start + batch_size]).sum().item())
     return correct / len(y)

@@ -39,8 +39,8 @@ def forget_vector_objective(
     beta: float,
     tau: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """α·CE(retain) + β·max(margin, −τ)(forget) for one mixed batch: the data terms of Sun et al. (2024), Eq. 3.
-    The caller adds the norm term λ·‖δ‖₂ (or its own penalty, as vector arithmetic does).
+    """α·CE(retain) + β·max(margin, −τ)(forget) for one mixed batch: the data terms of Sun et al. (2024),
+    Eq. 3. The caller adds the norm term λ·‖δ‖₂ (or its own penalty, as vector arithmetic does).
 
     logits: (B, K); labels: (B,); is_forget: (B,) bool. Returns the loss and its parts.
     """

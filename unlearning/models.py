@@ -17,6 +17,9 @@ from unlearning.errors import UnknownMethodError
 class NormalizedClassifier(nn.Module):
     """`net((x - mean) / std)` for x in [0, 1] pixel space. x: (B, C, H, W) -> logits (B, K)."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.net = net

@@ -3,6 +3,7 @@ earlier attempt of the same request already published."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,9 @@ def publish(store: Store, model: str, state: dict[str, Any], outcome: dict[str, 
             **changes: Any) -> dict[str, Any]:
     """Write the next served state (state_version + 1) in one atomic replace; returns it.
 
-    `outcome` (the job's result and its artifact ids) is kept in the new state, so a job that crashes after this
-    write and before recording its requests can finish from it instead of computing again (`published_outcome`).
+    `outcome` (the job's result and its artifact ids) is kept in the new state, so a job that crashes after
+    this write and before recording its requests can finish from it instead of computing again
+    (`published_outcome`).
     """
     kept = {k: v for k, v in state.items() if k not in ("rolled_back_to", "outcome")}
     version = state["state_version"] + 1
@@ -37,12 +39,12 @@ def publish(store: Store, model: str, state: dict[str, Any], outcome: dict[str, 
 
 
 def published_outcome(store: Store, model: str, request_id: str) -> tuple[Outcome, list[str]] | None:
-    """If an earlier attempt published `request_id`: the Outcome of the state that first covered it and the ids
-    of the batch computed with it."""
+    """If an earlier attempt published `request_id`: the Outcome of the state that first covered it and the
+    ids of the batch computed with it."""
     if request_id not in store.read_state(model).get("requests", []):
         return None
     history = store.state_history(model)
-    for before, after in zip(history, history[1:]):
+    for before, after in itertools.pairwise(history):
         if request_id in after.get("requests", []) and "outcome" in after:
             stored = dict(after["outcome"])
             manifests = [store.get_artifact_manifest(a) for a in stored.pop("artifact_ids", [])]

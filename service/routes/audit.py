@@ -16,7 +16,8 @@ def list_audit(
     model: str | None = None, actor: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
 ) -> AuditPublic:
-    """The append-only audit log (state changes, admin actions), oldest first; `actor` is a key id, never a key."""
+    """The append-only audit log (state changes, admin actions), oldest first; `actor` is a key id, never a
+    key."""
     rows = ledger.audit_entries(action=action, request_id=request_id, model=model, actor=actor,
                                 limit=limit + 1, after_seq=int(cursor or 0))
     page = rows[:limit]

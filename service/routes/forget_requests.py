@@ -52,7 +52,8 @@ async def create_forget_request(
 @router.get("/v1/forget-requests")
 def list_forget_requests(
     ledger: LedgerDep, _: Governance, model: str | None = None, status: RequestStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
 ) -> ForgetRequestsPublic:
     """Requests in acceptance order; pass `next_cursor` back as `cursor` for the next page."""
     rows = ledger.list(model=model, status=status, limit=limit + 1, after_seq=int(cursor or 0))
@@ -80,8 +81,8 @@ def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: Settings
     record = ForgetRequestPublic.from_record(ledger.get(request_id))
     if outcome == "cancelled-now":
         background.add_task(notify_terminal, ledger, request_id, settings)
-    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202,
-                        background=background)
+    return JSONResponse(record.model_dump(mode="json"),
+                        status_code=200 if outcome == "cancelled-now" else 202, background=background)
 
 
 @router.get("/v1/forget-requests/{request_id}/receipt")

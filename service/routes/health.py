@@ -20,14 +20,16 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(redis: RedisDep, settings: SettingsDep) -> dict[str, object]:
-    """Redis answers and at least one worker heartbeated within UNLEARND_WORKER_STALE_S; else 503 with the reason."""
+    """Redis answers and at least one worker heartbeated within UNLEARND_WORKER_STALE_S; else 503 with the
+    reason."""
     try:
         redis.ping()
         now = datetime.now(timezone.utc)
         workers = sum(
             1 for w in Worker.all(connection=redis)
             if w is not None and w.last_heartbeat is not None
-            and (now - w.last_heartbeat.replace(tzinfo=timezone.utc)).total_seconds() < settings.worker_stale_s
+            and (now - w.last_heartbeat.replace(tzinfo=timezone.utc)).total_seconds()
+            < settings.worker_stale_s
         )
     except RedisError as exc:
         raise Problem(503, "Not ready", f"Redis does not answer: {exc}") from None

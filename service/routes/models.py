@@ -36,14 +36,15 @@ def predict(model: str, body: PredictRequest, runtime: RuntimeDep, settings: Set
     served, probabilities = runtime.predict(model, body.inputs, settings.max_predict_batch)
     predictions = [Prediction(label=int(p.argmax()), probabilities=[round(float(v), 6) for v in p])
                    for p in probabilities]
-    return PredictResponse(model=model, model_version=served.model_version, state_version=served.state_version,
-                           weights_sha256=served.weights_sha256, applied=list(served.artifacts),
-                           predictions=predictions)
+    return PredictResponse(model=model, model_version=served.model_version,
+                           state_version=served.state_version, weights_sha256=served.weights_sha256,
+                           applied=list(served.artifacts), predictions=predictions)
 
 
 @router.get("/{model}/state")
 def get_state(model: str, store: StoreDep, _: AnyRole) -> dict:
-    """The served state: weights, artifacts applied and the requests they cover, plus earlier state versions."""
+    """The served state: weights, artifacts applied and the requests they cover, plus earlier state
+    versions."""
     state = store.read_state(model)
     history = [{"state_version": s["state_version"], "updated_at": s.get("updated_at"),
                 "weights_sha256": s["weights_sha256"], "artifacts": s["artifacts"],

@@ -1,4 +1,5 @@
-"""A real installation per test session: embedded redis-server, forking RQ worker, janitor, uvicorn on a free port."""
+"""A real installation per test session: embedded redis-server, forking RQ worker, janitor, uvicorn on a free
+port."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class Stack:
         return name
 
     def client(self, role: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {KEYS[role]}"}, timeout=60)
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {KEYS[role]}"},
+                            timeout=60)
 
     @property
     def store(self) -> Store:
@@ -103,7 +105,8 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack():
-    data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))  # short: the Redis socket path must stay < 100 chars
+    # short: the Redis socket path must stay < 100 chars
+    data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))
     settings = Settings(data_dir=data_dir, port=free_port(), worker_stale_s=10,
                         api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()))
     logs = data_dir / "logs"

@@ -20,7 +20,8 @@ def _predict_labels(stack, x: np.ndarray) -> tuple[np.ndarray, dict]:
     labels = []
     with stack.client("inference") as c:
         for start in range(0, len(x), 100):
-            response = c.post(f"/v1/models/{DEMO_MODEL}/predict", json={"inputs": x[start:start + 100].tolist()})
+            response = c.post(f"/v1/models/{DEMO_MODEL}/predict",
+                              json={"inputs": x[start:start + 100].tolist()})
             assert response.status_code == 200, response.text
             body = response.json()
             labels += [p["label"] for p in body["predictions"]]

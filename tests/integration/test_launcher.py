@@ -61,7 +61,8 @@ def test_run_serves_and_ctrl_c_stops_everything(stack):
         while time.monotonic() < deadline and not back:
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
             fresh = {p.pid for p in supervised()} - {p.pid for p in victims}
-            back = len(fresh) == 2 and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            back = (len(fresh) == 2
+                    and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200)
             time.sleep(0.3)
         assert back, "the worker and Redis were not restarted"
         family = psutil.Process(launcher.pid).children(recursive=True)

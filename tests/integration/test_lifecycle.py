@@ -1,4 +1,5 @@
-"""Governance lifecycle over real HTTP: receipts, audit, idempotency, cancellation, callbacks, listing, rollback."""
+"""Governance lifecycle over real HTTP: receipts, audit, idempotency, cancellation, callbacks, listing,
+rollback."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from unlearnd.security.secret_files import key_id
 from tests.integration.conftest import KEYS
+from unlearnd.security.secret_files import key_id
 
 
 def _submit(stack, model: str, body: dict, headers: dict | None = None):

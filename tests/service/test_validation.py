@@ -42,7 +42,8 @@ def test_bad_forget_requests_are_422_and_record_nothing(client, settings, model_
 
 
 def test_unknown_model_is_404(client, model_store):
-    response = client.post("/v1/models/nope/forget-requests", json={"classes": [1]}, headers=auth("governance"))
+    response = client.post("/v1/models/nope/forget-requests", json={"classes": [1]},
+                           headers=auth("governance"))
     assert response.status_code == 404 and "nope" in response.json()["detail"]
 
 
@@ -139,7 +140,8 @@ def test_oversized_chunked_body_is_413(settings, model_store):
 def test_tampered_artifact_is_refused_not_served(client, settings, model_store):
     state = model_store.read_state("tiny")
     manifest = model_store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
-        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"], "request_ids": []})
+        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"],
+        "request_ids": []})
     model_store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]]})
     path = settings.store_dir / "artifacts" / f"{manifest['id']}.safetensors"
     data = bytearray(path.read_bytes())
@@ -174,10 +176,13 @@ BODY_DIGEST = hashlib.sha256(b"tiny\0" + BODY).hexdigest()  # what the API binds
 
 def _idempotent_post(client, key):
     return client.post("/v1/models/tiny/forget-requests", content=BODY,
-                       headers={**auth("governance"), "Idempotency-Key": key, "Content-Type": "application/json"})
+                       headers={**auth("governance"), "Idempotency-Key": key,
+                                "Content-Type": "application/json"})
 
 
-def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it(client, settings, model_store):
+def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it(
+    client, settings, model_store
+):
     """The first process claimed the key and committed the request, then died before storing its answer."""
     from unlearnd.security.secret_files import key_id
 

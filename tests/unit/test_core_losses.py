@@ -44,7 +44,8 @@ def test_objective_combines_terms_each_normalised_by_its_own_count():
 
 def test_forget_term_weight_does_not_depend_on_the_forget_share():
     one = torch.tensor([[3.0, 1.0]])
-    lonely, _ = forget_vector_objective(torch.cat([one, torch.zeros(9, 2)]), torch.zeros(10, dtype=torch.long),
+    lonely, _ = forget_vector_objective(torch.cat([one, torch.zeros(9, 2)]),
+                                        torch.zeros(10, dtype=torch.long),
                                         torch.tensor([True] + [False] * 9), 0.0, 1.0, 5.0)
     crowded, _ = forget_vector_objective(one.repeat(9, 1), torch.zeros(9, dtype=torch.long),
                                          torch.ones(9, dtype=torch.bool), 0.0, 1.0, 5.0)

@@ -2,11 +2,9 @@
 
 import torch
 
+from tests.unit.toys import PixelLogits
 from unlearning import ForgetSplit, ForgetVectorConfig, ImageSet, accuracy, learn_forget_vector
 from unlearning.forget_vector import SAMPLE_WISE, _target_gap, random_forget_target, sample_wise_config
-from tests.unit.toys import PixelLogits
-
-
 
 
 def _set(pairs, labels, prefix):

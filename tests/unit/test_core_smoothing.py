@@ -16,7 +16,8 @@ def test_smoothing_changes_a_copy_and_leaves_the_model_untouched():
     model = _net().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(10, 1, 2, 2)
-    result = lipschitz_smoothing(model, x, SmoothingConfig(sigma=0.1, lr=0.5, n_samples=3, batch_size=4, epochs=2))
+    cfg = SmoothingConfig(sigma=0.1, lr=0.5, n_samples=3, batch_size=4, epochs=2)
+    result = lipschitz_smoothing(model, x, cfg)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.training  # the caller's mode is not changed either
@@ -59,5 +60,6 @@ def test_accuracy_at_most_checks_a_capped_subsample():
     y = torch.tensor([0] * 3 + [1] * 7)  # accuracy 0.3
     assert accuracy_at_most(x, y, 0.31, max_samples=None)(Constant())
     assert not accuracy_at_most(x, y, 0.29, max_samples=None)(Constant())
-    rule = accuracy_at_most(torch.rand(5000, 1, 1, 1), torch.zeros(5000, dtype=torch.long), 0.5, max_samples=64)
+    rule = accuracy_at_most(torch.rand(5000, 1, 1, 1), torch.zeros(5000, dtype=torch.long), 0.5,
+                            max_samples=64)
     assert not rule(Constant())

@@ -16,7 +16,8 @@ def test_every_setting_is_documented_with_its_default():
         if isinstance(default, bool):
             default = str(default).lower()
         documented = rows[0].split("|")[2].strip().strip("`")
-        assert documented in (str(default), "unset" if default is None else "", f"./{default}"), (variable, documented)
+        accepted = (str(default), "unset" if default is None else "", f"./{default}")
+        assert documented in accepted, (variable, documented)
 
 
 def test_relative_links_in_the_docs_point_at_files_that_exist():

@@ -2,9 +2,9 @@ import math
 
 import torch
 
+from tests.unit.toys import PixelLogits
 from unlearning import ForgetSplit, ForgetVectorConfig, ImageSet, accuracy, apply_delta, learn_forget_vector
 from unlearning.losses import cw_forget_loss, forget_vector_objective, true_class_margin
-from tests.unit.toys import PixelLogits
 
 
 def test_margin_and_cw_loss_by_hand():
@@ -54,7 +54,8 @@ def test_optimiser_learns_a_vector_that_forgets_one_class_and_keeps_the_model_fr
     data = _pixel_data(400, seed=0)
     split = ForgetSplit(data.subset(data.y == 1), data.subset(data.y == 0))
     assert accuracy(model, split.forget.x, split.forget.y) == 1.0
-    result = learn_forget_vector(model, split, ForgetVectorConfig(max_epochs=40, max_retain_drop=0.05, seed=0))
+    cfg = ForgetVectorConfig(max_epochs=40, max_retain_drop=0.05, seed=0)
+    result = learn_forget_vector(model, split, cfg)
     assert result.delta.shape == (1, 1, 2)
     assert accuracy(model, split.forget.x, split.forget.y, result.delta) == 0.0
     assert accuracy(model, split.retain.x, split.retain.y, result.delta) >= 0.95
@@ -69,7 +70,8 @@ def test_progress_is_reported_every_epoch_with_increasing_fraction():
     data = _pixel_data(200, seed=1)
     split = ForgetSplit(data.subset(data.y == 1), data.subset(data.y == 0))
     seen = []
-    learn_forget_vector(model, split, ForgetVectorConfig(max_epochs=5, target_forget_accuracy=-1.0, patience=99),
+    cfg = ForgetVectorConfig(max_epochs=5, target_forget_accuracy=-1.0, patience=99)
+    learn_forget_vector(model, split, cfg,
                         progress=lambda fraction, record: seen.append((fraction, record["epoch"])))
     assert [epoch for _, epoch in seen] == [1, 2, 3, 4, 5]
     assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1][0] == 1.0

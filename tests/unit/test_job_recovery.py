@@ -1,12 +1,12 @@
-"""A job that dies after publishing and before recording its requests: the retry finishes from what was published
-instead of computing again (zero-shot would otherwise smooth the smoothed weights a second time)."""
+"""A job that dies after publishing and before recording its requests: the retry finishes from what was
+published instead of computing again (zero-shot would otherwise smooth the smoothed weights a second time)."""
 
 import pytest
 
 from models_store import Ledger, Store
 from unlearnd.demo import DEMO_MODEL, ensure_demo_model
-from unlearnd.settings import Settings, get_settings
 from unlearnd.runtime import load_image_sets
+from unlearnd.settings import Settings, get_settings
 from workers import jobs
 
 

@@ -1,4 +1,5 @@
-"""The one method registry: the API accepts exactly its names, `auto` follows its rule, methods load lazily."""
+"""The one method registry: the API accepts exactly its names, `auto` follows its rule, methods load
+lazily."""
 
 import subprocess
 import sys
@@ -36,4 +37,5 @@ def test_every_entry_loads_a_run_function():
 
 def test_the_registry_imports_no_torch():
     code = "import sys, workers.methods; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"

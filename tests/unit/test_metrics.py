@@ -51,6 +51,7 @@ def test_mia_calls_low_confidence_forget_samples_non_members():
 
 
 def test_avg_gap_by_hand():
-    assert avg_gap({"UA": 10, "RA": 90, "TA": 80, "MIA": 20}, {"UA": 14, "RA": 100, "TA": 82, "MIA": 20}) == 4.0
+    method, retrain = {"UA": 10, "RA": 90, "TA": 80, "MIA": 20}, {"UA": 14, "RA": 100, "TA": 82, "MIA": 20}
+    assert avg_gap(method, retrain) == 4.0
     assert avg_gap({"UA": 10, "RA": None}, {"UA": 12, "RA": 50}) == 2.0
     assert math.isnan(avg_gap({}, {}))

@@ -3,11 +3,11 @@ import math
 import torch
 from torch import nn
 
+from tests.unit.toys import PixelLogits
 from unlearning import ForgetSplit, ImageSet, accuracy
 from unlearning.arithmetic import CoefficientConfig, learn_coefficients
 from unlearning.forget_vector import random_forget_target
 from unlearning.smoothing import SmoothingConfig, accuracy_at_most, lipschitz_loss, lipschitz_smoothing
-from tests.unit.toys import PixelLogits
 
 
 class _Linear(nn.Module):
@@ -25,7 +25,8 @@ def test_lipschitz_loss_of_a_linear_map_is_its_directional_gain():
     # f(x) = W x with W = 3·I: ‖f(x) − f(x+ξ)‖ / ‖ξ‖ = 3 for every ξ (no clipping in the middle of [0, 1]).
     model = _Linear([[3.0, 0.0], [0.0, 3.0]])
     x = torch.full((4, 1, 1, 2), 0.5)
-    loss = lipschitz_loss(model, x, SmoothingConfig(sigma=0.01, n_samples=5), torch.Generator().manual_seed(0))
+    loss = lipschitz_loss(model, x, SmoothingConfig(sigma=0.01, n_samples=5),
+                          torch.Generator().manual_seed(0))
     assert math.isclose(loss.item(), 3.0, rel_tol=1e-4)
 
 
@@ -75,7 +76,8 @@ def test_coefficients_combine_bank_vectors_to_forget_both_classes():
     forget = torch.isin(y, torch.tensor([0, 1]))
     split = ForgetSplit(data.subset(forget), data.subset(~forget))
     bank = {0: torch.tensor([[[-0.5, 0.0, 0.0]]]), 1: torch.tensor([[[0.0, -0.5, 0.0]]])}
-    result = learn_coefficients(PixelLogits().eval(), split, bank, CoefficientConfig(max_epochs=40, max_retain_drop=0.05))
+    cfg = CoefficientConfig(max_epochs=40, max_retain_drop=0.05)
+    result = learn_coefficients(PixelLogits().eval(), split, bank, cfg)
     model = PixelLogits().eval()
     assert accuracy(model, split.forget.x, split.forget.y, result.delta) <= 0.02
     assert accuracy(model, split.retain.x, split.retain.y, result.delta) >= 0.95

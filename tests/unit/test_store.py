@@ -44,8 +44,8 @@ def test_artifact_round_trip_and_manifest_hashes(tmp_path):
 
 def test_edited_vector_is_refused(tmp_path):
     store = Store(tmp_path)
-    manifest = store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {"kind": "forget_vector", "model": "m",
-                                                                    "weights_sha256": "0" * 64, "request_ids": []})
+    manifest = store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
+        "kind": "forget_vector", "model": "m", "weights_sha256": "0" * 64, "request_ids": []})
     store_file = tmp_path / "artifacts" / f"{manifest['id']}.safetensors"
     data = bytearray(store_file.read_bytes())
     data[-1] ^= 0xFF
@@ -56,8 +56,8 @@ def test_edited_vector_is_refused(tmp_path):
 
 def test_edited_manifest_is_refused(tmp_path):
     store = Store(tmp_path)
-    manifest = store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {"kind": "forget_vector", "model": "m",
-                                                                    "weights_sha256": "0" * 64, "request_ids": []})
+    manifest = store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
+        "kind": "forget_vector", "model": "m", "weights_sha256": "0" * 64, "request_ids": []})
     path = tmp_path / "artifacts" / f"{manifest['id']}.json"
     edited = json.loads(path.read_text())
     edited["weights_sha256"] = "1" * 64
@@ -93,8 +93,10 @@ def test_model_data_takes_held_out_images_from_the_test_dataset(tmp_path):
     def put(name, n_train, n_test=0):
         tensors = {"x_train": torch.rand(n_train, 1, 2, 2), "y_train": torch.zeros(n_train, dtype=torch.long)}
         if n_test:
-            tensors |= {"x_test": torch.rand(n_test, 1, 2, 2), "y_test": torch.zeros(n_test, dtype=torch.long)}
-        store.put_dataset({"name": name, "ids_train": [str(i) for i in range(n_train)], "num_classes": 2}, tensors)
+            tensors |= {"x_test": torch.rand(n_test, 1, 2, 2),
+                        "y_test": torch.zeros(n_test, dtype=torch.long)}
+        ids = [str(i) for i in range(n_train)]
+        store.put_dataset({"name": name, "ids_train": ids, "num_classes": 2}, tensors)
 
     put("train", 10, n_test=3)
     put("holdout-with-test", 8, n_test=5)

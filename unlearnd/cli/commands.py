@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     verify_cmd = commands.add_parser("verify-receipt", help="verify a receipt file offline")
     verify_cmd.add_argument("file", type=Path)
     verify_cmd.add_argument("--key-file", type=Path, default=None,
-                            help="file holding the receipt key (default: UNLEARND_RECEIPT_KEY or <data_dir>/receipt_key)")
+                            help="file holding the receipt key "
+                                 "(default: UNLEARND_RECEIPT_KEY or <data_dir>/receipt_key)")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "run":

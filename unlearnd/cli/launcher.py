@@ -93,7 +93,8 @@ def run(settings: Settings) -> int:
                     quick = now - child.started_at < 10
                     child.restarts = child.restarts + 1 if quick else 1
                     wait = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S)) - 1]
-                    print(f"{child.name} exited ({child.process.returncode}); restarting in {wait} s", flush=True)
+                    print(f"{child.name} exited ({child.process.returncode}); restarting in {wait} s",
+                          flush=True)
                     restart_at[child.name] = now + wait
                 elif now >= restart_at[child.name]:
                     del restart_at[child.name]

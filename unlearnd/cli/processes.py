@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,7 +32,8 @@ def write_redis_config(settings: Settings) -> Path:
     redis_dir.mkdir(parents=True, exist_ok=True)
     socket_path = settings.embedded_redis_socket.resolve()
     if len(str(socket_path)) > 100:
-        raise ValueError(f"socket path {socket_path} is too long for a unix socket; use a shorter UNLEARND_DATA_DIR")
+        raise ValueError(f"socket path {socket_path} is too long for a unix socket; "
+                         "use a shorter UNLEARND_DATA_DIR")
     config = redis_dir / "redis.conf"
     config.write_text("\n".join([
         "port 0", f"unixsocket {socket_path}", "unixsocketperm 700", f"dir {redis_dir}",
@@ -54,18 +56,20 @@ class Child:
     log_path: Path | None = field(default=None)
 
     def start(self) -> None:
-        log = open(self.log_path, "ab") if self.log_path else None
-        self.process = subprocess.Popen(
-            self.argv, env=self.env, start_new_session=True,
-            stdout=log or None, stderr=subprocess.STDOUT if log else None,
-        )
+        # The child gets its own copy of the log's descriptor; the launcher's copy closes once Popen returns.
+        with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext() as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, start_new_session=True,
+                stdout=log or None, stderr=subprocess.STDOUT if log else None,
+            )
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout_s`; also kills descendants (an RQ work-horse has its own group)."""
+        """SIGTERM, then SIGKILL after `timeout_s`; also kills descendants (an RQ work-horse has its own
+        group)."""
         if self.process is None:
             return
         try:
@@ -80,18 +84,17 @@ class Child:
                 self.process.kill()
                 self.process.wait()
         for proc in descendants:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """The launcher's environment plus every setting it resolved, so children run with exactly these settings."""
+    """The launcher's environment plus every setting it resolved, so children run with exactly these
+    settings."""
     env = dict(os.environ)
-    for field, value in settings.model_dump().items():
+    for name, value in settings.model_dump().items():
         if value is not None:
-            env[f"UNLEARND_{field.upper()}"] = str(value)
+            env[f"UNLEARND_{name.upper()}"] = str(value)
     env["UNLEARND_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env["UNLEARND_REDIS_URL"] = settings.effective_redis_url
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -128,5 +131,6 @@ def wait_for_redis(settings: Settings, timeout_s: float = 20.0) -> None:
                 return
         except RedisError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Redis at {settings.effective_redis_url} did not answer in {timeout_s} s") from None
+                raise TimeoutError(
+                    f"Redis at {settings.effective_redis_url} did not answer in {timeout_s} s") from None
             time.sleep(0.1)
