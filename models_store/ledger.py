@@ -242,9 +242,11 @@ class Ledger:
             progress={"fraction": 1.0, "stage": "done"},
         )
 
-    def mark_failed(self, request_id: str, error: str, actor: str = "worker") -> bool:
+    def mark_failed(self, request_id: str, error: str, actor: str = "worker",
+                    result: dict[str, Any] | None = None) -> bool:
+        """End the request `failed` with `error`; `result` keeps what was measured (e.g. the guard's figures)."""
         return self._update(request_id, ACTIVE, audit="request.failed", actor=actor, detail={"error": error},
-                            status=RequestStatus.FAILED, error=error, finished_at=now_iso())
+                            status=RequestStatus.FAILED, error=error, finished_at=now_iso(), result=result)
 
     def request_cancel(self, request_id: str, actor: str) -> str:
         """Cancel a queued request at once, or ask the worker to stop a running one.

@@ -29,6 +29,8 @@ class ServedState:
     delta: Any  # torch.Tensor (C, H, W) or None
     device: Any
     input_shape: list[int]
+    gate_classes: list[int] | None = None
+    """Gated forget vector: δ applies only to inputs the model assigns to these classes (None: to every input)."""
 
 
 class InferenceRuntime:
@@ -72,19 +74,22 @@ class InferenceRuntime:
                 f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
         torch.set_grad_enabled(False)
         return ServedState(name, record["version"], state["state_version"], state["weights_sha256"],
-                           tuple(state["artifacts"]), model, delta, device, list(record["input_shape"]))
+                           tuple(state["artifacts"]), model, delta, device, list(record["input_shape"]),
+                           state.get("gate_classes"))
 
     def predict(self, name: str, inputs: list[Any], max_batch: int) -> tuple[ServedState, np.ndarray]:
-        """Class probabilities (N, K) for images in [0, 1], with every forget vector in force applied."""
+        """Class probabilities (N, K) for images in [0, 1], with every forget vector in force applied (gated when the
+        state names `gate_classes`)."""
         import torch
 
-        from unlearning import apply_delta
+        from unlearning.evaluation import perturbed_logits
 
         served = self.served(name)
         x = validate_images(inputs, served.input_shape, max_batch)
         with torch.no_grad():
-            batch = apply_delta(torch.from_numpy(x).to(served.device), served.delta, clip=True)
-            probabilities = torch.softmax(served.model(batch), dim=1).cpu().numpy()
+            logits = perturbed_logits(served.model, torch.from_numpy(x).to(served.device), served.delta,
+                                      served.gate_classes)
+            probabilities = torch.softmax(logits, dim=1).cpu().numpy()
         return served, probabilities
 
 

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     demo_model: bool = Field(True, description="Train and register the digits demo model on first start.")
     max_predict_batch: int = Field(256, ge=1, description="Most images in one /predict call.")
     max_sample_ids: int = Field(100_000, ge=1, description="Most sample ids in one forget request.")
+    guard_max_drop: float = Field(
+        0.03, ge=0.0, le=1.0, description="Utility guard: most accuracy (fraction; 0.03 = 3 points) a candidate "
+        "may lose on held-out data of the retained classes before it is refused.")
+    gated_vectors: bool = Field(
+        True, description="Serve class forget vectors gated: δ only on inputs the model assigns to a forgotten "
+        "class (one extra forward pass for those inputs); false = universal δ on every input.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted, bytes.")
 

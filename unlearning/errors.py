@@ -15,3 +15,12 @@ class UnknownMethodError(UnlearningError):
 
 class ShapeMismatchError(UnlearningError):
     """An input, vector or weight file does not have the shape the model expects."""
+
+
+class CandidateRejected(UnlearningError):
+    """Every candidate a method computed failed the utility guard; nothing was published. `guard` holds what was
+    measured for each attempt."""
+
+    def __init__(self, message: str, guard: dict):
+        super().__init__(message)
+        self.guard = guard

@@ -17,8 +17,9 @@ a caller-supplied stopping rule (`accuracy_at_most`), since a fixed pass count o
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -28,8 +29,9 @@ ProgressFn = Callable[[float, dict], None]
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    """Hyperparameters of JiT (Algorithm 1). σ and η were chosen on the digits training split only (see
-    docs/benchmarks.md); the paper's σ values are in normalised units and do not transfer."""
+    """Hyperparameters of JiT (Algorithm 1). σ and lr are absolute here; the service derives both from the model
+    and data at hand with `calibrated_smoothing` (the paper's σ values are in normalised units and do not
+    transfer)."""
 
     sigma: float = 0.1
     """Noise std in raw [0, 1] pixel units (the model's Normalize layer sits inside the model)."""
@@ -40,8 +42,9 @@ class SmoothingConfig:
     batch_size: int = 64
     epochs: int = 40
     """Most passes over the forget inputs; the caller's `stop` rule usually ends smoothing earlier."""
-    check_every: int = 4
-    """Steps between checks of the caller's `stop` rule (and always after an epoch's last step)."""
+    check_every: int = 2
+    """Steps between checks of the caller's `acceptable` and `stop` rules (and always after an epoch's last step):
+    often enough that one step cannot cross from "not forgotten" to "damaged" unseen."""
     clip_noise: bool = True
     """Clip each perturbed image to [0, 1] and divide by the clipped difference ‖x̃ − x‖ (the served input is
     always a valid image); False divides by ‖ξ‖ of the unclipped noise."""
@@ -79,12 +82,14 @@ def lipschitz_loss(model: nn.Module, x: torch.Tensor, cfg: SmoothingConfig, gene
 
 def lipschitz_smoothing(
     model: nn.Module, forget_x: torch.Tensor, cfg: SmoothingConfig, progress: ProgressFn | None = None,
-    stop: Callable[[nn.Module], bool] | None = None,
+    stop: Callable[[nn.Module], bool] | None = None, acceptable: Callable[[nn.Module], bool] | None = None,
 ) -> SmoothingResult:
     """Smooth a copy of `model` around forget_x (N, C, H, W) in [0, 1]; the given model is not changed.
 
-    `stop(smoothed_model)`, checked every `check_every` steps and after each epoch, ends smoothing early (the
-    service stops once the forget set's accuracy reaches its target, so the model is not smoothed further).
+    Checked every `check_every` steps and after each epoch: `acceptable(smoothed_model)` false ends smoothing and
+    returns the last weights that were acceptable (the given model's, if none since: stop reason
+    "utility_floor"); else `stop(smoothed_model)` true ends it with the current weights (the service stops once
+    the forget set's accuracy reaches its target, so the model is not smoothed further).
     """
     smoothed = copy.deepcopy(model).eval()
     for p in smoothed.parameters():
@@ -95,6 +100,8 @@ def lipschitz_smoothing(
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = -(-len(forget_x) // cfg.batch_size)
     total, step, history, stopped = cfg.epochs * steps_per_epoch, 0, [], False
+    last_good = _copy_state(smoothed)  # what `acceptable` last approved (the given model's weights at first)
+    stop_reason = "max_epochs"
     for epoch in range(cfg.epochs):
         if stopped:
             break
@@ -111,12 +118,53 @@ def lipschitz_smoothing(
             if progress is not None:
                 progress(step / total, record)
             last_of_epoch = start + cfg.batch_size >= len(order)
-            if stop is not None and (step % cfg.check_every == 0 or last_of_epoch) and stop(smoothed):
-                stopped = True
+            if not (step % cfg.check_every == 0 or last_of_epoch):
+                continue
+            if acceptable is not None:
+                if not acceptable(smoothed):
+                    smoothed.load_state_dict(last_good)
+                    stopped, stop_reason = True, "utility_floor"
+                    break
+                last_good = _copy_state(smoothed)
+            if stop is not None and stop(smoothed):
+                stopped, stop_reason = True, "target_met"
                 break
-    state = {k: v.detach().cpu().clone() for k, v in smoothed.state_dict().items()}
-    return SmoothingResult(state_dict=state, steps=step, history=history, config=asdict(cfg),
-                           stop_reason="target_met" if stopped else "max_epochs")
+    return SmoothingResult(state_dict=_copy_state(smoothed, "cpu"), steps=step, history=history,
+                           config=asdict(cfg), stop_reason=stop_reason)
+
+
+def _copy_state(model: nn.Module, device: str | None = None) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().to(device or v.device) for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class SmoothingScale:
+    """Scale-free settings from which `calibrated_smoothing` derives σ and the learning rate for a given model
+    and forget set, so that no absolute value is tuned to one data set."""
+
+    sigma_per_spread: float = 0.25
+    """σ = this × the pixel standard deviation of the forget inputs (0.1 on 8×8 digits, whose spread is 0.38)."""
+    step_fraction: float = 0.005
+    """lr = this × ‖θ‖ / ‖∇ℓ(θ)‖ on the first batch: the first step moves the weights by 0.5 % of their norm."""
+
+
+def calibrated_smoothing(
+    model: nn.Module, forget_x: torch.Tensor, base: SmoothingConfig, scale: SmoothingScale,
+) -> SmoothingConfig:
+    """`base` with σ relative to the inputs' spread and the step size from the first batch's gradient norm."""
+    sigma = scale.sigma_per_spread * float(forget_x.std()) if len(forget_x) > 1 else base.sigma
+    cfg = replace(base, sigma=max(sigma, 1e-3))
+    probe = copy.deepcopy(model).eval()
+    params = [p.requires_grad_(True) for p in probe.parameters() if p.is_floating_point()]
+    device = params[0].device
+    x = forget_x[torch.randperm(len(forget_x), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.batch_size]]
+    loss = lipschitz_loss(probe, x.to(device), cfg, torch.Generator().manual_seed(cfg.seed))
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grad_norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
+    weight_norm = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in params))
+    if grad_norm == 0.0:
+        return cfg
+    return replace(cfg, lr=scale.step_fraction * weight_norm / grad_norm)
 
 
 CLASS_FORGET_TARGET = 0.10

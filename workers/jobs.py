@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from models_store import Ledger, Store, StoreError
@@ -12,9 +13,9 @@ from models_store.store import now_iso
 from unlearnd.callbacks import notify_terminal
 from unlearnd.security.receipts import load_or_create_receipt_key, sign
 from unlearnd.settings import Settings, get_settings
-from unlearning import UnlearningError
+from unlearning.errors import CandidateRejected, UnlearningError
 from workers.errors import MethodNotAvailable, RequestCancelled
-from workers.methods import MethodEntry, resolve_method
+from workers.methods import AUTO, MethodEntry, method_plan
 from workers.progress import ProgressReporter
 from workers.publishing import Outcome, published_outcome
 
@@ -24,22 +25,47 @@ MAX_COALESCED = 500
 """Most requests computed together in one job."""
 
 
-def _coalescable(ledger: Ledger, record: dict[str, Any], method: MethodEntry) -> list[dict[str, Any]]:
-    """Other queued requests of the same model that the same computation answers (same method, same kind)."""
+def _coalescable(ledger: Ledger, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Other queued requests of the same model that the same computation answers: the same requested method
+    (so `auto` requests share their fallbacks) and the same forget kind."""
     batch = []
     for other in ledger.queued_for_model(record["model"], exclude=record["id"])[:MAX_COALESCED]:
         same_kind = (other["classes"] is None) == (record["classes"] is None)
-        try:
-            same_method = resolve_method(other) == method
-        except MethodNotAvailable:
-            same_method = False
-        if same_kind and same_method and ledger.mark_running(other["id"]):
+        if same_kind and other["method"] == record["method"] and ledger.mark_running(other["id"]):
             batch.append(ledger.get(other["id"]))
     return batch
 
 
+class AllCandidatesRejected(Exception):
+    """Every method of the plan had its candidates refused by the utility guard."""
+
+    def __init__(self, refusals: list[dict[str, Any]]):
+        super().__init__("; ".join(f"{r['method']}: {r['reason']}" for r in refusals))
+        self.refusals = refusals
+
+
+def _run_plan(plan: list[MethodEntry], store: Store, batch: list[dict[str, Any]], settings: Settings,
+              progress: ProgressReporter) -> Outcome:
+    """The first method of `plan` whose candidate passes the guard; `auto` says in the result what it chose."""
+    refusals: list[dict[str, Any]] = []
+    for entry in plan:
+        try:
+            outcome = entry.load()(store, batch, settings, progress)
+        except CandidateRejected as exc:
+            log.warning("%s refused by the utility guard: %s", entry.name, exc)
+            refusals.append({"method": entry.name, "reason": str(exc), "guard": exc.guard})
+            continue
+        if batch[0]["method"] == AUTO:
+            why = ("first choice for this forget kind; it passed the utility guard" if not refusals else
+                   f"{', '.join(r['method'] for r in refusals)} failed the utility guard")
+            auto = {"chosen": entry.name, "why": why, "refused": refusals}
+            outcome = replace(outcome, result={**outcome.result, "auto": auto})
+        return outcome
+    raise AllCandidatesRejected(refusals)
+
+
 def _receipt(record: dict[str, Any], outcome: Outcome, batch_ids: list[str]) -> dict[str, Any]:
-    body = {
+    return {
         "request_id": record["id"], "model": record["model"], "method": outcome.result["method"],
         "classes": record["classes"], "samples": record["samples"],
         "weights_sha256_before": outcome.state_before["weights_sha256"],
@@ -47,10 +73,10 @@ def _receipt(record: dict[str, Any], outcome: Outcome, batch_ids: list[str]) -> 
         "state_version": outcome.state_after["state_version"],
         "artifacts": [{"id": m["id"], "kind": m["kind"], "file_sha256": m["file_sha256"],
                        "manifest_sha256": m["manifest_sha256"]} for m in outcome.artifacts],
-        "metrics": outcome.result.get("metrics", {}), "computed_with": batch_ids,
+        "metrics": outcome.result.get("metrics", {}), "guard": outcome.result.get("guard"),
+        "computed_with": batch_ids,
         "accepted_at": record["created_at"], "finished_at": now_iso(),
     }
-    return body
 
 
 def process_forget_request(request_id: str) -> dict[str, Any]:
@@ -83,12 +109,18 @@ def _compute_locked(ledger: Ledger, store: Store, settings: Settings,
     if earlier is not None:  # an earlier attempt published it and died before recording it: no recompute
         return _finish(ledger, settings, batch, *earlier)
     try:
-        method = resolve_method(record)
-        batch += _coalescable(ledger, record, method)
+        plan = method_plan(record)
+        batch += _coalescable(ledger, record)
         ids = [r["id"] for r in batch]
-        outcome = method.load()(store, batch, settings, ProgressReporter(ledger, ids))
+        outcome = _run_plan(plan, store, batch, settings, ProgressReporter(ledger, ids))
     except RequestCancelled:
         return _after_cancel(ledger, batch)
+    except AllCandidatesRejected as exc:
+        log.warning("forget request %s failed: %s", request_id, exc)
+        for member in batch:
+            ledger.mark_failed(member["id"], f"UtilityGuardRefused: nothing was published; {exc}",
+                               result={"guard_refusals": exc.refusals})
+        return {"request_id": request_id, "status": "failed"}, [r["id"] for r in batch]
     except (UnlearningError, StoreError, MethodNotAvailable) as exc:
         log.warning("forget request %s failed: %s", request_id, exc)
         for member in batch:

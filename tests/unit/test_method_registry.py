@@ -9,25 +9,25 @@ import pytest
 
 from service.schemas import Method
 from workers.errors import MethodNotAvailable
-from workers.methods import AUTO, METHODS, REQUESTABLE, resolve_method
+from workers.methods import AUTO, METHODS, REQUESTABLE, method_plan
 
 
 def test_api_accepts_exactly_the_registered_names():
     assert set(typing.get_args(Method)) == set(REQUESTABLE) == {AUTO, *METHODS}
 
 
-@pytest.mark.parametrize(("kind", "value", "expected"), [("classes", [3], "forget_vector"),
-                                                         ("samples", ["a"], "zero_shot")])
-def test_auto_picks_the_method_registered_for_the_forget_kind(kind, value, expected):
+@pytest.mark.parametrize(("kind", "value", "expected"), [("classes", [3], ["forget_vector", "zero_shot"]),
+                                                         ("samples", ["a"], ["zero_shot", "forget_vector"])])
+def test_auto_tries_the_method_registered_for_the_forget_kind_first_then_the_others(kind, value, expected):
     record = {"method": "auto", "classes": None, "samples": None, kind: value}
-    assert resolve_method(record).name == expected
-    assert METHODS[expected].auto_for == kind
+    assert [entry.name for entry in method_plan(record)] == expected
+    assert METHODS[expected[0]].auto_for == kind
 
 
 def test_a_named_method_is_its_own_and_an_unknown_one_is_refused():
-    assert resolve_method({"method": "zero_shot", "classes": [1], "samples": None}).name == "zero_shot"
+    assert [e.name for e in method_plan({"method": "zero_shot", "classes": [1], "samples": None})] == ["zero_shot"]
     with pytest.raises(MethodNotAvailable):
-        resolve_method({"method": "vector_arithmetic", "classes": [1], "samples": None})
+        method_plan({"method": "vector_arithmetic", "classes": [1], "samples": None})
 
 
 def test_every_entry_loads_a_run_function():

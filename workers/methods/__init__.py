@@ -61,17 +61,19 @@ REQUESTABLE = (AUTO, *METHODS)
 """Every value of a request's `method` field."""
 
 
-def resolve_method(record: dict[str, Any]) -> MethodEntry:
-    """The method a request runs: its own, or for `auto` the one registered for its forget kind.
+def method_plan(record: dict[str, Any]) -> list[MethodEntry]:
+    """The methods a request may run, in order: its own; or for `auto`, the one registered for its forget kind,
+    then the others as fallbacks when the utility guard refuses every candidate of the first.
 
-    Classes go to forget vectors: a class is suppressed at the input without touching the weights, and class
-    vectors are reused (vector arithmetic) as more classes are forgotten. Samples go to zero-shot smoothing: it
-    needs only the forget inputs and removes the samples' influence from the weights themselves.
+    Classes go first to forget vectors: a class is suppressed at the input without touching the weights, and
+    class vectors are reused (vector arithmetic) as more classes are forgotten. Samples go first to zero-shot
+    smoothing: it needs only the forget inputs and removes the samples' influence from the weights themselves;
+    when it cannot do so without breaking the model, a sample-wise forget vector is tried.
     """
     name = record["method"]
-    if name == AUTO:
-        kind = "classes" if record.get("classes") is not None else "samples"
-        name = next(entry.name for entry in METHODS.values() if entry.auto_for == kind)
-    if name not in METHODS:
-        raise MethodNotAvailable(f"unknown method {name!r}")
-    return METHODS[name]
+    if name != AUTO:
+        if name not in METHODS:
+            raise MethodNotAvailable(f"unknown method {name!r}")
+        return [METHODS[name]]
+    kind = "classes" if record.get("classes") is not None else "samples"
+    return sorted(METHODS.values(), key=lambda entry: entry.auto_for != kind)

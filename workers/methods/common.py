@@ -24,6 +24,9 @@ from models_store import Store
 from unlearnd.runtime import load_classifier, load_model_data, pick_device
 from unlearnd.settings import Settings
 from unlearning import ForgetSplit, ImageSet, split_by_classes, split_by_ids
+from unlearning.errors import CandidateRejected
+from unlearning.guard import Candidate
+from unlearning.guarded import Guarded
 from unlearning.metrics import unlearning_report
 from workers.publishing import Outcome, publish
 
@@ -64,10 +67,23 @@ def applied_delta(store: Store, artifact_ids: list[str]) -> torch.Tensor | None:
     return delta
 
 
-def measure(loaded: ModelUnderEdit, split: ForgetSplit, classes: list[int] | None, delta: torch.Tensor | None) -> dict:
-    """UA, RA, TA and MIA of the loaded model with δ applied (`unlearning.metrics.unlearning_report`)."""
+def measure(loaded: ModelUnderEdit, split: ForgetSplit, classes: list[int] | None, delta: torch.Tensor | None,
+            gate_classes: list[int] | None = None) -> dict:
+    """UA, RA, TA and MIA of the loaded model with δ applied as served (`unlearning.metrics.unlearning_report`)."""
     return unlearning_report(loaded.model, split, loaded.test, classes,
-                             delta=None if delta is None else delta.to(loaded.device))
+                             delta=None if delta is None else delta.to(loaded.device), gate_classes=gate_classes)
+
+
+def served_candidate(loaded: ModelUnderEdit, state: dict[str, Any], delta: torch.Tensor | None) -> Candidate:
+    """What `state` serves on the loaded weights: the guard's baseline."""
+    return Candidate(loaded.model, None if delta is None else delta.to(loaded.device), state.get("gate_classes"))
+
+
+def rejected(what: str, guarded: Guarded) -> CandidateRejected:
+    """The error that ends a batch whose candidates all failed the guard, saying what was measured."""
+    reason = guarded.verdict.reason if guarded.verdict is not None else "no candidate"
+    return CandidateRejected(f"{what} was not published: the utility guard refused all {len(guarded.attempts)} "
+                             f"attempts; last: {reason}", guarded.guard_record())
 
 
 def progress_span(progress: Progress, low: float, high: float, stage: str) -> Callable[[float, dict], None]:

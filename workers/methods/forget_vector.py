@@ -1,7 +1,9 @@
 """Forget vectors (Sun et al., arXiv 2412.16780): one δ for everything forgotten on the model; weights unchanged.
 
 Classes: a class vector per class, kept in the state's bank for the current weights, combined by vector arithmetic
-for several classes. Samples: one sample-wise vector aimed at a retrained model's forget accuracy.
+for several classes; served gated (δ only on inputs the model assigns to a forgotten class) unless
+`UNLEARND_GATED_VECTORS=false`. Samples: one sample-wise vector aimed at a retrained model's forget accuracy.
+Every candidate passes the utility guard (`unlearning.guarded`) before it is stored and published.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import torch
 
 from models_store import Store
 from unlearnd.settings import Settings
-from unlearning import InvalidForgetSetError, accuracy, learn_forget_vector
-from unlearning.forget_vector import CLASS_WISE
+from unlearning import InvalidForgetSetError
+from unlearning.guard import Candidate, GuardConfig, hold_out_retain, judge, retained_test
+from unlearning.guarded import Guarded, guarded_forget_vector, guarded_vector_arithmetic
 from workers.methods.common import (
     ModelUnderEdit,
     Progress,
@@ -25,79 +28,104 @@ from workers.methods.common import (
     measure,
     progress_span,
     publish_outcome,
+    rejected,
+    served_candidate,
 )
 from workers.publishing import Outcome
-
-ARITHMETIC_MAX_FORGET_ACCURACY = 0.02
-"""Coefficients over bank vectors are kept when forget accuracy falls to this; otherwise a joint vector is learned."""
 
 
 def class_vectors(
     store: Store, loaded: ModelUnderEdit, state: dict[str, Any], bank: dict[int, str], classes: list[int],
-    request_ids: list[str], progress: Progress, low: float, high: float,
+    request_ids: list[str], progress: Progress, low: float, high: float, settings: Settings,
+    before: Candidate | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]], dict[int, str], dict[str, Any]]:
     """δ that forgets `classes` on the loaded weights, reusing and extending the bank of class vectors.
 
     One class: its bank vector. Several: the coefficients w of δ = Σ w_k δ_k over their bank vectors
-    (Sun et al. 2024, compositional unlearning); if that misses the forget target, a joint vector.
-    Returns (δ, manifests of the artifacts to apply, the bank, what was done).
+    (Sun et al. 2024, compositional unlearning); if that misses the forget target, a joint vector. Each new vector
+    and the final δ pass the guard against `before` (default: the weights without δ), else CandidateRejected.
+    Returns (δ, manifests of the artifacts to apply, the bank, what was done, with the guard's figures).
     """
+    guard, gate = GuardConfig(max_drop=settings.guard_max_drop), settings.gated_vectors
+    before = before or Candidate(loaded.model)
     bank = dict(bank)
     missing = [c for c in classes if c not in bank]
     steps = len(missing) + (1 if len(classes) > 1 else 0)
     step = (high - low) / max(steps, 1)
+    checks: dict[str, Any] = {}
     for i, cls in enumerate(missing):
         split = forget_split(loaded.train, {**state, "forgotten_classes": classes}, classes=[cls])
-        vector = learn_forget_vector(loaded.model, split, CLASS_WISE,
-                                     progress=progress_span(progress, low + i * step, low + (i + 1) * step,
-                                                    f"class vector {cls}"))
-        manifest = store.put_artifact({"delta": vector.delta}, {
+        guarded = guarded_forget_vector(
+            loaded.model, split, loaded.test, classes=[cls], guard=guard, gate=gate,
+            progress=progress_span(progress, low + i * step, low + (i + 1) * step, f"class vector {cls}"))
+        if not guarded.passed:
+            raise rejected(f"the class vector for class {cls}", guarded)
+        checks[f"class_vector {cls}"] = guarded.guard_record()
+        manifest = store.put_artifact({"delta": guarded.delta}, {
             "kind": "class_vector", "model": loaded.record["name"], "weights_sha256": loaded.weights_sha256,
-            "classes": [cls], "request_ids": request_ids, "hyperparameters": vector.config,
-            "epochs": vector.epochs, "stop_reason": vector.stop_reason})
+            "classes": [cls], "request_ids": request_ids, "hyperparameters": guarded.info["config"],
+            "epochs": guarded.info["epochs"], "stop_reason": guarded.info["stop_reason"],
+            "guard": guarded.guard_record()})
         bank[cls] = manifest["id"]
-    info = {"bank_reused": [c for c in classes if c not in missing], "bank_computed": missing}
+    info: dict[str, Any] = {"bank_reused": [c for c in classes if c not in missing], "bank_computed": missing,
+                            "gated": gate}
+    split = forget_split(loaded.train, state, classes=classes)
     if len(classes) == 1:
         tensors, manifest = store.load_artifact(bank[classes[0]])
-        return tensors["delta"], [manifest], bank, {**info, "strategy": "class_vector"}
+        delta = tensors["delta"]
+        final = _judge_reused(loaded, split, classes, delta, guard, gate, before)
+        if not final.passed:
+            raise rejected(f"the class vector for class {classes[0]}", final)
+        return delta, [manifest], bank, {**info, "strategy": "class_vector", "guard": final.guard_record(),
+                                         "guard_checks": checks}
 
-    from unlearning.arithmetic import CoefficientConfig, learn_coefficients
-
-    split = forget_split(loaded.train, state, classes=classes)
     basis = {c: store.load_artifact(bank[c])[0]["delta"] for c in classes}
-    combined = learn_coefficients(loaded.model, split, basis, CoefficientConfig(),
-                                  progress=progress_span(progress, high - step, high, "vector arithmetic"))
-    delta, strategy = combined.delta, "arithmetic"
-    extra: dict[str, Any] = {"coefficients": {str(c): w for c, w in combined.weights.items()}}
-    if accuracy(loaded.model, split.forget.x, split.forget.y, delta.to(loaded.device)) > ARITHMETIC_MAX_FORGET_ACCURACY:
-        joint = learn_forget_vector(loaded.model, split, CLASS_WISE,
-                                    progress=progress_span(progress, high - step / 2, high, "joint vector"))
-        delta, strategy = joint.delta, "joint"
-        extra = {**extra, "joint_epochs": joint.epochs, "joint_stop_reason": joint.stop_reason}
-    manifest = store.put_artifact({"delta": delta}, {
+    combined = guarded_vector_arithmetic(
+        loaded.model, split, loaded.test, basis=basis, classes=classes, guard=guard, gate=gate, before=before,
+        progress=progress_span(progress, high - step, high, "vector arithmetic"))
+    if not combined.passed:
+        raise rejected(f"the forget vector for classes {classes}", combined)
+    manifest = store.put_artifact({"delta": combined.delta}, {
         "kind": "forget_vector", "model": loaded.record["name"], "weights_sha256": loaded.weights_sha256,
         "classes": classes, "request_ids": request_ids, "basis": {str(c): bank[c] for c in classes},
-        "strategy": strategy, **extra})
-    return delta, [manifest], bank, {**info, "strategy": strategy}
+        "strategy": combined.info["strategy"], "coefficients": combined.info.get("coefficients"),
+        "guard": combined.guard_record()})
+    return combined.delta, [manifest], bank, {**info, "strategy": combined.info["strategy"],
+                                               "guard": combined.guard_record(), "guard_checks": checks}
+
+
+def _judge_reused(loaded: ModelUnderEdit, split: Any, classes: list[int], delta: torch.Tensor, guard: GuardConfig,
+                  gate: bool, before: Candidate) -> Guarded:
+    """The guard's verdict on a bank vector for this request's split (the same held-out samples as when it was
+    computed, when the retain set has not changed since)."""
+    split, held = hold_out_retain(split, guard)
+    candidate = Candidate(loaded.model, delta.to(loaded.device), list(classes) if gate else None)
+    verdict = judge(before, candidate, held.guard, retained_test(loaded.test, classes), split.forget, 0.0, guard)
+    attempt = {"setting": {"strategy": "bank vector"}, "guard": verdict.as_dict()}
+    return Guarded(verdict.passed, delta, None, verdict, [attempt])
 
 
 def sample_vector(
     store: Store, loaded: ModelUnderEdit, state: dict[str, Any], samples: list[str], request_ids: list[str],
-    progress: Progress, low: float, high: float,
+    progress: Progress, low: float, high: float, settings: Settings, before: Candidate | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
-    """A sample-wise forget vector aimed at what a retrained model does: forget-set accuracy ≈ held-out accuracy."""
-    from unlearning.forget_vector import sample_wise_config
-
+    """A sample-wise forget vector aimed at what a retrained model does: forget-set accuracy ≈ held-out accuracy;
+    CandidateRejected when no attempt passes the guard."""
     split = forget_split(loaded.train, state, samples=samples)
-    config = sample_wise_config(loaded.model, split, loaded.test)
-    target = config.target_forget_accuracy
-    vector = learn_forget_vector(loaded.model, split, config, progress=progress_span(progress, low, high, "optimising"))
-    manifest = store.put_artifact({"delta": vector.delta}, {
+    guarded = guarded_forget_vector(loaded.model, split, loaded.test, classes=None,
+                                    guard=GuardConfig(max_drop=settings.guard_max_drop), before=before,
+                                    progress=progress_span(progress, low, high, "optimising"))
+    if not guarded.passed:
+        raise rejected("the sample-wise forget vector", guarded)
+    target = guarded.info["target_forget_accuracy"]
+    manifest = store.put_artifact({"delta": guarded.delta}, {
         "kind": "forget_vector", "model": loaded.record["name"], "weights_sha256": loaded.weights_sha256,
         "samples": len(samples), "request_ids": request_ids, "target_forget_accuracy": target,
-        "hyperparameters": vector.config, "epochs": vector.epochs, "stop_reason": vector.stop_reason})
-    return vector.delta, [manifest], {"strategy": "sample_vector", "target_forget_accuracy": target,
-                                      "stop_reason": vector.stop_reason, "epochs": vector.epochs}
+        "hyperparameters": guarded.info["config"], "epochs": guarded.info["epochs"],
+        "stop_reason": guarded.info["stop_reason"], "guard": guarded.guard_record()})
+    return guarded.delta, [manifest], {"strategy": "sample_vector", "target_forget_accuracy": target,
+                                       "stop_reason": guarded.info["stop_reason"], "epochs": guarded.info["epochs"],
+                                       "guard": guarded.guard_record()}
 
 
 def run(store: Store, records: list[dict[str, Any]], settings: Settings, progress: Progress) -> Outcome:
@@ -119,29 +147,33 @@ def run(store: Store, records: list[dict[str, Any]], settings: Settings, progres
     progress(0.02, "loading", force=True)
     loaded = load_under_edit(store, state, settings)
     current = applied_delta(store, state["artifacts"])
+    served = served_candidate(loaded, state, current)
     if by_class:
         split = forget_split(loaded.train, state, classes=classes)
-        before = measure(loaded, split, classes, current)
+        before = measure(loaded, split, classes, current, state.get("gate_classes"))
         bank = {int(k): v for k, v in state.get("bank", {}).items()}
         delta, applied, bank, info = class_vectors(store, loaded, state, bank, classes, request_ids, progress,
-                                                    0.05, 0.9)
+                                                   0.05, 0.9, settings, before=served)
+        gate_classes = classes if settings.gated_vectors else None
         progress(0.92, "evaluating", force=True)
-        after = measure(loaded, split, classes, delta)
-        changes = {"forgotten_classes": classes, "bank": {str(c): a for c, a in bank.items()}}
+        after = measure(loaded, split, classes, delta, gate_classes)
+        changes = {"forgotten_classes": classes, "bank": {str(c): a for c, a in bank.items()},
+                   "gate_classes": gate_classes}
     else:
         samples = sorted(set(state.get("vector_samples", [])).union(*(r["samples"] for r in records)))
         split = forget_split(loaded.train, state, samples=samples)
         before = measure(loaded, split, None, current)
-        delta, applied, info = sample_vector(store, loaded, state, samples, request_ids, progress, 0.05, 0.9)
+        delta, applied, info = sample_vector(store, loaded, state, samples, request_ids, progress, 0.05, 0.9,
+                                             settings, before=served)
         progress(0.92, "evaluating", force=True)
         after = measure(loaded, split, None, delta)
-        changes = {"vector_samples": samples,
+        changes = {"vector_samples": samples, "gate_classes": None,
                    "forgotten_samples": sorted(set(state.get("forgotten_samples", [])) | set(samples))}
     progress(0.97, "publishing", force=True)
     result = {"artifact_id": applied[0]["id"], "metrics": {"before": before, "after": after},
               "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector", **info}
-    return publish_outcome(store, state, result, applied, artifacts=[m["id"] for m in applied], requests=request_ids,
-                      **changes)
+    return publish_outcome(store, state, result, applied, artifacts=[m["id"] for m in applied],
+                           requests=request_ids, **changes)
 
 
 def already_covered(store: Store, state: dict[str, Any], settings: Settings, classes: list[int],
@@ -151,7 +183,7 @@ def already_covered(store: Store, state: dict[str, Any], settings: Settings, cla
     manifests = [store.get_artifact_manifest(a) for a in state["artifacts"]]
     loaded = load_under_edit(store, state, settings)
     served = measure(loaded, forget_split(loaded.train, state, classes=classes), classes,
-                     applied_delta(store, state["artifacts"]))
+                     applied_delta(store, state["artifacts"]), state.get("gate_classes"))
     result = {"artifact_id": state["artifacts"][0], "metrics": {"before": served, "after": served},
               "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector",
               "strategy": "already_in_force"}

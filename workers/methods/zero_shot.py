@@ -1,4 +1,5 @@
-"""Zero-shot Lipschitz smoothing (JiT; Foster et al., arXiv 2402.01401): new weights from the forget inputs only."""
+"""Zero-shot Lipschitz smoothing (JiT; Foster et al., arXiv 2402.01401): new weights from the forget inputs only,
+calibrated and guarded (`unlearning.guarded.guarded_zero_shot`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from models_store import Store
 from unlearnd.runtime import load_classifier
 from unlearnd.settings import Settings
+from unlearning.guard import GuardConfig
+from unlearning.guarded import guarded_zero_shot
 from workers.methods.common import (
     ModelUnderEdit,
     Progress,
@@ -18,17 +21,16 @@ from workers.methods.common import (
     measure,
     progress_span,
     publish_outcome,
+    rejected,
 )
 from workers.methods.forget_vector import class_vectors, sample_vector
 from workers.publishing import Outcome
 
 
 def run(store: Store, records: list[dict[str, Any]], settings: Settings, progress: Progress) -> Outcome:
-    """JiT smoothing on the batch's forget inputs (no labels, no retain data) -> new weights; then every forget
-    vector in force is recomputed for the new weights, and only then is the new state served."""
-    from unlearning.forget_vector import random_forget_target
-    from unlearning.smoothing import CLASS_FORGET_TARGET, SmoothingConfig, accuracy_at_most, lipschitz_smoothing
-
+    """JiT smoothing on the batch's forget inputs -> new weights, published only if they pass the utility guard;
+    then every forget vector in force is recomputed (and guarded) for the new weights, and only then is the new
+    state served. CandidateRejected when no attempt passes."""
     started = time.monotonic()
     state = store.read_state(records[0]["model"])
     request_ids = covered_request_ids(state, records)
@@ -41,19 +43,22 @@ def run(store: Store, records: list[dict[str, Any]], settings: Settings, progres
     else:
         classes, samples = None, sorted(set().union(*(r["samples"] for r in records)))
         split = forget_split(loaded.train, state, samples=samples)
-    before = measure(loaded, split, classes, applied_delta(store, state["artifacts"]))
+    current = applied_delta(store, state["artifacts"])
+    before = measure(loaded, split, classes, current, state.get("gate_classes"))
 
     has_vectors = bool(state.get("forgotten_classes") or state.get("vector_samples"))
     smoothing_end = 0.6 if has_vectors else 0.9
+    gone = sorted({*(classes or []), *state.get("forgotten_classes", []), *state.get("smoothed_classes", [])})
     # JiT itself uses no labels; the service uses the forget labels only to decide when to stop.
-    target = CLASS_FORGET_TARGET if by_class else random_forget_target(loaded.model, split, loaded.test)
-    smoothed = lipschitz_smoothing(loaded.model, split.forget.x, SmoothingConfig(),
-                                   progress=progress_span(progress, 0.05, smoothing_end, "smoothing"),
-                                   stop=accuracy_at_most(split.forget.x, split.forget.y, target))
+    guarded = guarded_zero_shot(loaded.model, split, loaded.test, classes=classes,
+                                guard=GuardConfig(max_drop=settings.guard_max_drop), forgotten_classes=gone,
+                                progress=progress_span(progress, 0.05, smoothing_end, "smoothing"))
+    if not guarded.passed:
+        raise rejected("the smoothed model", guarded)
     name = loaded.record["name"]
-    new_sha = store.put_weights(name, smoothed.state_dict)
+    new_sha = store.put_weights(name, guarded.state_dict)
     new = ModelUnderEdit(loaded.record, new_sha, load_classifier(store, loaded.record, new_sha, loaded.device),
-                 loaded.train, loaded.test, loaded.device)
+                         loaded.train, loaded.test, loaded.device)
 
     forgotten_samples = sorted(set(state.get("forgotten_samples", [])) | set(samples))
     smoothed_classes = sorted(set(state.get("smoothed_classes", [])) | set(classes or []))
@@ -61,23 +66,25 @@ def run(store: Store, records: list[dict[str, Any]], settings: Settings, progres
     delta, applied, changes = None, [], {"bank": {}}
     if state.get("forgotten_classes"):  # vectors are bound to weights: recompute them before serving
         delta, applied, bank, _ = class_vectors(store, new, after_state, {}, state["forgotten_classes"],
-                                                 request_ids, progress, smoothing_end, 0.9)
+                                                request_ids, progress, smoothing_end, 0.9, settings)
         changes["bank"] = {str(c): a for c, a in bank.items()}
     elif state.get("vector_samples"):
         delta, applied, _ = sample_vector(store, new, after_state, state["vector_samples"], request_ids, progress,
-                                           smoothing_end, 0.9)
+                                          smoothing_end, 0.9, settings)
     progress(0.92, "evaluating", force=True)
-    after = measure(new, split, classes, delta)
+    after = measure(new, split, classes, delta, state.get("gate_classes") if delta is not None else None)
+    info = guarded.info
     manifest = store.put_artifact({}, {
         "kind": "zero_shot", "model": name, "weights_sha256": new_sha, "parent_weights_sha256": state["weights_sha256"],
         "classes": classes, "samples": len(samples) if samples else None, "request_ids": request_ids,
-        "hyperparameters": smoothed.config, "steps": smoothed.steps, "stop_reason": smoothed.stop_reason,
-        "target_forget_accuracy": target, "metrics": {"before": before, "after": after}})
+        "hyperparameters": info["config"], "steps": info["steps"], "stop_reason": info["stop_reason"],
+        "target_forget_accuracy": info["target_forget_accuracy"], "metrics": {"before": before, "after": after},
+        "guard": guarded.guard_record()})
     progress(0.97, "publishing", force=True)
     result = {"artifact_id": manifest["id"], "metrics": {"before": before, "after": after},
               "duration_s": round(time.monotonic() - started, 2), "method": "zero_shot",
               "weights_sha256": new_sha, "parent_weights_sha256": state["weights_sha256"],
-              "steps": smoothed.steps, "stop_reason": smoothed.stop_reason,
+              "steps": info["steps"], "stop_reason": info["stop_reason"], "guard": guarded.guard_record(),
               "recomputed_vectors": [m["id"] for m in applied]}
     return publish_outcome(
         store, state, result, [manifest, *applied], weights_sha256=new_sha, artifacts=[m["id"] for m in applied],
