@@ -302,13 +302,20 @@ class Ledger:
         """Record the id of the queue job that currently carries this request."""
         return self._update(request_id, ACTIVE, job_id=job_id)
 
-    def mark_queued(self, request_id: str, not_before: float, reason: str) -> bool:
-        """Put a request whose work was lost back in line, to be enqueued at `not_before` (epoch seconds)."""
-        return self._update(
-            request_id, ACTIVE, audit="request.requeued", actor="janitor", detail={"reason": reason},
+    def mark_queued(self, request_id: str, not_before: float, reason: str, actor: str = "janitor",
+                    refund_attempt: bool = False) -> bool:
+        """Put a request whose work was lost back in line, to be enqueued at `not_before` (epoch seconds).
+        `refund_attempt`: the attempt it used ended through no fault of its own (a partner of its batch was
+        cancelled or failed), so it does not count towards `max_attempts`."""
+        changed = self._update(
+            request_id, ACTIVE, audit="request.requeued", actor=actor, detail={"reason": reason},
             status=RequestStatus.QUEUED, job_id=None, not_before=not_before,
             progress={"fraction": 0.0, "stage": "waiting to retry"},
         )
+        if changed and refund_attempt:
+            with self._connect() as db:
+                db.execute("UPDATE forget_requests SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (request_id,))
+        return changed
 
     def set_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
         with self._connect() as db:

@@ -36,7 +36,7 @@ def accept_forget_request(
     An Idempotency-Key `claim` is bound to the new request in the same ledger transaction."""
     record = store.get_model(model)
     if body.classes is not None:
-        _check_classes(body.classes, record)
+        _check_classes(body.classes, record, gone=_forgotten_classes(store.read_state(model)))
     if body.samples is not None:
         _check_samples(body.samples, record, store=store, limit=settings.max_sample_ids)
     request_id = f"fr_{uuid.uuid4().hex}"
@@ -51,12 +51,22 @@ def accept_forget_request(
     return ForgetRequestPublic.from_record(stored)
 
 
-def _check_classes(classes: list[int], record: dict[str, Any]) -> None:
-    """Class indices must be classes of the model."""
+def _forgotten_classes(state: dict[str, Any]) -> set[int]:
+    """Classes the served state has forgotten, by any method."""
+    return {*state.get("forgotten_classes", []), *state.get("smoothed_classes", [])}
+
+
+def _check_classes(classes: list[int], record: dict[str, Any], *, gone: set[int]) -> None:
+    """Class indices must be classes of the model, and at least one class must stay: a request that would
+    forget every class can never succeed, so it is refused here instead of failing the batch it would join."""
     out_of_range = [c for c in classes if not 0 <= c < record["num_classes"]]
     if out_of_range:
         raise Problem(422, "Invalid classes",
                       f"classes {out_of_range} are outside 0..{record['num_classes'] - 1}")
+    if len(gone | set(classes)) >= record["num_classes"]:
+        already = f" ({len(gone)} already forgotten: {sorted(gone)})" if gone else ""
+        raise Problem(422, "Invalid classes", f"the request would leave the model no class to predict: it has "
+                      f"{record['num_classes']} classes{already}")
 
 
 def _check_samples(samples: list[str], record: dict[str, Any], *, store: Store, limit: int) -> None:

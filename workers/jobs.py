@@ -110,23 +110,55 @@ def _compute_locked(ledger: Ledger, store: Store, settings: Settings,
         return _finish(ledger, settings, batch, *earlier)
     try:
         plan = method_plan(record)
-        batch += _coalescable(ledger, record)
-        ids = [r["id"] for r in batch]
+    except MethodNotAvailable as exc:
+        return _fail(ledger, batch, f"{type(exc).__name__}: {exc}")
+    batch += _coalescable(ledger, record)
+    try:
+        return _compute_batch(ledger, store, settings, plan, batch)
+    except (AllCandidatesRejected, UnlearningError) as exc:
+        if len(batch) == 1:
+            return _fail(ledger, batch, _failure_text(exc), _failure_result(exc))
+        # One member may make the whole batch impossible: the others go back in line, computed without it,
+        # and this request is computed alone, so only a request that fails on its own ends `failed`.
+        log.warning("batch of %s failed (%s); computing its members on their own", request_id, exc)
+        for member in batch[1:]:
+            ledger.mark_queued(member["id"], not_before=time.time(), actor="worker", refund_attempt=True,
+                               reason="its batch failed; it is computed without the others")
+        try:
+            return _compute_batch(ledger, store, settings, plan, batch[:1])
+        except (AllCandidatesRejected, UnlearningError) as alone:
+            return _fail(ledger, batch[:1], _failure_text(alone), _failure_result(alone))
+
+
+def _compute_batch(ledger: Ledger, store: Store, settings: Settings, plan: list[MethodEntry],
+                   batch: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Run the plan for the batch and record how it ended; expected failures propagate to the caller."""
+    ids = [r["id"] for r in batch]
+    try:
         outcome = _run_plan(plan, store, batch, settings, ProgressReporter(ledger, ids))
     except RequestCancelled:
         return _after_cancel(ledger, batch)
-    except AllCandidatesRejected as exc:
-        log.warning("forget request %s failed: %s", request_id, exc)
-        for member in batch:
-            ledger.mark_failed(member["id"], f"UtilityGuardRefused: nothing was published; {exc}",
-                               result={"guard_refusals": exc.refusals})
-        return {"request_id": request_id, "status": "failed"}, [r["id"] for r in batch]
-    except (UnlearningError, StoreError, MethodNotAvailable) as exc:
-        log.warning("forget request %s failed: %s", request_id, exc)
-        for member in batch:
-            ledger.mark_failed(member["id"], f"{type(exc).__name__}: {exc}")
-        return {"request_id": request_id, "status": "failed"}, [r["id"] for r in batch]
+    except StoreError as exc:
+        return _fail(ledger, batch, f"{type(exc).__name__}: {exc}")
     return _finish(ledger, settings, batch, outcome, ids)
+
+
+def _failure_text(exc: Exception) -> str:
+    if isinstance(exc, AllCandidatesRejected):
+        return f"UtilityGuardRefused: nothing was published; {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _failure_result(exc: Exception) -> dict[str, Any] | None:
+    return {"guard_refusals": exc.refusals} if isinstance(exc, AllCandidatesRejected) else None
+
+
+def _fail(ledger: Ledger, batch: list[dict[str, Any]], error: str,
+          result: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    log.warning("forget request %s failed: %s", batch[0]["id"], error)
+    for member in batch:
+        ledger.mark_failed(member["id"], error, result=result)
+    return {"request_id": batch[0]["id"], "status": "failed"}, [r["id"] for r in batch]
 
 
 def _finish(ledger: Ledger, settings: Settings, batch: list[dict[str, Any]], outcome: Outcome,
@@ -148,7 +180,8 @@ def _after_cancel(ledger: Ledger, batch: list[dict[str, Any]]) -> tuple[dict[str
         if member["id"] in cancelled:
             ledger.mark_cancelled(member["id"], actor="worker")
         else:
-            ledger.mark_queued(member["id"], not_before=time.time(), reason="a request computed with it was cancelled")
+            ledger.mark_queued(member["id"], not_before=time.time(), actor="worker", refund_attempt=True,
+                               reason="a request computed with it was cancelled")
     return {"request_id": batch[0]["id"], "status": "cancelled", "cancelled": sorted(cancelled)}, sorted(cancelled)
 
 

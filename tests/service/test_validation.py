@@ -31,6 +31,7 @@ def model_store(settings):
     ({"classes": [1], "colour": "red"}, "colour"),
     ({"classes": [10]}, "outside 0..9"),
     ({"classes": [-1]}, "outside 0..9"),
+    ({"classes": list(range(10))}, "no class to predict"),
 ])
 def test_bad_forget_requests_are_422_and_record_nothing(client, settings, model_store, body, needle):
     response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("governance"))
@@ -39,6 +40,16 @@ def test_bad_forget_requests_are_422_and_record_nothing(client, settings, model_
     assert response.headers["content-type"] == "application/problem+json"
     assert problem["status"] == 422 and needle in (problem.get("detail", "") + str(problem.get("errors")))
     assert Ledger(settings.ledger_path).list() == []
+
+
+def test_a_request_that_would_forget_the_last_remaining_classes_is_422(client, settings, model_store):
+    state = model_store.read_state("tiny")
+    model_store.write_state("tiny", {**state, "state_version": state["state_version"] + 1,
+                                     "forgotten_classes": [0, 1, 2, 3], "smoothed_classes": [4, 5, 6]})
+    refused = client.post("/v1/models/tiny/forget-requests", json={"classes": [7, 8, 9]}, headers=auth("governance"))
+    assert refused.status_code == 422 and "7 already forgotten" in refused.json()["detail"]
+    accepted = client.post("/v1/models/tiny/forget-requests", json={"classes": [7, 8]}, headers=auth("governance"))
+    assert accepted.status_code == 202, accepted.text
 
 
 def test_unknown_model_is_404(client, model_store):

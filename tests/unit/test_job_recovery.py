@@ -59,3 +59,22 @@ def test_retry_after_publish_records_the_published_outcome_without_recomputing(i
     receipt = record["receipt"]["receipt"]
     assert receipt["weights_sha256_before"] == weights_0
     assert receipt["weights_sha256_after"] == published["weights_sha256"]
+
+
+def test_a_member_that_makes_its_batch_fail_fails_alone_and_the_others_are_computed(installation, monkeypatch):
+    store, ledger = installation
+    ledger.create({"id": "fr_bad", "model": DEMO_MODEL, "classes": [3], "method": "zero_shot"})
+    ledger.create({"id": "fr_good", "model": DEMO_MODEL, "classes": [2], "method": "zero_shot"})
+    calls = []
+
+    def run_plan(plan, store_, batch, settings, progress):  # stands in for a method that cannot compute fr_bad
+        calls.append([r["id"] for r in batch])
+        raise jobs.UnlearningError("fr_bad cannot be computed")
+
+    monkeypatch.setattr(jobs, "_run_plan", run_plan)
+    summary = jobs.process_forget_request("fr_bad")
+
+    assert calls == [["fr_bad", "fr_good"], ["fr_bad"]]  # the batch, then the culprit alone
+    assert summary["status"] == "failed" and ledger.get("fr_bad")["status"] == "failed"
+    good = ledger.get("fr_good")
+    assert good["status"] == "queued" and good["attempts"] == 0  # back in line; its attempt is refunded

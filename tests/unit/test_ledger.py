@@ -52,3 +52,23 @@ def test_ledger_survives_reopening(tmp_path):
     assert Ledger(tmp_path / "l.db").get("r1")["model"] == "m"
     with pytest.raises(NotFoundError):
         Ledger(tmp_path / "l.db").get("r2")
+
+
+def test_requeue_through_no_fault_of_its_own_refunds_the_attempt_and_a_crash_does_not(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _create(ledger)
+    assert ledger.mark_running("r1") and ledger.get("r1")["attempts"] == 1
+    assert ledger.mark_queued("r1", not_before=0.0, reason="partner cancelled", actor="worker", refund_attempt=True)
+    assert ledger.get("r1")["attempts"] == 0
+    assert ledger.mark_running("r1")
+    assert ledger.mark_queued("r1", not_before=0.0, reason="worker died")
+    assert ledger.get("r1")["attempts"] == 1
+
+
+def test_failed_request_keeps_what_was_measured(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    _create(ledger)
+    ledger.mark_running("r1")
+    assert ledger.mark_failed("r1", "UtilityGuardRefused: …", result={"guard_refusals": [{"method": "zero_shot"}]})
+    record = ledger.get("r1")
+    assert record["status"] == "failed" and record["result"]["guard_refusals"][0]["method"] == "zero_shot"
