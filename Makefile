@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help run lint test test-unit bench-quality bench-clip clean
+.PHONY: help run lint test test-unit bench-quality bench-clip bench-gate clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -28,6 +28,9 @@ test-unit: $(INSTALLED)  ## run only the fast tests
 
 bench-quality: $(INSTALLED)  ## unlearning quality benchmark against retraining (docs/benchmarks.md)
 	$(PY) -m bench.quality
+
+bench-gate: $(INSTALLED)  ## serving cost of gated vs universal forget vectors (docs/benchmarks.md)
+	$(PY) -m bench.gate_cost
 
 bench-clip: $(INSTALLED)  ## forget vectors with and without clipping x + δ to [0, 1] (docs/benchmarks.md)
 	$(PY) -m bench.clip

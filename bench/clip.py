@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import torch
 
-from bench.quality import RESULTS, TRAIN, measured, new_model
-from unlearning import learn_forget_vector, load_digits_split, split_by_classes, train_classifier
-from unlearning.data import channel_stats
+from bench.quality import RESULTS, measured
+from bench.zoo import RECIPES
+from unlearning import learn_forget_vector, split_by_classes
 from unlearning.evaluation import accuracy
 from unlearning.forget_vector import CLASS_WISE
 
@@ -27,17 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    train, test = load_digits_split(test_fraction=0.2, seed=0)
-    mean, std = channel_stats(train.x)
+    digits = RECIPES["digits"]
+    train, test = digits.sets(0)
     rows: dict[str, list[dict]] = {"clipped (service)": [], "unclipped (paper code)": []}
     for seed in args.seeds:
-        original = train_classifier(new_model("small_cnn", 1, mean, std, seed), train, replace(TRAIN, seed=seed))
+        original = digits.fit(digits.new_model(train, seed), train, seed)
         for cls in args.classes:
             split = split_by_classes(train, [cls])
             kept = ~torch.isin(test.y, torch.tensor([cls]))
             for name, clip in (("clipped (service)", True), ("unclipped (paper code)", False)):
                 cfg = replace(CLASS_WISE, clip=clip, seed=seed)
-                vector, seconds, work = measured(lambda: learn_forget_vector(original, split, cfg))
+                vector, seconds, work = measured(
+                    type(original), lambda o=original, s=split, c=cfg: learn_forget_vector(o, s, c))
                 d = vector.delta
                 rows[name].append({
                     "seed": seed, "class": cls, "epochs": vector.epochs, "time_s": seconds, "work": work,

@@ -1,16 +1,25 @@
-"""Unlearning quality and cost against retraining, on scikit-learn digits (`python -m bench.quality`).
+"""Unlearning quality against retraining on the benchmark zoo (`python -m bench.quality`, `make bench-quality`).
 
-For each scenario and seed: train the original model, then run Original (do nothing), Retrain, Fine-tune,
-Gradient ascent, Forget vector (FV), FV arithmetic (two classes) and JiT; measure UA, RA, TA, MIA and Avg. Gap
-to Retrain (percent), wall time and its ratio to Retrain's (same run), and work in forward-pass equivalents
-(fwd+bwd = 3), then project each method's recipe to CIFAR-10 / ResNet-18 scale with a ResNet-18 batch time
-measured here. Writes bench/results/quality.json and prints markdown tables.
+For every pair of `bench.zoo.ZOO` and every seed: build the original model, then answer three requests
+against a model retrained without the forget set:
+- one class: do nothing, Retrain, fine-tune, gradient ascent, logit masking, the class-wise forget vector
+  (universal and gated) and zero-shot smoothing;
+- two classes: the same, plus vector arithmetic over the two classes' bank vectors;
+- 10 % random samples: do nothing, Retrain, fine-tune, gradient ascent, the sample-wise forget vector and
+  zero-shot smoothing.
+The service's methods run through `bench.methods` (the workers' guarded code path); a candidate the guard
+refuses is not published, so its row scores the unchanged model and the refusal is counted. Metrics are
+`unlearning.metrics.unlearning_report` (UA, RA, TA, every MIA figure) and Avg. Gap to Retrain, with wall
+time and work (sample passes; forward 1, forward + backward 3) per method.
+
+Pairs × seeds run as independent tasks on `--jobs` processes of one torch thread each (2 = both cores of
+the reference machine). Writes bench/results/quality.json and quality.md and, for a full run, the tables
+between the markers in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -18,49 +27,46 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from unlearning import (
-    ImageSet,
-    NormalizedClassifier,
-    TrainConfig,
-    build_model,
-    learn_forget_vector,
-    load_digits_split,
-    split_by_classes,
-    split_by_ids,
-    train_classifier,
-)
-from unlearning.arithmetic import CoefficientConfig, learn_coefficients
-from unlearning.baselines import GradientAscentConfig, fine_tune, gradient_ascent, retrain
-from unlearning.data import channel_stats
-from unlearning.forget_vector import CLASS_WISE, SAMPLE_WISE, random_forget_target
+from bench import methods
+from bench.zoo import NUM_CLASSES, RECIPES, ZOO, Recipe
+from unlearning.baselines import GradientAscentConfig, fine_tune, gradient_ascent
+from unlearning.data import ForgetSplit, ImageSet, split_by_classes, split_by_ids
+from unlearning.evaluation import accuracy
+from unlearning.forget_vector import random_forget_target
 from unlearning.metrics import avg_gap, unlearning_report
-from unlearning.smoothing import CLASS_FORGET_TARGET, SmoothingConfig, accuracy_at_most, lipschitz_smoothing
+from unlearning.training import TrainConfig
 
-RESULTS = Path(__file__).parent / "results"
-TRAIN = TrainConfig(epochs=15, seed=0)
-SMALL_TRAIN = TrainConfig(epochs=60, seed=0)
-"""Harder variant: 300 training images, trained long enough to fit them all (train accuracy 100 %), so a
-retrained model gets clearly fewer forget samples right than the original."""
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+MARK_START, MARK_END = "<!-- bench-quality:start -->", "<!-- bench-quality:end -->"
 FINE_TUNE = TrainConfig(epochs=3, lr=0.01)
-RETAIN_SUBSAMPLE = 0.25
-"""Retain share of the cheaper forget-vector rows ("r=25 %"), to measure the cost/quality trade-off."""
-CIFAR = {"n_train": 50_000, "n_forget_class": 5_000, "n_forget_random": 5_000, "retrain_epochs": 182}
+RANDOM_SHARE = 0.1
+MAX_DROP_PTS = 3.0
+"""The guard's default bound (points of retained-class accuracy), for the bench's own after-the-fact check."""
+SCENARIOS = ("one class", "two classes", "10 % random")
+METRICS = ("UA", "RA", "TA", "MIA", "MIA_min", "MIA_mean", "MIA_scale", "MIA_thr", "gap", "time_s", "work")
 
 
 class PassCounter:
-    """Counts samples through top-level classifiers while active: with autograd on (fwd+bwd, 3 units) or off
-    (1 unit). A global module hook, so the copies a method makes of the model are counted too."""
+    """Counts samples through models of one type while active (copies included): with autograd on
+    (fwd+bwd, 3 units) or off (1 unit). A global module hook."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
 
     def __enter__(self) -> PassCounter:
         self.counts = {"grad": 0, "nograd": 0}
 
         def hook(module, inputs, output):
-            if isinstance(module, NormalizedClassifier):
+            if type(module) is self.kind:
                 self.counts["grad" if torch.is_grad_enabled() else "nograd"] += inputs[0].shape[0]
 
         self._handle = torch.nn.modules.module.register_module_forward_hook(hook)
@@ -74,265 +80,406 @@ class PassCounter:
         return 3 * self.counts["grad"] + self.counts["nograd"]
 
 
-def measured(fn):
-    """(fn(), wall seconds, work in forward-pass units)."""
-    with PassCounter() as counter:
+def measured(kind: type, fn):
+    """(fn(), wall seconds, work in forward-pass units of models of type `kind`)."""
+    with PassCounter(kind) as counter:
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
     return out, seconds, counter.work
 
 
-def new_model(arch: str, channels: int, mean, std, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return NormalizedClassifier(build_model(arch, channels, 10), mean, std)
+class MaskedLogits(nn.Module):
+    """The logit-masking baseline: the original model with the forgotten classes' logits set to −inf."""
+
+    def __init__(self, model: nn.Module, classes: list[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mask", torch.isin(torch.arange(NUM_CLASSES), torch.tensor(classes)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).masked_fill(self.mask, float("-inf"))  # (B, K)
 
 
-def subsample(data: ImageSet, n: int, seed: int) -> ImageSet:
-    mask = torch.zeros(len(data), dtype=torch.bool)
-    mask[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]] = True
-    return data.subset(mask)
+def random_split(train: ImageSet, seed: int) -> ForgetSplit:
+    n = round(RANDOM_SHARE * len(train))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1000 + seed))
+    return split_by_ids(train, [train.ids[i] for i in order[:n].tolist()])
 
 
-def run_methods(original, build, split, test, classes, seed, bank=None, train_cfg=TRAIN) -> dict[str, dict]:
-    """Every method on one forget request; returns {method: metrics + time_s + work}."""
-    rows: dict[str, dict] = {}
-
-    def record(name, model, seconds, work, delta=None, extra=None, reads=(0.0, 1.0, None), unit=3):
-        """reads: (share of D_f, share of D_r, cap) read per epoch; unit: work per sample read (fwd+bwd = 3)."""
-        rows[name] = {**unlearning_report(model, split, test, classes, delta=delta), "time_s": round(seconds, 3),
-                      "work": work, "reads": list(reads), "unit": unit, **(extra or {})}
-
-    record("Original", original, 0.0, 0)
-    retrained, seconds, work = measured(lambda: retrain(build, split, replace(train_cfg, seed=seed)))
-    record("Retrain", retrained, seconds, work)
-
-    tuned, seconds, work = measured(lambda: fine_tune(original, split, FINE_TUNE))
-    record("Fine-tune", tuned, seconds, work)
-
-    # The service's rule: class-wise aims at forget accuracy 0, random at the original's held-out accuracy.
-    target = 0.0 if classes else random_forget_target(original, split, test)
-    ascended, seconds, work = measured(
-        lambda: gradient_ascent(original, split, GradientAscentConfig(target_forget_accuracy=target)))
-    record("Gradient ascent", ascended, seconds, work, reads=(1.0, 0.0, None))
-
-    base = CLASS_WISE if classes else SAMPLE_WISE
-    variants = [("Forget vector", 1.0), (f"FV r={RETAIN_SUBSAMPLE:.0%}", RETAIN_SUBSAMPLE)]
-    for name, fraction in variants:
-        cfg = replace(base, target_forget_accuracy=target, retain_fraction=fraction, seed=seed)
-        vector, seconds, work = measured(lambda: learn_forget_vector(original, split, cfg))
-        record(name, original, seconds, work, vector.delta,
-               {"epochs": vector.epochs, "stop": vector.stop_reason, "delta_l2": round(float(vector.delta.norm()), 3)},
-               reads=(1.0, fraction, None))
-
-    if bank is not None:
-        for name, fraction in [("FV arithmetic", 1.0), (f"FV arith. r={RETAIN_SUBSAMPLE:.0%}", RETAIN_SUBSAMPLE)]:
-            cfg = CoefficientConfig(retain_fraction=fraction, seed=seed)
-            combined, seconds, work = measured(lambda: learn_coefficients(original, split, bank, cfg))
-            record(name, original, seconds, work, combined.delta,
-                   {"epochs": len(combined.history), "stop": combined.stop_reason, "weights": combined.weights},
-                   reads=(1.0, fraction, cfg.max_train_samples))
-
-    jit_target = CLASS_FORGET_TARGET if classes else target
-    jit_cfg = SmoothingConfig(seed=seed)
-    smoothed, seconds, work = measured(lambda: lipschitz_smoothing(
-        original, split.forget.x, jit_cfg,
-        stop=accuracy_at_most(split.forget.x, split.forget.y, jit_target)))
-    jit_model = copy.deepcopy(original)
-    jit_model.load_state_dict(smoothed.state_dict)
-    record("JiT", jit_model, seconds, work, extra={"steps": smoothed.steps, "stop": smoothed.stop_reason},
-           reads=(1.0, 0.0, None), unit=3 + jit_cfg.n_samples)
-
-    for row in rows.values():
-        row["gap"] = avg_gap(row, rows["Retrain"])
-        row["time_ratio"] = round(row["time_s"] / rows["Retrain"]["time_s"], 4)
-        row["work_ratio"] = round(row["work"] / rows["Retrain"]["work"], 4)
-    return rows
+VERDICT_KEYS = ("passed", "baseline", "candidate", "bound", "forget_accuracy", "forget_target", "reason")
 
 
-def scenario(name, train, test, seeds, requests, arch="small_cnn", with_bank=False, train_cfg=TRAIN,
-             log=print) -> list[dict]:
-    """requests: list of ("classes", [c...]) or ("random", fraction)."""
-    out = []
-    mean, std = channel_stats(train.x)
-    channels = train.x.shape[1]
-    for seed in seeds:
-        def build(seed=seed):
-            return new_model(arch, channels, mean, std, seed)
+def guard_summary(result: methods.Guarded) -> dict:
+    verdict = result.verdict or {}
+    return {"published": result.passed, "attempts": len(result.attempts),
+            "verdict": {k: verdict[k] for k in VERDICT_KEYS if k in verdict},
+            "tried": [(a.get("guard") or a).get("passed") for a in result.attempts]}
 
-        original = train_classifier(build(), train, replace(train_cfg, seed=seed))
-        for kind, value in requests:
-            if kind == "classes":
-                split, classes = split_by_classes(train, value), value
-            else:
-                n = round(len(train) * value)
-                ids = [train.ids[i] for i in torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]]
-                split, classes = split_by_ids(train, ids), None
-            bank = None
-            if with_bank and classes and len(classes) > 1:
-                bank = {c: learn_forget_vector(original, split_by_classes(train, [c]), replace(CLASS_WISE, seed=seed)).delta
-                        for c in classes}
-            rows = run_methods(original, build, split, test, classes, seed, bank, train_cfg)
-            out.append({"scenario": name, "seed": seed, "request": [kind, value], "arch": arch,
-                        "n_forget": len(split.forget), "n_retain": len(split.retain), "methods": rows})
-            log(f"  {name} seed={seed} {kind}={value}: " + ", ".join(
-                f"{m} gap {r['gap']:.1f} ({r['time_s']:.1f}s)" for m, r in rows.items()))
+
+def fails_guard(verdict: dict, forget_tolerance: float = 5.0) -> bool:
+    """Whether the guard's own figures (percent; `bound` = most points of retained-class accuracy lost) say the
+    candidate should not pass: too much accuracy lost, or forget accuracy above its target + tolerance."""
+    if verdict.get("candidate") is None or verdict.get("baseline") is None:
+        return False
+    utility = verdict["candidate"] < verdict["baseline"] - verdict["bound"] - 1e-6
+    forget = (verdict.get("forget_accuracy") is not None
+              and verdict["forget_accuracy"] > verdict["forget_target"] + forget_tolerance + 1e-6)
+    return utility or forget
+
+
+class Scenario:
+    """One forget request on one original model: runs methods and scores them against Retrain."""
+
+    def __init__(self, recipe: Recipe, original: nn.Module, test: ImageSet, split: ForgetSplit,
+                 classes: list[int] | None, seed: int):
+        self.recipe, self.original, self.test, self.split = recipe, original, test, split
+        self.classes, self.seed, self.kind = classes, seed, type(original)
+        self.rows: dict[str, dict] = {}
+
+    def score(self, name: str, model: nn.Module, seconds: float, work: int, *, delta=None, gate: bool = False,
+              extra: dict | None = None) -> None:
+        report = unlearning_report(model, self.split, self.test, self.classes, delta=delta,
+                                   gate_classes=self.classes if gate else None)
+        self.rows[name] = {**report, "time_s": round(seconds, 3), "work": work, **(extra or {})}
+
+    def baselines(self) -> None:
+        split, seed = self.split, self.seed
+        self.score("Original", self.original, 0.0, 0)
+        retrained, s, w = measured(self.kind, lambda: self.recipe.fit(
+            self.recipe.new_model(split.retain, seed), split.retain, seed))
+        self.score("Retrain", retrained, s, w)
+        tuned, s, w = measured(self.kind, lambda: fine_tune(self.original, split, FINE_TUNE))
+        self.score("Fine-tune", tuned, s, w)
+        target = 0.0 if self.classes else random_forget_target(self.original, split, self.test)
+        ascended, s, w = measured(self.kind, lambda: gradient_ascent(
+            self.original, split, GradientAscentConfig(target_forget_accuracy=target, seed=seed)))
+        self.score("Gradient ascent", ascended, s, w)
+        if self.classes:
+            self.score("Logit masking", MaskedLogits(self.original, self.classes), 0.0, 0)
+
+    def served(self, name: str, call, *, gate: bool = False) -> methods.Guarded:
+        """Run a guarded method; score what would be served (the unchanged model when refused)."""
+        result, s, w = measured(self.kind, call)
+        extra = {**guard_summary(result), "info": _jsonable(result.info)}
+        if result.passed and result.state_dict is not None:
+            self.score(name, methods.with_weights(self.original, result.state_dict), s, w, extra=extra)
+        elif result.passed:
+            self.score(name, self.original, s, w, delta=result.delta, gate=gate, extra=extra)
+        else:
+            self.score(name, self.original, s, w, extra=extra)
+        return result
+
+    def finish(self) -> dict[str, dict]:
+        for row in self.rows.values():
+            row["gap"] = avg_gap(row, self.rows["Retrain"])
+            row["time_ratio"] = round(row["time_s"] / max(self.rows["Retrain"]["time_s"], 1e-9), 4)
+            row["work_ratio"] = round(row["work"] / max(self.rows["Retrain"]["work"], 1), 4)
+        return self.rows
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 16 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def run_task(name: str, seed: int, threads: int = 1) -> dict:
+    """Every scenario of one zoo pair for one seed (a task of its own process)."""
+    torch.set_num_threads(threads)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    recipe = RECIPES[name]
+    train, test = recipe.sets(seed)
+    model = recipe.new_model(train, seed)
+    original, build_s, build_work = measured(type(model), lambda: recipe.fit(model, train, seed))
+    c1, c2 = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(seed))[:2].tolist()
+    out = {"pair": name, "seed": seed, "classes": [c1, c2], "build_s": round(build_s, 2),
+           "train_acc": round(100 * accuracy(original, train.x, train.y), 2),
+           "test_acc": round(100 * accuracy(original, test.x, test.y), 2), "scenarios": {}}
+
+    one = Scenario(recipe, original, test, split_by_classes(train, [c1]), [c1], seed)
+    one.baselines()
+    fv = one.served("FV", lambda: methods.forget_vector(original, one.split, test, classes=[c1]))
+    one.served("FV gated", lambda: methods.forget_vector(original, one.split, test, classes=[c1], gate=True),
+               gate=True)
+    one.served("Zero-shot", lambda: methods.zero_shot(original, one.split, test, classes=[c1]))
+    out["scenarios"]["one class"] = one.finish()
+
+    pair = sorted([c1, c2])
+    two = Scenario(recipe, original, test, split_by_classes(train, pair), pair, seed)
+    two.baselines()
+    two.served("FV", lambda: methods.forget_vector(original, two.split, test, classes=pair))
+    two.served("FV gated", lambda: methods.forget_vector(original, two.split, test, classes=pair, gate=True),
+               gate=True)
+    # The bank: c1's vector from the one-class request, c2's learned now (its cost is the bank's, not arithmetic's).
+    bank_vector, bank_s, _ = measured(type(original), lambda: methods.forget_vector(
+        original, split_by_classes(train, [c2]), test, classes=[c2]))
+    if fv.passed and bank_vector.passed:
+        basis = {c1: fv.delta, c2: bank_vector.delta}
+        two.served("FV arithmetic", lambda: methods.vector_arithmetic(original, two.split, test, basis=basis,
+                                                                      classes=pair))
+        two.rows["FV arithmetic"]["bank_s"] = round(bank_s, 2)
+    else:
+        two.score("FV arithmetic", original, 0.0, 0, extra={"published": False, "attempts": 0,
+                                                             "verdict": {"reason": "a bank vector was refused"}})
+    two.served("Zero-shot", lambda: methods.zero_shot(original, two.split, test, classes=pair))
+    out["scenarios"]["two classes"] = two.finish()
+
+    rnd = Scenario(recipe, original, test, random_split(train, seed), None, seed)
+    rnd.baselines()
+    rnd.served("FV", lambda: methods.forget_vector(original, rnd.split, test, classes=None))
+    rnd.served("Zero-shot", lambda: methods.zero_shot(original, rnd.split, test, classes=None))
+    out["scenarios"]["10 % random"] = rnd.finish()
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    out["cpu_s"] = round(time.process_time() - cpu_started, 1)
+    print(f"  {name} seed {seed}: {out['wall_s']} s; gaps " + "; ".join(
+        f"{s}: " + ", ".join(f"{m} {r['gap']:.1f}" for m, r in rows.items() if m not in ("Original", "Retrain"))
+        for s, rows in out["scenarios"].items()), flush=True)
     return out
 
 
-def summarise(runs: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
-    """{method: {metric: (mean, std)}} over every run of a scenario (classes and seeds pooled)."""
-    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+# --------------------------------------------------------------------------------------------------------
+# Summaries, targets and tables.
+# --------------------------------------------------------------------------------------------------------
+
+
+def summarise(runs: list[dict]) -> dict:
+    """{pair: {scenario: {method: {metric: mean over seeds, "published": n, "runs": n}}}}."""
+    values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for run in runs:
-        for method, row in run["methods"].items():
-            for key in ("UA", "RA", "TA", "TA_forgotten", "MIA", "gap", "time_s", "time_ratio", "work", "work_ratio"):
-                if row.get(key) is not None:
-                    values[method][key].append(float(row[key]))
-    return {m: {k: (statistics.mean(v), statistics.pstdev(v)) for k, v in metrics.items()}
-            for m, metrics in values.items()}
+        for scenario, rows in run["scenarios"].items():
+            for method, row in rows.items():
+                cell = values[run["pair"]][scenario][method]
+                for key in METRICS:
+                    if row.get(key) is not None and not (isinstance(row[key], float) and row[key] != row[key]):
+                        cell[key].append(float(row[key]))
+                cell["published"].append(1.0 if row.get("published", True) else 0.0)
+                if row.get("published") and row.get("gap") is not None and row["gap"] == row["gap"]:
+                    cell["gap_published"].append(float(row["gap"]))  # Avg. Gap over the runs it passed
+    return {p: {s: {m: {k: (statistics.mean(v) if k != "published" else int(sum(v))) for k, v in cell.items()}
+                    | {"runs": len(cell["published"])} for m, cell in ms.items()}
+                for s, ms in ss.items()} for p, ss in values.items()}
 
 
-def markdown(title: str, summary: dict) -> str:
-    lines = [f"### {title}", "",
-             "| Method | UA | RA | TA | MIA | Avg. Gap | Time (s) | Time / Retrain | Work / Retrain |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for method, m in summary.items():
-        def cell(key, digits=1):
-            mean, std = m.get(key, (float("nan"), 0.0))
-            return f"{mean:.{digits}f} ± {std:.{digits}f}"
-        lines.append(f"| {method} | {cell('UA')} | {cell('RA')} | {cell('TA')} | {cell('MIA')} | {cell('gap', 2)} | "
-                     f"{cell('time_s', 2)} | {m['time_ratio'][0]:.3f} | {m['work_ratio'][0]:.3f} |")
+def guard_counts(runs: list[dict]) -> dict:
+    """Guarded calls: published, refused, and published candidates that fail the guard, by the guard's own
+    verdict (candidate below its bound) and by the bench's check (retained-class TA more than the bound
+    below the original's)."""
+    counts = {"calls": 0, "published": 0, "refused": 0, "published_failing_verdict": 0,
+              "published_ta_drop_over_bound": 0, "by_method": defaultdict(lambda: [0, 0])}
+    for run in runs:
+        for scenario, rows in run["scenarios"].items():
+            for method, row in rows.items():
+                if "published" not in row or row.get("attempts", 1) == 0:
+                    continue
+                counts["calls"] += 1
+                key = f"{method} ({scenario})"
+                counts["by_method"][key][0 if row["published"] else 1] += 1
+                if not row["published"]:
+                    counts["refused"] += 1
+                    continue
+                counts["published"] += 1
+                if fails_guard(row.get("verdict") or {}):
+                    counts["published_failing_verdict"] += 1
+                if row["TA"] is not None and rows["Original"]["TA"] - row["TA"] > MAX_DROP_PTS:
+                    counts["published_ta_drop_over_bound"] += 1
+    counts["by_method"] = {k: {"published": v[0], "refused": v[1]} for k, v in counts["by_method"].items()}
+    return counts
+
+
+class _Row(dict):
+    """A summary row whose missing metrics read as NaN (a metric no seed could measure)."""
+
+    def __missing__(self, key):
+        return float("nan")
+
+
+def targets(pair: dict) -> list[tuple[str, str, bool | str]]:
+    """§3 targets of one pair's summary: (target, measured, met); met "vacuous" = held only because the guard
+    refused every candidate."""
+    pair = {s: {m: _Row(r) for m, r in rows.items()} for s, rows in pair.items()}
+    out = []
+    for scenario in ("one class", "two classes"):
+        rows = pair[scenario]
+        retrain_ta = rows["Retrain"]["TA"]
+        for method in ("FV", "FV gated"):
+            r = rows[method]
+            ok = r["UA"] >= 99 and abs(r["TA"] - retrain_ta) <= 2 and r["MIA"] >= 95
+            out.append((f"{method}, {scenario}: UA ≥ 99, TA within 2 of Retrain, MIA ≥ 95",
+                        f"UA {r['UA']:.1f}, TA {r['TA']:.1f} vs {retrain_ta:.1f}, MIA {r['MIA']:.1f} "
+                        f"(min {r['MIA_min']:.1f}, thr {r['MIA_thr']:.1f}); published {r['published']}/{r['runs']}",
+                        ok))
+    rows = pair["10 % random"]
+    r, o = rows["FV"], rows["Original"]
+    out.append(("FV, 10 % random: Avg. Gap ≤ 3 and below do-nothing",
+                f"{r['gap']:.2f} vs do-nothing {o['gap']:.2f}; published {r['published']}/{r['runs']}",
+                r["gap"] <= 3 and r["gap"] < o["gap"]))
+    for scenario in SCENARIOS:
+        z = pair[scenario]["Zero-shot"]
+        drop = pair[scenario]["Original"]["TA"] - z["TA"]
+        ok = drop <= MAX_DROP_PTS and (z["published"] == 0 or z["gap_published"] <= 6)
+        ok = "vacuous" if ok and z["published"] == 0 else ok
+        out.append((f"Zero-shot, {scenario}: never below the guard; Avg. Gap ≤ 6 where it passes",
+                    f"published {z['published']}/{z['runs']}; gap where published "
+                    f"{_f(z.get('gap_published'), 2)}; served TA drop {drop:.1f}", ok))
+    return out
+
+
+def _f(value, digits=1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def pair_table(name: str, pair: dict, runs: list[dict]) -> str:
+    recipe = RECIPES[name]
+    mine = [r for r in runs if r["pair"] == name]
+    lines = [f"#### {name}: {recipe.description}", "",
+             f"Original: train accuracy {statistics.mean(r['train_acc'] for r in mine):.1f}, test accuracy "
+             f"{statistics.mean(r['test_acc'] for r in mine):.1f}; seeds {', '.join(str(r['seed']) for r in mine)}; "
+             f"wall time {sum(r['wall_s'] for r in mine):.0f} s, CPU time {sum(r['cpu_s'] for r in mine):.0f} s.", ""]
+    for scenario in SCENARIOS:
+        lines += [f"*{scenario}*", "",
+                  "| Method | UA | RA | TA | MIA | MIA min / mean | MIA γ=scale | MIA thr | Avg. Gap | Time (s) | "
+                  "Work / Retrain | published |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for method, m in pair[scenario].items():
+            work = m.get("work", 0) / max(pair[scenario]["Retrain"].get("work", 1), 1)
+            published = f"{m['published']}/{m['runs']}" if method not in (
+                "Original", "Retrain", "Fine-tune", "Gradient ascent", "Logit masking") else ""
+            lines.append(
+                f"| {method} | {_f(m.get('UA'))} | {_f(m.get('RA'))} | {_f(m.get('TA'))} | {_f(m.get('MIA'))} | "
+                f"{_f(m.get('MIA_min'))} / {_f(m.get('MIA_mean'))} | {_f(m.get('MIA_scale'))} | "
+                f"{_f(m.get('MIA_thr'))} | {_f(m.get('gap'), 2)} | {_f(m.get('time_s'), 2)} | {work:.3f} | "
+                f"{published} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def targets_table(summary: dict, names: list[str]) -> str:
+    lines = ["| Pair | Target | Measured (mean over seeds) | Met? |", "|---|---|---|---|"]
+    for name in names:
+        for target, measured_, ok in targets(summary[name]):
+            verdict = {True: "yes", False: "**no**", "vacuous": "yes, vacuously: every candidate refused"}[ok]
+            lines.append(f"| {name} | {target} | {measured_} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
-def resnet18_seconds_per_sample(batch: int = 64, repeats: int = 3) -> float:
-    """Measured fwd+bwd+step time per 3×32×32 image of ResNet-18 (small-input variant) here, batch 64."""
-    model = build_model("resnet18_small", 3, 10).train()
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) / batch
+def report_text(report: dict) -> str:
+    summary, runs = report["summaries"], report["runs"]
+    tuned = [r.name for r in ZOO if not r.held_out and r.name in summary]
+    held = [r.name for r in ZOO if r.held_out and r.name in summary]
+    g = report["guard"]
+    load = report["machine"].get("load_avg_end", [float("nan")] * 3)
+    command = f"`{report['command'].strip()}`"
+    command += " (`make bench-quality`)" if command == "`python -m bench.quality`" else ""
+    text = [f"Command: {command}; code path of the service's methods: {report['code_path']}; "
+            f"{report['jobs']} processes × {report['threads']} torch thread; total wall time "
+            f"{report['wall_s']:.0f} s ({report['wall_s'] / 60:.1f} min) on {report['machine']['cpus']} CPUs "
+            f"({report['machine']['cpu']}; load average at the end {load[2]:.1f} over 15 min); "
+            f"CPU time {report['cpu_s']:.0f} s, i.e. "
+            f"{report['dedicated_wall_s'] / 60:.1f} min on {report['jobs']} cores nobody else uses.", "",
+            f"Guarded calls: {g['calls']}; published {g['published']}, refused {g['refused']}; published "
+            f"candidates that the guard's own figures fail: **{g['published_failing_verdict']}**; published candidates "
+            f"whose retained-class TA (bench check, test split) is more than {MAX_DROP_PTS:.0f} points under the "
+            f"original's: {g['published_ta_drop_over_bound']}.", "",
+            "### Targets (§3), tuned pairs", "", targets_table(summary, tuned)]
+    if held:
+        text += ["### Targets, held-out pair (never tuned on)", "", targets_table(summary, held)]
+    text += ["### Results per pair (mean over seeds)", ""]
+    text += [pair_table(name, summary[name], runs) for name in tuned]
+    if held:
+        text += ["### Held-out pair (reported apart; no method setting was chosen on it)", ""]
+        text += [pair_table(name, summary[name], runs) for name in held]
+    return "\n".join(text) + "\n"
 
 
-def samples_read(reads: list, n_forget: int, n_retain: int) -> float:
-    """Samples a method reads per epoch: share of D_f + share of D_r, capped."""
-    forget_share, retain_share, cap = reads
-    total = forget_share * n_forget + retain_share * n_retain
-    return total if cap is None else min(cap, total)
-
-
-def projection(runs: list[dict], kind: str, per_sample_s: float) -> dict[str, dict]:
-    """Each method's measured work projected to CIFAR-10 sizes, as a share of Retrain's (182 epochs on D_r).
-
-    Two bounds, because how many epochs a method needs at that scale is not measurable here:
-    - upper ("same epochs"): as many passes over its data as on digits, so work grows with the samples it
-      reads per epoch (stopping-rule checks, which the core caps, are scaled too: an over-count);
-    - lower ("same steps"): as many optimiser steps of the same batch size as on digits (the losses are batch
-      means, so a step does the same whatever the data size), but at least one pass over its data.
-    Hours = work / 3 × the measured ResNet-18 fwd+bwd time per image.
-    """
-    n_forget = CIFAR["n_forget_class"] if kind == "classes" else CIFAR["n_forget_random"]
-    n_retain = CIFAR["n_train"] - n_forget
-    retrain_work = 3 * CIFAR["retrain_epochs"] * n_retain
-    out = {}
-    for method in [m for m in runs[0]["methods"] if m not in ("Original", "Retrain")]:
-        upper, lower = [], []
-        for run in runs:
-            row = run["methods"].get(method)
-            if row is None:
-                continue
-            scale = samples_read(row["reads"], n_forget, n_retain) / samples_read(
-                row["reads"], run["n_forget"], run["n_retain"])
-            upper.append(row["work"] * scale)
-            lower.append(max(row["work"], row["unit"] * samples_read(row["reads"], n_forget, n_retain)))
-        if upper:
-            up, low = statistics.mean(upper), statistics.mean(lower)
-            out[method] = {"share_upper": up / retrain_work, "share_lower": low / retrain_work,
-                           "hours_upper": up / 3 * per_sample_s / 3600, "hours_lower": low / 3 * per_sample_s / 3600}
-    hours = retrain_work / 3 * per_sample_s / 3600
-    out["Retrain"] = {"share_upper": 1.0, "share_lower": 1.0, "hours_upper": hours, "hours_lower": hours}
-    return out
-
-
-TITLES = {
-    "classwise": "Class-wise, one class at a time",
-    "random": "10 % random, plain digits (1,437 training images)",
-    "random_small": "10 % random, harder variant (300 training images, fitted to 100 %)",
-    "two_class": "Two classes at once (2 and 7), FV arithmetic over class vectors",
-    "resnet18": "ResNet-18 (small-input variant) on digits, class 3",
-}
+def write_docs(text: str) -> None:
+    """Replace the generated block of docs/benchmarks.md (between the markers) with `text`."""
+    doc = DOCS.read_text()
+    if MARK_START not in doc or MARK_END not in doc:
+        print(f"{DOCS} has no {MARK_START} … {MARK_END} block; tables left in bench/results only")
+        return
+    head, rest = doc.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    DOCS.write_text(f"{head}{MARK_START}\n\n{text}\n{MARK_END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 class, 1 seed, no ResNet-18 run: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: seed 0, every pair but ResNet-18")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest for these tiny models on a shared 2-core machine)")
-    parser.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 run")
+    parser.add_argument("--pairs", nargs="+", choices=list(RECIPES), default=None)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only rebuild the tables (and the docs block, for a full run) from a saved report")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        report["summaries"], report["guard"] = summarise(report["runs"]), guard_counts(report["runs"])
+        text = report_text(report)
+        args.render.with_suffix(".md").write_text(text)
+        if args.render.stem == "quality":
+            write_docs(text)
+        print(text)
+        return 0
     seeds = [0] if args.quick else args.seeds
-    classes = [3] if args.quick else args.classes
-    train, test = load_digits_split(test_fraction=0.2, seed=0)
-    small_train = subsample(train, 300, seed=0)
+    names = args.pairs or [r.name for r in ZOO if not (args.quick and r.arch == "resnet18_small")]
+    # Longest tasks first, so the two processes finish together.
+    order = sorted(((n, s) for n in names for s in seeds), key=lambda t: (RECIPES[t[0]].arch != "resnet18_small",
+                                                                       t[1]))
     started = time.perf_counter()
-    results: dict[str, list[dict]] = {}
-    print("class-wise forgetting", flush=True)
-    results["classwise"] = scenario("classwise", train, test, seeds, [("classes", [c]) for c in classes])
-    print("10 % random forgetting (plain digits)", flush=True)
-    results["random"] = scenario("random", train, test, seeds, [("random", 0.1)])
-    print("10 % random forgetting (harder: 300 training images)", flush=True)
-    results["random_small"] = scenario("random_small", small_train, test, seeds, [("random", 0.1)],
-                                       train_cfg=SMALL_TRAIN)
-    print("two-class forgetting through vector arithmetic", flush=True)
-    results["two_class"] = scenario("two_class", train, test, seeds, [("classes", [2, 7])], with_bank=True)
-    if not (args.quick or args.no_resnet):
-        print("ResNet-18 (small-input variant) on digits, class 3", flush=True)
-        results["resnet18"] = scenario("resnet18", train, test, seeds[:1], [("classes", [3])], arch="resnet18_small",
-                                       train_cfg=TrainConfig(epochs=8))
-
-    per_sample = resnet18_seconds_per_sample()
-    summaries = {k: summarise(v) for k, v in results.items()}
-    projections = {"classes": projection(results["classwise"], "classes", per_sample),
-                   "two_classes": projection(results["two_class"], "classes", per_sample),
-                   "random": projection(results["random"], "random", per_sample)}
+    print(f"zoo: {len(order)} tasks on {args.jobs} processes; service methods via {methods.code_path()}", flush=True)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            runs = list(pool.map(run_task, *zip(*order, strict=True), [args.threads] * len(order)))
+    else:
+        runs = [run_task(n, s, args.threads) for n, s in order]
     report = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                    "cpu": platform.processor() or platform.machine()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "cpus": os.cpu_count(), "cpu": _cpu_name(),
+                    "load_avg_end": [round(v, 2) for v in os.getloadavg()]},
         "command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seeds": seeds, "classes": classes, "wall_s": round(time.perf_counter() - started, 1),
-        "resnet18_fwd_bwd_s_per_sample_32x32": per_sample,
-        "summaries": summaries, "projection_cifar10_resnet18": projections, "runs": results,
+        "code_path": methods.code_path(), "jobs": args.jobs, "threads": args.threads, "seeds": seeds,
+        "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(sum(r["cpu_s"] for r in runs), 1),
+        "dedicated_wall_s": round(makespan([r["cpu_s"] for r in runs], args.jobs), 1),
+        "pairs": {n: {"description": RECIPES[n].description, "held_out": RECIPES[n].held_out} for n in names},
+        "guard": guard_counts(runs), "summaries": summarise(runs), "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
-    stem = "quality-quick" if args.quick else "quality"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    text = "\n".join(markdown(TITLES[k], s) for k, s in summaries.items())
-    text += ("\n### Projected to CIFAR-10 / ResNet-18: share of Retrain's work (182 epochs on D_r), "
-             "upper bound (same epochs) / lower bound (same steps, at least one pass)\n\n")
-    text += "| Method | class-wise | two classes | 10 % random | hours, class-wise |\n|---|---|---|---|---|\n"
-    for method in {**projections["classes"], **projections["two_classes"]}:
-        cells = []
-        for key in ("classes", "two_classes", "random"):
-            p = projections[key].get(method)
-            cells.append("" if p is None else f"{100 * p['share_upper']:.2f} % / {100 * p['share_lower']:.2f} %")
-        p = projections["classes"].get(method, projections["two_classes"].get(method))
-        text += f"| {method} | " + " | ".join(cells) + f" | {p['hours_upper']:.2f} / {p['hours_lower']:.2f} |\n"
-    text += (f"\nResNet-18 fwd+bwd here: {per_sample * 1000:.2f} ms per 32×32 image; "
-             f"total wall time {report['wall_s']} s.\n")
-    print(text)
+    full = not args.quick and args.pairs is None and len(seeds) >= 3
+    stem = "quality" if full else "quality-quick"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(_jsonable(report), indent=1))  # first: tables derive from it
+    text = report_text(report)
     (RESULTS / f"{stem}.md").write_text(text)
+    if full:
+        write_docs(text)
+    print(text)
     return 0
+
+
+def makespan(seconds: list[float], workers: int) -> float:
+    """Wall time of tasks taking `seconds` each on `workers` dedicated cores, longest first to the least busy:
+    what this run would take on a machine nobody else uses (this one is shared)."""
+    loads = [0.0] * max(workers, 1)
+    for s in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += s
+    return max(loads)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

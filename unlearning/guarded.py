@@ -1,15 +1,19 @@
 """The methods as the service runs them: calibrated to the model and data given, judged by the utility guard on
-held-out data, and retried with a more cautious setting when the guard refuses. The workers and the quality
-benchmark both call these functions.
+held-out data, and tried a second time with a changed setting when the guard refuses. The workers and the
+quality benchmark both call these functions.
 
 Calibration rules (no absolute step size is tuned to one data set):
-- forget vectors: the learning rate on δ is a multiple of the training inputs' pixel standard deviation, so a step
-  is the same share of the data's spread whatever its range or contrast;
+- class forget vectors: Adam on δ with a step per pixel that is a multiple of the training inputs' pixel standard
+  deviation (Adam's step does not depend on the gradient's scale, which differs by orders of magnitude between
+  models), no decay, and a stopping rule that also watches the forget samples' true-class probability, so slow
+  progress is not mistaken for a plateau; sample-wise vectors: SGD with a learning rate per pixel spread;
 - zero-shot smoothing: σ is a multiple of the forget inputs' pixel spread and the learning rate makes the first
   step move the weights by a fixed share of their norm (`unlearning.smoothing.calibrated_smoothing`); retain
   accuracy on held-out monitor samples is checked every `check_every` steps and smoothing returns the last
   weights that kept it within the guard's bound.
-Each method has a ladder of settings, boldest first; the first candidate that passes the guard is returned.
+Second attempts: a vector that cost too much utility is retried with a quarter of the step and a tighter retain
+monitor, one that did not forget enough with twice the step and patience; smoothing with a quarter of the step
+and twice the passes. The first candidate that passes the guard is returned.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from unlearning.evaluation import accuracy
 from unlearning.forget_vector import (
     CLASS_WISE,
     SAMPLE_WISE,
+    ForgetVectorConfig,
     learn_forget_vector,
     random_forget_target,
 )
@@ -42,10 +47,11 @@ from unlearning.smoothing import (
 
 ProgressFn = Callable[[float, dict], None]
 
-CLASS_VECTOR_STEPS = (0.13, 0.033)
-"""Class-wise δ learning rates per attempt, in units of the inputs' pixel std (0.05 and 0.0125 on digits)."""
-SAMPLE_VECTOR_STEPS = (0.027, 0.007)
-"""Sample-wise δ learning rates per attempt, in units of the inputs' pixel std (0.01 and 0.0025 on digits)."""
+CLASS_VECTOR_STEP = 0.05
+"""Class-wise δ: Adam step per pixel, in units of the inputs' pixel std (Adam's step does not depend on the
+gradient's scale, which differs by orders of magnitude between models)."""
+SAMPLE_VECTOR_STEPS = (0.027,)
+"""Sample-wise δ: SGD learning rate in units of the inputs' pixel std (0.01 on digits)."""
 SMOOTHING_LADDER = (SmoothingScale(), SmoothingScale(step_fraction=0.00125))
 """Zero-shot attempts: the second takes steps a quarter the size (and twice the passes)."""
 
@@ -95,27 +101,36 @@ def guarded_forget_vector(
     spread = pixel_spread(split.retain.x if len(split.retain) else split.forget.x)
     if classes is not None:
         target = 0.0
-        bases = [replace(CLASS_WISE, lr=step * spread, gate_classes=tuple(classes) if gate else None)
-                 for step in CLASS_VECTOR_STEPS]
+        first = replace(CLASS_WISE, optimizer="adam", lr=CLASS_VECTOR_STEP * spread, lr_decay=1.0,
+                        max_epochs=200, patience=10, gate_classes=tuple(classes) if gate else None)
     else:
         target = random_forget_target(model, split, test)
-        bases = [replace(SAMPLE_WISE, lr=step * spread, target_forget_accuracy=target)
-                 for step in SAMPLE_VECTOR_STEPS]
-    bases = [bases[0], *(replace(b, max_retain_drop=min(b.max_retain_drop, guard.max_drop / 3)) for b in bases[1:])]
+        first = replace(SAMPLE_WISE, lr=SAMPLE_VECTOR_STEPS[0] * spread, target_forget_accuracy=target)
     attempts: list[dict] = []
     result = Guarded(passed=False)
-    for i, cfg in enumerate(bases):
-        vector = learn_forget_vector(model, split, cfg, progress=_span(progress, i, len(bases)))
+    cfg = first
+    for i in range(2):
+        vector = learn_forget_vector(model, split, cfg, progress=_span(progress, i, 2))
         candidate = Candidate(model, vector.delta, list(classes) if gate and classes is not None else None)
         verdict = judge(before, candidate, held.guard, retained_test(test, classes or []), split.forget, target, guard)
-        attempts.append({"setting": {"lr": round(cfg.lr, 6), "max_retain_drop": cfg.max_retain_drop},
+        attempts.append({"setting": {"optimizer": cfg.optimizer, "lr": round(cfg.lr, 6),
+                                     "max_retain_drop": cfg.max_retain_drop},
                          "epochs": vector.epochs, "stop_reason": vector.stop_reason, "guard": verdict.as_dict()})
         result = Guarded(verdict.passed, vector.delta, None, verdict, list(attempts),
                          {"config": vector.config, "epochs": vector.epochs, "stop_reason": vector.stop_reason,
                           "target_forget_accuracy": target, "gated": candidate.gate_classes is not None})
         if verdict.passed:
             break
+        cfg = _next_vector_setting(cfg, verdict, guard)
     return result
+
+
+def _next_vector_setting(cfg: ForgetVectorConfig, verdict: GuardVerdict, guard: GuardConfig) -> ForgetVectorConfig:
+    """The second attempt after a refusal: more cautious when utility fell (a quarter of the step, a tighter
+    retain monitor), bolder when forgetting fell short (twice the step, twice the patience)."""
+    if verdict.candidate < verdict.baseline - verdict.bound:
+        return replace(cfg, lr=cfg.lr / 4, max_retain_drop=min(cfg.max_retain_drop, guard.max_drop / 3))
+    return replace(cfg, lr=cfg.lr * 2, patience=cfg.patience * 2)
 
 
 def guarded_vector_arithmetic(

@@ -1,22 +1,36 @@
 """Unlearning metrics, measured with the forget vector applied exactly as the service serves it.
 
 UA = 100 − accuracy on D_f; RA = accuracy on D_r; TA = accuracy on test data (class-wise: the test images
-of the remaining classes, with the forgotten classes' test accuracy reported separately); MIA = MIA-efficacy
-of the SVC confidence attack of the OPTML-Group protocol; Avg. Gap = mean |metric − Retrain| over UA, RA,
-TA and MIA. All in percent.
+of the remaining classes, with the forgotten classes' test accuracy reported separately); Avg. Gap = mean
+|metric − Retrain| over UA, RA, TA and MIA. All in percent.
+
+Membership attacks, all read as MIA-efficacy: the share of D_f the attack calls non-member (higher = more
+forgotten; the goal is Retrain's value). Members are retain samples, non-members test samples (class-wise:
+of the remaining classes); the one feature is the true-label softmax confidence.
+- MIA: the OPTML-Group SVC attack (RBF, C=3, γ="auto") on one seeded balanced shadow sample: comparable with
+  the papers, but its verdict can flip between 0 and 100 with the shadow seed on class-wise requests.
+- MIA_min, MIA_mean: the same attack over several shadow seeds (worst case and average).
+- MIA_scale: the SVC with γ="scale" (kernel width from the feature's variance), mean over the shadow seeds.
+- MIA_thr: a per-class confidence threshold (OPTML `_mem_inf_thre`): for each class the threshold that best
+  separates its retain from its test confidences (balanced accuracy); D_f samples below their class's
+  threshold are non-members. Classes with no retain or no test samples (a forgotten class) use the threshold
+  fitted on all classes pooled. Deterministic: no shadow sampling.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 from torch import nn
 
 from unlearning.data import ForgetSplit, ImageSet
-from unlearning.evaluation import accuracy, apply_delta
+from unlearning.evaluation import perturbed_logits
 
 GAP_METRICS = ("UA", "RA", "TA", "MIA")
+SHADOW_SEEDS = (0, 1, 2)
+"""Shadow-sample seeds of MIA_min, MIA_mean and MIA_scale (seed 0 alone gives MIA)."""
 
 
 def _pct(value: float) -> float | None:
@@ -24,71 +38,151 @@ def _pct(value: float) -> float | None:
 
 
 @torch.no_grad()
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor | None = None, gate_classes: list[int] | None = None,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Logits (N, K) on the CPU of model(x + δ) as served (gated by `gate_classes` when given). x: (N, C, H, W)."""
+    device = next(model.parameters()).device
+    out = [perturbed_logits(model, x[start : start + batch_size].to(device), delta, gate_classes).cpu()
+           for start in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def confidence_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[y] per sample: logits (N, K), y (N,) -> (N,) in [0, 1]."""
+    if len(y) == 0:
+        return torch.empty(0)
+    return torch.softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+
+
+def _accuracy_of(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float("nan") if len(y) == 0 else (logits.argmax(1) == y).float().mean().item()
+
+
 def true_label_confidence(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor | None = None, batch_size: int = 1024
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor | None = None, batch_size: int = 1024,
+    *, gate_classes: list[int] | None = None,
 ) -> torch.Tensor:
     """softmax(model(x + δ))[y] per sample: (N,) in [0, 1]."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(y), batch_size):
-        xb = apply_delta(x[start : start + batch_size].to(device), delta)
-        probs = torch.softmax(model(xb), dim=1).cpu()
-        out.append(probs.gather(1, y[start : start + batch_size, None]).squeeze(1))
-    return torch.cat(out) if out else torch.empty(0)
+    return confidence_of(predict_logits(model, x, delta, gate_classes, batch_size), y)
 
 
-def mia_efficacy(
-    model: nn.Module, split: ForgetSplit, test: ImageSet, delta: torch.Tensor | None = None, seed: int = 0
+def svc_efficacy(
+    member: torch.Tensor, non_member: torch.Tensor, target: torch.Tensor, seed: int = 0, gamma: str | float = "auto",
 ) -> float:
-    """Share of D_f that a membership attack calls non-member, in [0, 1] (higher = more forgotten).
+    """Share of `target` that the OPTML SVC attack calls non-member, in [0, 1]. All inputs: confidences (N,).
 
-    The attack (OPTML SVC_MIA, "confidence"): an RBF SVC (C=3, gamma="auto") on the true-label softmax
-    confidence, trained with n = min(|test|, |D_r|) seeded retain samples as members and as many test samples
-    as non-members, then applied to D_f.
+    The attack: an RBF SVC (C=3) on the confidence, trained with n = min(|member|, |non_member|) seeded
+    members (label 1) and as many seeded non-members (label 0).
     """
     from sklearn.svm import SVC
 
-    n = min(len(test), len(split.retain))
-    if n == 0 or len(split.forget) == 0:
+    n = min(len(member), len(non_member))
+    if n == 0 or len(target) == 0:
         return float("nan")
     generator = torch.Generator().manual_seed(seed)
-    members = torch.randperm(len(split.retain), generator=generator)[:n]
-    non_members = torch.randperm(len(test), generator=generator)[:n]
-    features = torch.cat([
-        true_label_confidence(model, split.retain.x[members], split.retain.y[members], delta),
-        true_label_confidence(model, test.x[non_members], test.y[non_members], delta),
-    ]).numpy()[:, None]
-    labels = [1] * n + [0] * n
-    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
-    forget_features = true_label_confidence(model, split.forget.x, split.forget.y, delta).numpy()[:, None]
-    return float(1.0 - attack.predict(forget_features).mean())
+    members = torch.randperm(len(member), generator=generator)[:n]
+    non_members = torch.randperm(len(non_member), generator=generator)[:n]
+    features = torch.cat([member[members], non_member[non_members]]).double().numpy()[:, None]
+    attack = SVC(C=3, gamma=gamma, kernel="rbf").fit(features, [1] * n + [0] * n)
+    return float(1.0 - attack.predict(target.double().numpy()[:, None]).mean())
+
+
+def best_threshold(member: torch.Tensor, non_member: torch.Tensor) -> float:
+    """The confidence t that best separates members (conf >= t) from non-members (conf < t) by balanced
+    accuracy ½(P[member >= t] + P[non_member < t]); candidates are the observed values, ties go to the
+    smallest. Both inputs (N,), non-empty."""
+    candidates = torch.cat([member, non_member]).double().unique()  # sorted ascending
+    members = member.double().sort().values
+    non_members = non_member.double().sort().values
+    member_kept = 1.0 - torch.searchsorted(members, candidates, side="left") / len(members)  # P[member >= t]
+    non_member_below = torch.searchsorted(non_members, candidates, side="left") / len(non_members)  # P[non < t]
+    score = 0.5 * (member_kept + non_member_below)
+    return float(candidates[int(torch.argmax(score))])  # argmax returns the first maximum
+
+
+def threshold_efficacy(
+    member: torch.Tensor, member_y: torch.Tensor, non_member: torch.Tensor, non_member_y: torch.Tensor,
+    target: torch.Tensor, target_y: torch.Tensor,
+) -> float:
+    """Share of `target` below its class's confidence threshold (called non-member), in [0, 1].
+
+    Confidences (N,) with their labels (N,). A class's threshold is `best_threshold` of its members against
+    its non-members; a class that lacks either uses the threshold of all classes pooled.
+    """
+    if len(target) == 0 or len(member) == 0 or len(non_member) == 0:
+        return float("nan")
+    pooled = best_threshold(member, non_member)
+    thresholds = torch.full((len(target),), pooled, dtype=torch.float64)
+    for c in target_y.unique().tolist():
+        m, nm = member[member_y == c], non_member[non_member_y == c]
+        if len(m) and len(nm):
+            thresholds[target_y == c] = best_threshold(m, nm)
+    return (target.double() < thresholds).double().mean().item()
+
+
+def mia_figures(
+    retain: tuple[torch.Tensor, torch.Tensor], non_member: tuple[torch.Tensor, torch.Tensor],
+    forget: tuple[torch.Tensor, torch.Tensor], shadow_seeds: tuple[int, ...] = SHADOW_SEEDS,
+) -> dict[str, float | None]:
+    """Every attack's MIA-efficacy in percent. Each argument: (confidences (N,), labels (N,))."""
+    auto = [svc_efficacy(retain[0], non_member[0], forget[0], seed) for seed in shadow_seeds]
+    scale = [svc_efficacy(retain[0], non_member[0], forget[0], seed, gamma="scale") for seed in shadow_seeds]
+    nan = float("nan")
+    return {
+        "MIA": _pct(svc_efficacy(retain[0], non_member[0], forget[0], 0)),
+        "MIA_min": _pct(min(auto) if auto else nan),
+        "MIA_mean": _pct(statistics.mean(auto) if auto else nan),
+        "MIA_scale": _pct(statistics.mean(scale) if scale else nan),
+        "MIA_thr": _pct(threshold_efficacy(*retain, *non_member, *forget)),
+    }
+
+
+def mia_efficacy(
+    model: nn.Module, split: ForgetSplit, test: ImageSet, delta: torch.Tensor | None = None, seed: int = 0,
+    *, gamma: str | float = "auto", gate_classes: list[int] | None = None,
+) -> float:
+    """Share of D_f that the OPTML SVC attack (`svc_efficacy`) calls non-member, in [0, 1] (higher = more
+    forgotten); members are retain samples, non-members `test` samples, features model(x + δ) confidences."""
+    def conf(data: ImageSet) -> torch.Tensor:
+        return true_label_confidence(model, data.x, data.y, delta, gate_classes=gate_classes)
+
+    if min(len(test), len(split.retain)) == 0 or len(split.forget) == 0:
+        return float("nan")
+    return svc_efficacy(conf(split.retain), conf(test), conf(split.forget), seed, gamma)
 
 
 def unlearning_report(
     model: nn.Module, split: ForgetSplit, test: ImageSet | None, forgotten_classes: list[int] | None = None,
-    delta: torch.Tensor | None = None, mia: bool = True,
+    delta: torch.Tensor | None = None, mia: bool = True, *, gate_classes: list[int] | None = None,
+    shadow_seeds: tuple[int, ...] = SHADOW_SEEDS,
 ) -> dict[str, float | None]:
-    """UA, RA, TA (and TA_forgotten for class-wise requests) and MIA of model(x + δ), in percent."""
-    report = {
-        "UA": _pct(1.0 - accuracy(model, split.forget.x, split.forget.y, delta)),
-        "RA": _pct(accuracy(model, split.retain.x, split.retain.y, delta)),
-    }
-    if test is not None:
-        if forgotten_classes:
-            gone = torch.isin(test.y, torch.tensor(forgotten_classes))
-            report["TA"] = _pct(accuracy(model, test.x[~gone], test.y[~gone], delta))
-            report["TA_forgotten"] = _pct(accuracy(model, test.x[gone], test.y[gone], delta))
-            # Class-wise: non-members are test images of the remaining classes, as in the papers.
-            non_member_set = ImageSet(test.x[~gone], test.y[~gone], tuple(test.ids[i] for i in (~gone).nonzero().flatten().tolist()))
-        else:
-            report["TA"] = _pct(accuracy(model, test.x, test.y, delta))
-            non_member_set = test
-        if mia:
-            report["MIA"] = _pct(mia_efficacy(model, split, non_member_set, delta))
+    """UA, RA, TA (and TA_forgotten for class-wise requests) and, with `mia`, every attack of `mia_figures`,
+    of model(x + δ) as served: with `gate_classes`, δ only reaches inputs the model assigns to those classes.
+    One forward pass per set; in percent."""
+    forget_logits = predict_logits(model, split.forget.x, delta, gate_classes)
+    retain_logits = predict_logits(model, split.retain.x, delta, gate_classes)
+    report = {"UA": _pct(1.0 - _accuracy_of(forget_logits, split.forget.y)),
+              "RA": _pct(_accuracy_of(retain_logits, split.retain.y))}
+    if test is None:
+        return report
+    test_logits = predict_logits(model, test.x, delta, gate_classes)
+    # Class-wise: non-members are test images of the remaining classes, as in the papers.
+    kept = ~torch.isin(test.y, torch.tensor(forgotten_classes or [], dtype=test.y.dtype))
+    report["TA"] = _pct(_accuracy_of(test_logits[kept], test.y[kept]))
+    if forgotten_classes:
+        report["TA_forgotten"] = _pct(_accuracy_of(test_logits[~kept], test.y[~kept]))
+    if mia:
+        report.update(mia_figures(
+            (confidence_of(retain_logits, split.retain.y), split.retain.y),
+            (confidence_of(test_logits[kept], test.y[kept]), test.y[kept]),
+            (confidence_of(forget_logits, split.forget.y), split.forget.y), shadow_seeds))
     return report
 
 
 def avg_gap(metrics: dict[str, float | None], retrain: dict[str, float | None]) -> float:
     """Mean |metric − Retrain| over UA, RA, TA and MIA (percentage points)."""
-    gaps = [abs(metrics[k] - retrain[k]) for k in GAP_METRICS if metrics.get(k) is not None and retrain.get(k) is not None]
+    pairs = [(metrics.get(k), retrain.get(k)) for k in GAP_METRICS]
+    gaps = [abs(m - r) for m, r in pairs if m is not None and r is not None]
     return round(sum(gaps) / len(gaps), 2) if gaps else float("nan")
