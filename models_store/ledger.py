@@ -22,7 +22,8 @@ from models_store.store import now_iso
 
 
 class RequestStatus(str, Enum):
-    """Where a forget request stands: queued or running until it ends succeeded, failed or cancelled."""
+    """Where a forget request stands: queued or running until it ends succeeded, failed or cancelled; a succeeded
+    one becomes reverted when a rollback takes it out of force."""
 
     # A str: SQLite stores and the API shows the plain value. Format `.value`, not the member, in messages.
     QUEUED = "queued"
@@ -30,10 +31,12 @@ class RequestStatus(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    REVERTED = "reverted"
+    """It had succeeded, and an explicit rollback took its forgetting out of force."""
 
 
 ACTIVE = (RequestStatus.QUEUED, RequestStatus.RUNNING)
-TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED)
+TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.REVERTED)
 _JSON_FIELDS = ("classes", "samples", "progress", "result", "callback", "receipt")
 
 _SCHEMA = """
@@ -241,6 +244,18 @@ class Ledger:
             status=RequestStatus.SUCCEEDED, result=result, receipt=receipt, finished_at=now_iso(), error=None,
             progress={"fraction": 1.0, "stage": "done"},
         )
+
+    def mark_reverted(self, request_id: str, *, actor: str, to_state: int, reason: str | None) -> bool:
+        """A succeeded request whose forgetting a rollback to `to_state` took out of force; its result keeps
+        what was computed, plus who reverted it, to which state and why."""
+        try:
+            record = self.get(request_id)
+        except NotFoundError:  # a state may name requests this ledger never held (another installation's)
+            return False
+        reverted = {"by": actor, "to_state": to_state, "reason": reason, "at": now_iso()}
+        return self._update(request_id, (RequestStatus.SUCCEEDED,), audit="request.reverted", actor=actor,
+                            detail={"to_state": to_state, "reason": reason}, status=RequestStatus.REVERTED,
+                            result={**(record["result"] or {}), "reverted": reverted})
 
     def mark_failed(self, request_id: str, error: str, actor: str = "worker",
                     result: dict[str, Any] | None = None) -> bool:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StoreError
 from models_store.files import (
@@ -60,9 +60,52 @@ def _tensors_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     return load(data)
 
 
+SIGNATURE = "signature"
+"""The field of a served state or artifact manifest that holds its signature (over everything else in it)."""
+
+
+class Signer(Protocol):
+    """What the store needs to sign and verify documents; it never sees a key
+    (`unlearnd.security.signing.Signer` is the server's)."""
+
+    def sign(self, payload: bytes) -> dict[str, str]:
+        """A signature of `payload`, stored as the document's `signature` field."""
+        ...
+
+    def verify(self, payload: bytes, signature: Any) -> None:
+        """Return when `signature` signs `payload`; raise ValueError saying why not."""
+        ...
+
+
+def _unsigned(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k != SIGNATURE}
+
+
 class Store:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, signer: Signer | None = None):
+        """`signer`: every served state and artifact manifest written is signed with it, and every one read
+        must carry a valid signature (IntegrityError otherwise). None: neither (tests of the file layout)."""
         self.root = Path(root)
+        self.signer = signer
+
+    # ---- signatures ---------------------------------------------------------------------------------
+    def _signed(self, document: dict[str, Any]) -> dict[str, Any]:
+        body = _unsigned(document)
+        if self.signer is None:
+            return body
+        return {**body, SIGNATURE: self.signer.sign(canonical_json(body))}
+
+    def check_signature(self, document: dict[str, Any], what: str) -> dict[str, Any]:
+        """`document` when its signature verifies (or the store has no signer); IntegrityError otherwise."""
+        if self.signer is None:
+            return document
+        if SIGNATURE not in document:
+            raise IntegrityError(f"{what} is not signed")
+        try:
+            self.signer.verify(canonical_json(_unsigned(document)), document[SIGNATURE])
+        except ValueError as exc:
+            raise IntegrityError(f"{what} fails verification: {exc}") from None
+        return document
 
     # ---- models -------------------------------------------------------------------------------------
     def _model_dir(self, name: str) -> Path:
@@ -101,9 +144,27 @@ class Store:
             raise IntegrityError(f"weights file of {name!r} does not match its sha256 {weights_sha256[:12]}")
         return _tensors_from_bytes(data)
 
+    @contextlib.contextmanager
+    def _registration_lock(self) -> Iterator[None]:
+        """Serialises the check-then-write of model registrations and new versions across threads and
+        processes (an exclusive flock on <root>/.registration.lock, dropped by the kernel if the holder
+        dies), so that of two registrations of one name exactly one wins and the record always matches
+        its weights and state."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".registration.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def create_model(self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Register a model: weights, its record (version 1) and an initial served state with nothing
-        applied."""
+        applied. Atomic: AlreadyExistsError if the name exists or another registration takes it first."""
+        with self._registration_lock():
+            return self._create_model_locked(record, state_dict)
+
+    def _create_model_locked(self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         name = record["name"]
         if self.has_model(name):
             raise AlreadyExistsError(f"a model named {name!r} exists already")
@@ -145,9 +206,15 @@ class Store:
         state_version keeps counting up so that every reader sees the switch. A name never
         registered gets version 1, as `create_model`.
         """
+        with self._registration_lock():
+            return self._create_model_version_locked(record, state_dict)
+
+    def _create_model_version_locked(
+        self, record: dict[str, Any], state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
         name = record["name"]
         if not self.has_model(name):
-            return self.create_model(record, state_dict)
+            return self._create_model_locked(record, state_dict)
         previous, previous_state = self.get_model(name), self.read_state(name)
         weights_sha256 = self.put_weights(name, state_dict)
         version = previous["version"] + 1
@@ -198,26 +265,62 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     # ---- served state -------------------------------------------------------------------------------
-    def read_state(self, name: str) -> dict[str, Any]:
+    def read_state(self, name: str, *, verify: bool = True) -> dict[str, Any]:
+        """The served state; with `verify` (the default) IntegrityError unless its signature verifies."""
         path = self._model_dir(name) / "state.json"
         if not path.exists():
             raise NotFoundError(f"no model named {name!r}")
-        return read_json(path)
+        state = read_json(path)
+        return self.verify_state(name, state) if verify else state
 
-    def write_state(self, name: str, state: dict[str, Any]) -> None:
-        """Replace the served state in one rename: readers see the old state or the new one.
+    def verify_state(self, name: str, state: dict[str, Any], version: int | None = None) -> dict[str, Any]:
+        """`state` when it is signed and names this model (and `version`, for a states/<n>.json file)."""
+        what = f"served state {state.get('state_version')!r} of model {name!r}"
+        self.check_signature(state, what)
+        if state.get("model", name) != name or (version is not None and state.get("state_version") != version):
+            raise IntegrityError(f"{what} is stored under another model or version")
+        return state
+
+    def write_state(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        """Replace the served state in one rename: readers see the old state or the new one. Returns it as
+        written (signed, with the store's signer; a `signature` field in `state` is replaced).
 
         Every state is also kept as states/<state_version>.json, for history and rollback.
         """
+        state = self._signed(state)
         atomic_write_json(self._model_dir(name) / "states" / f"{state['state_version']}.json", state)
         atomic_write_json(self._model_dir(name) / "state.json", state)
+        return state
 
-    def state_history(self, name: str) -> list[dict[str, Any]]:
-        """Every state the model has served, oldest first."""
+    def state_history(self, name: str, *, verify: bool = True) -> list[dict[str, Any]]:
+        """Every state the model has served, oldest first; with `verify`, IntegrityError if one of them does
+        not verify (`verify=False` lists them as stored, e.g. to say which one is refused)."""
         states = self._model_dir(name) / "states"
         if not states.exists():
             raise NotFoundError(f"no model named {name!r}")
-        return sorted((read_json(p) for p in states.glob("*.json")), key=lambda s: s["state_version"])
+        history = []
+        for path in states.glob("*.json"):
+            state = read_json(path)
+            if verify:
+                self.verify_state(name, state, int(path.stem) if path.stem.isdigit() else None)
+            history.append(state)
+        return sorted(history, key=lambda s: s["state_version"])
+
+    def verify_state_files(self, name: str, state: dict[str, Any]) -> None:
+        """Everything `state` serves, checked without loading tensors: its signature, the weights file
+        against its sha256 and every artifact (signed manifest, tensor file sha256, bound to this model and
+        these weights). IntegrityError or NotFoundError says what does not match."""
+        self.verify_state(name, state)
+        weights = self._model_dir(name) / "weights" / f"{check_name(state['weights_sha256'], 'sha256')}.safetensors"
+        if not weights.exists() or sha256_bytes(weights.read_bytes()) != state["weights_sha256"]:
+            raise IntegrityError(f"weights {state['weights_sha256'][:12]} of model {name!r} are missing or altered")
+        for artifact_id in state.get("artifacts", []):
+            manifest = self.get_artifact_manifest(artifact_id)
+            path = self.root / "artifacts" / f"{artifact_id}.safetensors"
+            if not path.exists() or sha256_bytes(path.read_bytes()) != manifest["file_sha256"]:
+                raise IntegrityError(f"tensor file of artifact {artifact_id!r} is missing or altered")
+            if manifest.get("model", name) != name or manifest.get("weights_sha256") != state["weights_sha256"]:
+                raise IntegrityError(f"artifact {artifact_id!r} was computed for another model or other weights")
 
     @contextlib.contextmanager
     def model_lock(self, name: str) -> Iterator[None]:
@@ -239,14 +342,38 @@ class Store:
         return (self._dataset_dir(name) / "dataset.json").exists()
 
     def put_dataset(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Store a dataset: tensors x_train, y_train (+ x_test, y_test) and a record with ids and counts."""
+        """Store a dataset: tensors x_train, y_train (+ x_test, y_test) and a record with ids and counts.
+
+        Atomic: both files are written to a private directory under <root>/.incoming, which one rename
+        then makes datasets/<name>; of two registrations of one name exactly one succeeds and the other
+        gets AlreadyExistsError, and the stored data always matches its record."""
+        import os
+        import shutil
+
         name = record["name"]
+        final = self._dataset_dir(name)
         if self.has_dataset(name):
             raise AlreadyExistsError(f"a dataset named {name!r} exists already")
         data = _tensors_to_bytes(tensors)
         record = {**record, "data_sha256": sha256_bytes(data), "created_at": now_iso()}
-        atomic_write_bytes(self._dataset_dir(name) / "data.safetensors", data)
-        atomic_write_json(self._dataset_dir(name) / "dataset.json", record)
+        staging = self.root / ".incoming" / f"{name}.{uuid.uuid4().hex}"
+        try:
+            atomic_write_bytes(staging / "data.safetensors", data)
+            atomic_write_json(staging / "dataset.json", record)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                final.rmdir()  # an empty directory left by an interrupted older write: not a dataset
+            try:
+                os.rename(staging, final)  # fails if another registration put its directory there first
+            except OSError:
+                raise AlreadyExistsError(f"a dataset named {name!r} exists already") from None
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return record
 
     def get_dataset(self, name: str) -> dict[str, Any]:
@@ -267,12 +394,15 @@ class Store:
         """Write tensors, then their manifest (kind, model, weights_sha256, request_ids, …) with hashes.
 
         The manifest records the tensor file's sha256 and its own sha256 (over its canonical JSON
-        without that field); `load_artifact` refuses a file or manifest that does not match.
+        without that field and the signature), then the store's signer signs it all;
+        `load_artifact` refuses a file or manifest that does not match.
         """
         artifact_id = f"{manifest['kind']}-{uuid.uuid4().hex[:16]}"
         data = _tensors_to_bytes(tensors)
-        manifest = {**manifest, "id": artifact_id, "created_at": now_iso(), "file_sha256": sha256_bytes(data)}
+        manifest = {**_unsigned(manifest), "id": artifact_id, "created_at": now_iso(),
+                    "file_sha256": sha256_bytes(data)}
         manifest["manifest_sha256"] = sha256_bytes(canonical_json(manifest))
+        manifest = self._signed(manifest)
         atomic_write_bytes(self.root / "artifacts" / f"{artifact_id}.safetensors", data)
         atomic_write_json(self.root / "artifacts" / f"{artifact_id}.json", manifest)
         return manifest
@@ -283,9 +413,12 @@ class Store:
             raise NotFoundError(f"no artifact {artifact_id!r}")
         manifest = read_json(path)
         claimed = manifest.get("manifest_sha256")
-        body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+        body = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", SIGNATURE)}
         if claimed != sha256_bytes(canonical_json(body)):
             raise IntegrityError(f"manifest of artifact {artifact_id!r} does not match its sha256")
+        self.check_signature(manifest, f"manifest of artifact {artifact_id!r}")
+        if manifest.get("id", artifact_id) != artifact_id:
+            raise IntegrityError(f"manifest of artifact {artifact_id!r} belongs to artifact {manifest['id']!r}")
         return manifest
 
     def load_artifact(self, artifact_id: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq import Queue
 
-from models_store import Ledger, Store
+from models_store import IntegrityError, Ledger, NotFoundError, Store
 from models_store.store import now_iso
 from service.errors import Problem
 from service.idempotency import Claim
@@ -87,26 +87,68 @@ def _check_samples(samples: list[str], record: dict[str, Any], *, store: Store, 
 
 def rollback_model(
     *, model: str, state_version: int, reason: str | None, actor: str, store: Store, ledger: Ledger,
-) -> dict[str, Any]:
-    """Serve an earlier state again as a new state version, and audit it; returns the new state.
+    reinstate: list[str] | None = None, force: bool = False,
+) -> tuple[dict[str, Any], list[str]]:
+    """Serve an earlier state again as a new state version, and audit it; returns the new state and the ids of
+    the requests it took out of force (now `reverted`).
 
-    Refuses (409) instead of waiting while a forget job holds the model."""
-    store.read_state(model)  # 404 for an unknown model, before anything is written
+    A rollback to a state from before some deletions must say so: `reinstate` lists exactly those requests (or
+    `force`), with a reason; otherwise 409 lists them and nothing changes.
+
+    Refuses (409) instead of waiting while a forget job holds the model, and (409) a target state that fails
+    verification (its signature, weights, artifacts: `Store.verify_state_files`). The current state is not
+    required to verify: rolling back is how a tampered one is replaced."""
+    store.read_state(model, verify=False)  # 404 for an unknown model, before anything is written
     with store.try_model_lock(model) as locked:
         if not locked:
             raise Problem(409, "Model busy",
                           f"a forget job is running on {model!r}; retry when it has finished")
-        current = store.read_state(model)
-        target = next((s for s in store.state_history(model) if s["state_version"] == state_version), None)
+        current = store.read_state(model, verify=False)
+        target = next((s for s in store.state_history(model, verify=False) if s["state_version"] == state_version),
+                      None)
         if target is None:
             raise Problem(404, "Unknown state", f"model {model!r} has no state version {state_version}")
         if state_version == current["state_version"]:
             raise Problem(409, "Already serving", f"state {state_version} is the current state")
+        _check_rollback_target(model, target, actor=actor, store=store, ledger=ledger)
+        undone = sorted(set(current.get("requests", [])) - set(target.get("requests", [])))
+        _check_reinstated(undone, reinstate or [], force=force, reason=reason)
         kept = {k: v for k, v in target.items() if k != "outcome"}  # that state's job result is not this one
         new_state = {**kept, "state_version": current["state_version"] + 1, "updated_at": now_iso(),
                      "rolled_back_to": state_version}
-        store.write_state(model, new_state)
+        new_state = store.write_state(model, new_state)  # signed anew
     ledger.audit("model.rollback", actor, model=model, detail={
         "from_state": current["state_version"], "to_state": state_version,
-        "new_state": new_state["state_version"], "reason": reason})
-    return new_state
+        "new_state": new_state["state_version"], "reason": reason, "reverted": undone})
+    reverted = [i for i in undone if ledger.mark_reverted(i, actor=actor, to_state=state_version, reason=reason)]
+    return new_state, reverted
+
+
+def _check_reinstated(undone: list[str], reinstate: list[str], *, force: bool, reason: str | None) -> None:
+    """409 unless a rollback that takes requests out of force names them (or is forced) and gives a reason."""
+    if not undone:
+        if reinstate:
+            raise Problem(422, "Nothing to reinstate", f"this rollback takes no request out of force: {reinstate}")
+        return
+    stray = sorted(set(reinstate) - set(undone))
+    if stray:
+        raise Problem(422, "Not taken out of force", f"this rollback does not take {stray} out of force",
+                      requests=undone)
+    if not force and set(reinstate) != set(undone):
+        raise Problem(409, "Rollback would un-forget",
+                      f"state to serve again predates {len(undone)} deletion requests; list them all in "
+                      "`reinstate` (or set `force`) with a `reason` to serve their data again", requests=undone)
+    if not reason:
+        raise Problem(422, "Reason required", "a rollback that reinstates forgotten data needs a `reason`")
+
+
+def _check_rollback_target(model: str, target: dict[str, Any], *, actor: str, store: Store, ledger: Ledger) -> None:
+    """409 (audited) unless the state to serve again verifies: signature, weights and artifacts."""
+    version = target["state_version"]
+    try:
+        store.verify_state(model, target, version)
+        store.verify_state_files(model, target)
+    except (IntegrityError, NotFoundError) as exc:
+        ledger.audit("model.rollback_refused", actor, model=model, detail={"to_state": version, "reason": str(exc)})
+        raise Problem(409, "State fails verification",
+                      f"state {version} of model {model!r} cannot be served again: {exc}", reason=str(exc)) from None

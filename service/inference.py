@@ -1,21 +1,28 @@
 """The API's inference runtime: each model's served state (weights + forget vectors), loaded lazily.
 
-A served state is loaded once, verified (weights and artifact hashes, artifacts bound to these weights)
-and kept as one immutable snapshot; a prediction uses a single snapshot from start to end, so it never
-sees a mix of two states. A newer state on disk replaces the snapshot on the next request, no restart.
+A served state is loaded once, verified (the state's signature, weights and artifact hashes, signed artifact
+manifests, artifacts bound to these weights) and kept as one immutable snapshot; a prediction uses a single
+snapshot from start to end, so it never sees a mix of two states. A newer state on disk replaces the snapshot
+on the next request, no restart. Every prediction checks the signature of state.json; at most
+UNLEARND_VERIFY_INTERVAL_S after the last check, the files the snapshot was loaded from are verified again.
+Any mismatch drops the snapshot and answers 503 with the reason, counted and audited (`IntegrityRefusals`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from models_store import IntegrityError, Store
+from models_store import IntegrityError, Ledger, NotFoundError, Store
 from service.errors import Problem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,26 +38,92 @@ class ServedState:
     input_shape: list[int]
     gate_classes: list[int] | None = None
     """Gated forget vector: δ applies only to inputs the model assigns to these classes (None: to every input)."""
+    signature: Any = None
+    """The state's signature: a state re-signed under the same version is loaded again."""
+
+
+class IntegrityRefusals:
+    """Predictions refused because what would be served does not verify: a counter per model (there is no
+    metrics library; the count is in every 503 body and in the audit entries) and one audit entry
+    (`model.integrity_failure`) each time a model's reason changes, so a flood of refused requests does not
+    flood the audit log."""
+
+    def __init__(self, ledger: Ledger | None):
+        self.ledger = ledger
+        self.counts: dict[str, int] = {}
+        self._last_reason: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def refuse(self, name: str, reason: str) -> Problem:
+        with self._lock:
+            count = self.counts[name] = self.counts.get(name, 0) + 1
+            first = self._last_reason.get(name) != reason
+            self._last_reason[name] = reason
+        log.error("refusing to serve %s: %s (refusal %d)", name, reason, count)
+        if first and self.ledger is not None:
+            try:
+                self.ledger.audit("model.integrity_failure", "system", model=name,
+                                  detail={"reason": reason, "refusals": count})
+            except Exception:  # the 503 stands even when the audit cannot be written
+                log.exception("could not audit the integrity failure of %s", name)
+        return Problem(503, "Integrity check failed", f"model {name!r} is not served: {reason}",
+                       model=name, reason=reason, integrity_refusals=count)
+
+    def cleared(self, name: str) -> None:
+        self._last_reason.pop(name, None)
 
 
 class InferenceRuntime:
-    def __init__(self, store: Store, device: str = "auto"):
+    def __init__(self, store: Store, device: str = "auto", *, ledger: Ledger | None = None,
+                 verify_interval_s: float = 60.0):
         self.store, self.device_preference = store, device
+        self.verify_interval_s = verify_interval_s
+        self.refusals = IntegrityRefusals(ledger)
         self._served: dict[str, ServedState] = {}
+        self._verified_at: dict[str, float] = {}
+        self._highest: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def served(self, name: str) -> ServedState:
-        """The current snapshot of `name`, reloading it if the state on disk moved on."""
-        state = self.store.read_state(name)
+        """The current snapshot of `name`, reloading it if the state on disk moved on; a 503 problem (counted
+        and audited) when the state, its weights or its artifacts do not verify."""
+        try:
+            return self._served_verified(name)
+        except IntegrityError as exc:
+            with self._lock:
+                self._served.pop(name, None)
+            raise self.refusals.refuse(name, str(exc)) from None
+
+    def _served_verified(self, name: str) -> ServedState:
+        state = self.store.read_state(name)  # verifies its signature
+        version = state["state_version"]
+        if version < self._highest.get(name, 0):  # an older signed state put back in place
+            raise IntegrityError(f"served state went back from version {self._highest[name]} to {version}")
         current = self._served.get(name)
-        if current is not None and current.state_version == state["state_version"]:
-            return current
-        with self._lock:
-            current = self._served.get(name)
-            if current is None or current.state_version != state["state_version"]:
-                current = self._load(name, state)
-                self._served[name] = current
-            return current
+        if current is None or current.state_version != version or current.signature != state.get("signature"):
+            with self._lock:
+                current = self._served.get(name)
+                if (current is None or current.state_version != version
+                        or current.signature != state.get("signature")):
+                    try:
+                        current = self._load(name, state)
+                    except NotFoundError as exc:  # the state names weights, a record or an artifact not there
+                        raise IntegrityError(f"what the served state names is missing: {exc}") from None
+                    self._served[name] = current
+                    self._verified_at[name] = time.monotonic()
+                    self._highest[name] = max(version, self._highest.get(name, 0))
+        elif time.monotonic() - self._verified_at.get(name, 0.0) >= self.verify_interval_s:
+            self._reverify(name, state)
+        self.refusals.cleared(name)
+        return current
+
+    def _reverify(self, name: str, state: dict) -> None:
+        """Hash the served weights and artifacts again and check their signatures (no tensors loaded)."""
+        try:
+            self.store.verify_state_files(name, state)
+        except NotFoundError as exc:
+            raise IntegrityError(str(exc)) from None
+        self._verified_at[name] = time.monotonic()
 
     def _load(self, name: str, state: dict) -> ServedState:
         import torch
@@ -63,9 +136,9 @@ class InferenceRuntime:
         model = load_classifier(self.store, record, state["weights_sha256"], device)
         delta = None
         for artifact_id in state["artifacts"]:
-            tensors, manifest = self.store.load_artifact(artifact_id)
-            if manifest["weights_sha256"] != state["weights_sha256"]:
-                raise IntegrityError(f"artifact {artifact_id} was computed for other weights")
+            tensors, manifest = self.store.load_artifact(artifact_id)  # signed manifest, file sha256
+            if manifest["weights_sha256"] != state["weights_sha256"] or manifest.get("model", name) != name:
+                raise IntegrityError(f"artifact {artifact_id} was computed for another model or other weights")
             if manifest["kind"] in ("forget_vector", "class_vector"):
                 d = tensors["delta"].to(device)
                 delta = d if delta is None else delta + d
@@ -75,7 +148,7 @@ class InferenceRuntime:
         torch.set_grad_enabled(False)
         return ServedState(name, record["version"], state["state_version"], state["weights_sha256"],
                            tuple(state["artifacts"]), model, delta, device, list(record["input_shape"]),
-                           state.get("gate_classes"))
+                           state.get("gate_classes"), state.get("signature"))
 
     def predict(self, name: str, inputs: list[Any], max_batch: int) -> tuple[ServedState, np.ndarray]:
         """Class probabilities (N, K) for images in [0, 1], with every forget vector in force applied (gated when the

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models_store.ledger import RequestStatus
 from service.errors import describe_errors
@@ -15,12 +24,14 @@ from unlearnd.ingest.errors import InvalidModelError
 from workers.methods import REQUESTABLE
 
 Method = Literal[REQUESTABLE]  # type: ignore[valid-type]  # names from the one method registry
+ClassIndex = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+"""A class index as JSON sends it: an integer (strict: `true` is not class 1, `1.0` and "1" are refused)."""
 
 
 class ForgetRequestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    classes: list[int] | None = Field(None, min_length=1, max_length=10_000,
+    classes: list[ClassIndex] | None = Field(None, min_length=1, max_length=10_000,
                                       description="Class indices to forget.")
     samples: list[str] | None = Field(None, min_length=1, description="Training-set sample ids to forget.")
     method: Method = "auto"
@@ -122,6 +133,23 @@ class PredictRequest(BaseModel):
     inputs: list[Any] = Field(..., min_length=1,
                               description="Images as C×H×W nested lists of floats in [0, 1].")
 
+    @field_validator("inputs")
+    @classmethod
+    def _no_booleans(cls, v: list[Any]) -> list[Any]:
+        """`true`/`false` are not pixel values (numpy would read them as 1.0/0.0)."""
+        stack: list[Any] = [v]
+        while stack:
+            item = stack.pop()
+            if type(item) is bool:
+                raise ValueError("inputs must be nested lists of numbers; true/false are not pixel values")
+            if type(item) is list:
+                types = set(map(type, item))
+                if bool in types:
+                    raise ValueError("inputs must be nested lists of numbers; true/false are not pixel values")
+                if list in types:
+                    stack.extend(x for x in item if type(x) is list)
+        return v
+
 
 class Prediction(BaseModel):
     label: int
@@ -156,11 +184,11 @@ class ModelMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = Field(..., min_length=1, max_length=64)
-    input_shape: list[int] = Field(..., min_length=3, max_length=3, description="[C, H, W]")
-    num_classes: int = Field(..., ge=2, le=MAX_CLASSES)
+    input_shape: list[StrictInt] = Field(..., min_length=3, max_length=3, description="[C, H, W]")
+    num_classes: StrictInt = Field(..., ge=2, le=MAX_CLASSES)
     class_names: list[str] | None = None
-    mean: list[float] | None = Field(None, description="Per channel, applied inside the model; default 0.")
-    std: list[float] | None = Field(None, description="Per channel, applied inside the model; default 1.")
+    mean: list[StrictFloat] | None = Field(None, description="Per channel, applied inside the model; default 0.")
+    std: list[StrictFloat] | None = Field(None, description="Per channel, applied inside the model; default 1.")
     train_dataset: str = Field(..., min_length=1, max_length=64)
     test_dataset: str | None = Field(None, min_length=1, max_length=64)
 

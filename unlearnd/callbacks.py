@@ -1,53 +1,423 @@
-"""Callbacks: POST a request's final record to its `callback_url`, signed, with bounded retries.
+"""Callbacks: POST a request's final record to its `callback_url`, signed, from a queue of their own.
 
-Delivery happens after the request reached its terminal state, so it never delays or changes that state;
-the outcome (delivered or not, attempts, last error) is recorded on the request.
+A request that ends gets its callback *queued* (`notify_terminal`) on the callbacks queue
+(`<UNLEARND_QUEUE_NAME>-callbacks`), which the workers serve after the forget queue; each RQ job is one
+delivery attempt under a total deadline (`UNLEARND_CALLBACK_TIMEOUT_S`), retried by RQ up to
+`UNLEARND_CALLBACK_ATTEMPTS`. So no delivery runs inside a forget job and a slow endpoint holds a worker
+for at most one deadline at a time. The outcome (delivered or not, attempts, last error) is recorded on the
+request once known.
+
+Where a callback may go (checked at intake and again before every attempt):
+- http or https only, no user info; the host is resolved and *every* address it resolves to must be
+  global: loopback, private, link-local (cloud metadata such as 169.254.169.254), shared (100.64/10),
+  multicast, reserved and unspecified addresses are refused, also when written as numbers
+  (``0x7f000001``, ``2130706433``, ``0177.1``), as IPv6, or embedded in IPv6 (IPv4-mapped, 6to4, Teredo,
+  NAT64). `UNLEARND_CALLBACK_ALLOW` lists CIDRs, addresses or host names that are allowed anyway.
+- the connection goes to the address that was checked (no second lookup: no DNS rebinding); https still
+  verifies the certificate against the host name (SNI).
+- redirects are never followed: a 3xx answer counts as a failed attempt.
+
+Signature: the Standard Webhooks scheme (https://www.standardwebhooks.com), with a key of its own
+(`UNLEARND_WEBHOOK_SECRET`, or `<data_dir>/webhook_secret`), not the receipt key. Headers `webhook-id`
+(the same on every attempt of one message), `webhook-timestamp` (unix seconds of the attempt) and
+`webhook-signature: v1,<base64 HMAC-SHA256 over "<id>.<timestamp>.<body>">`, so receivers can reject
+replays and old messages.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import secrets
+import socket
 import time
-import urllib.error
-import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from models_store import Ledger
 from models_store.store import now_iso
-from unlearnd.security.receipts import load_or_create_receipt_key, signature_header
+from unlearnd.security.secret_files import read_or_create_secret_file
 from unlearnd.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_S = 5.0
-"""Per-attempt timeout of a callback POST, seconds."""
+JOB_FUNCTION = "unlearnd.callbacks.deliver_callback"
 PUBLIC_FIELDS = ("id", "model", "classes", "samples", "method", "reason", "status", "progress", "created_at",
                  "started_at", "finished_at", "error", "result", "attempts")
+INTAKE_RESOLVE_TIMEOUT_S = 2.0
+"""At intake, a host name that does not resolve within this many seconds is accepted (checked again before
+each delivery attempt); one that resolves to a refused address is refused."""
+BACKOFF_S = 0.5
+"""Wait before attempt n >= 2: BACKOFF_S * 2**(n-2) seconds (0.5 s, 1 s, ...)."""
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
-def notify_terminal(ledger: Ledger, request_id: str, settings: Settings) -> None:
-    record = ledger.get(request_id)
-    url = record.get("callback_url")
-    if not url:
+class CallbackRefused(ValueError):
+    """The callback URL may not be called: what is wrong with it."""
+
+
+# ---- where a callback may go -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AllowList:
+    """`UNLEARND_CALLBACK_ALLOW`: networks and host names a callback may reach although they are not global."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str | None) -> AllowList:
+        networks, hosts = [], set()
+        for entry in filter(None, (e.strip() for e in (text or "").split(","))):
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                if not all(part and (part.isalnum() or "-" in part or "_" in part)
+                           for part in entry.rstrip(".").split(".")):
+                    raise ValueError(f"UNLEARND_CALLBACK_ALLOW entry {entry!r} is neither a CIDR, an address "
+                                     "nor a host name") from None
+                hosts.add(entry.rstrip(".").lower())
+        return cls(tuple(networks), frozenset(hosts))
+
+    def allows(self, address: IPAddress) -> bool:
+        return any(address.version == net.version and address in net for net in self.networks)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (IPv4-mapped, 6to4, Teredo, NAT64): each must pass too."""
+    found = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in _NAT64 or address in _NAT64_LOCAL:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def address_refusal(address: IPAddress, allow: AllowList = AllowList()) -> str | None:  # noqa: B008
+    """Why a callback may not connect to `address`, or None when it may: only global unicast addresses,
+    unless `allow` lists the address's network."""
+    if allow.allows(address):
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            return f"{address} is a scoped (link-local) address"
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d
+            reason = address_refusal(address.ipv4_mapped, allow)
+            return None if reason is None else f"{address} is {address.ipv4_mapped}: {reason}"
+        for inner in _embedded_ipv4(address):
+            reason = address_refusal(inner, allow)
+            if reason is not None:
+                return f"{address} embeds {inner}: {reason}"
+    for attribute, what in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
+                            ("is_link_local", "link-local (cloud metadata lives here)"),
+                            ("is_multicast", "multicast"), ("is_private", "private"),
+                            ("is_reserved", "reserved")):
+        if getattr(address, attribute):
+            return f"{address} is a {what} address"
+    if not address.is_global:
+        return f"{address} is not a global address"
+    return None
+
+
+def parse_callback_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a callback URL, or CallbackRefused. The host is lower-case, without brackets."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise CallbackRefused(f"callback_url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise CallbackRefused("callback_url must be an http or https URL")
+    if parts.username is not None or parts.password is not None:
+        raise CallbackRefused("callback_url must not carry user info")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise CallbackRefused("callback_url has no host")
+    if any(ch.isspace() or ch in "%\\" for ch in host):
+        raise CallbackRefused("callback_url has an invalid host")
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host written as a number means, in any form the C resolver accepts (dotted quad,
+    ``0x7f000001``, ``2130706433``, octal ``0177.0.0.1``, short ``127.1``, IPv6), or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+Resolver = Any
+"""A function (host, port) -> list of address strings; `resolve` by default."""
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (the system resolver, TCP)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def check_addresses(host: str, addresses: list[str], allow: AllowList) -> IPAddress:
+    """The address to connect to: the first of `addresses`, provided every one of them is allowed."""
+    if not addresses:
+        raise CallbackRefused(f"callback host {host!r} resolves to no address")
+    if host.lower() in allow.hosts:
+        return ipaddress.ip_address(addresses[0].split("%")[0])
+    checked = []
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        reason = address_refusal(address, allow)
+        if reason is not None:
+            shown = host if str(address) == host else f"{host!r} ({address})"
+            raise CallbackRefused(f"callback host {shown} is refused: {reason}; "
+                                  "UNLEARND_CALLBACK_ALLOW can allow it")
+        checked.append(address)
+    return checked[0]
+
+
+def check_callback_target(url: str, allow: AllowList, resolver: Resolver = resolve) -> tuple[IPAddress, str, int]:
+    """(address to connect to, host, port) for a callback URL, or CallbackRefused with the reason."""
+    _, host, port = parse_callback_url(url)
+    literal = literal_address(host)
+    if literal is not None:
+        return check_addresses(host, [str(literal)], allow), host, port
+    try:
+        addresses = resolver(host, port)
+    except OSError as exc:
+        raise CallbackRefused(f"callback host {host!r} does not resolve: {exc}") from None
+    return check_addresses(host, addresses, allow), host, port
+
+
+_resolver_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="callback-dns")
+"""Runs lookups that a caller may stop waiting for (a stuck resolver never holds up an answer or a job)."""
+
+
+def check_callback_url_at_intake(url: str, settings: Settings, resolver: Resolver = resolve) -> None:
+    """Refuse (CallbackRefused) a callback URL whose host is refused. A name that does not resolve in
+    INTAKE_RESOLVE_TIMEOUT_S is accepted: every delivery attempt checks again."""
+    _, host, port = parse_callback_url(url)
+    allow = AllowList.parse(settings.callback_allow)
+    literal = literal_address(host)
+    if literal is not None:
+        check_addresses(host, [str(literal)], allow)
         return
-    payload = json.dumps({k: record[k] for k in PUBLIC_FIELDS}, sort_keys=True).encode()
-    key = load_or_create_receipt_key(settings)
-    headers = {"Content-Type": "application/json", "X-Unlearnd-Signature": signature_header(payload, key),
-               "X-Unlearnd-Request-Id": request_id}
-    error = None
-    for attempt in range(1, settings.callback_attempts + 1):
+    if host.lower() in allow.hosts:
+        return
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        raise CallbackRefused(f"callback host {host!r} is refused: it names this machine (loopback); "
+                              "UNLEARND_CALLBACK_ALLOW can allow it")
+    future = _resolver_pool.submit(resolver, host, port)
+    try:
+        addresses = future.result(timeout=INTAKE_RESOLVE_TIMEOUT_S)
+    except (OSError, concurrent.futures.TimeoutError):
+        return
+    check_addresses(host, addresses, allow)
+
+
+# ---- signing: Standard Webhooks ------------------------------------------------------------------------
+def _generate_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_secret_bytes(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret 'whsec_<base64>'."""
+    text = secret.strip().removeprefix("whsec_")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the webhook secret must be 'whsec_' followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("the webhook secret must hold at least 16 bytes")
+    return key
+
+
+def load_or_create_webhook_secret(settings: Settings) -> str:
+    """UNLEARND_WEBHOOK_SECRET, else <data_dir>/webhook_secret, generated (mode 600) on first use."""
+    if settings.webhook_secret:
+        return settings.webhook_secret.strip()
+    return read_or_create_secret_file(Path(settings.data_dir) / "webhook_secret",
+                                      _generate_webhook_secret).strip()
+
+
+def webhook_signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value: 'v1,<base64 HMAC-SHA256 of "id.timestamp.body">'."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(webhook_secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def webhook_headers(secret: str, message_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": webhook_signature(secret, message_id, timestamp, body)}
+
+
+# ---- delivery ------------------------------------------------------------------------------------------
+def callback_queue_name(settings: Settings) -> str:
+    return f"{settings.queue_name}-callbacks"
+
+
+def callback_queue(connection: Any, settings: Settings) -> Any:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    return Queue(callback_queue_name(settings), connection=connection, serializer=JSONSerializer)
+
+
+def _payload(record: dict[str, Any]) -> str:
+    return json.dumps({k: record.get(k) for k in PUBLIC_FIELDS}, sort_keys=True)
+
+
+def notify_terminal(ledger: Ledger, request_id: str, settings: Settings, connection: Any = None) -> str | None:
+    """Queue the callback of a request that ended (if it has a callback_url); returns the message id.
+
+    The body is the record as it ended, fixed now; delivery happens on the callbacks queue. Never raises
+    for a queue that cannot be reached: the outcome is recorded on the request instead."""
+    record = ledger.get(request_id)
+    if not record.get("callback_url"):
+        return None
+    from rq import Retry
+
+    from unlearnd.queue import redis_connection
+
+    message_id = f"msg_{uuid.uuid4().hex}"
+    try:
+        queue = callback_queue(connection if connection is not None else redis_connection(settings), settings)
+        retry = Retry(max=settings.callback_attempts - 1) if settings.callback_attempts > 1 else None
+        queue.enqueue(JOB_FUNCTION, request_id, message_id, _payload(record), job_id=f"cb-{message_id}",
+                      job_timeout=int(_attempt_budget_s(settings)) + 30, retry=retry,
+                      result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                      description=f"callback of {request_id}")
+    except Exception as exc:  # Redis down: say so on the request rather than fail whoever ended it
+        error = f"could not queue the callback: {exc}"[:300]
+        log.warning("callback of %s: %s", request_id, error)
+        ledger.set_callback(request_id, {"delivered": False, "attempts": 0, "error": error, "at": now_iso()})
+        ledger.audit("callback.failed", "system", request_id, record["model"], {"error": error})
+    return message_id
+
+
+def _attempt_budget_s(settings: Settings) -> float:
+    return settings.callback_timeout_s + BACKOFF_S * 2 ** max(settings.callback_attempts - 2, 0)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str], allow: AllowList, resolver: Resolver) -> Attempt:
+    import httpx
+
+    scheme, host, port = parse_callback_url(url)
+    literal = literal_address(host)
+    if literal is not None:
+        address = check_addresses(host, [str(literal)], allow)
+    else:
         try:
-            req = urllib.request.Request(url, data=payload, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as response:  # noqa: S310 (http/https only, checked on input)
-                status = response.status
-            ledger.set_callback(request_id, {"delivered": True, "status": status, "attempts": attempt,
-                                             "at": now_iso()})
-            return
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            error = str(exc)[:300]
-            log.warning("callback for %s failed (attempt %d): %s", request_id, attempt, error)
-            if attempt < settings.callback_attempts:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-    ledger.set_callback(request_id, {"delivered": False, "attempts": settings.callback_attempts,
-                                     "error": error, "at": now_iso()})
-    ledger.audit("callback.failed", "system", request_id, record["model"], {"error": error})
+            addresses = await asyncio.wrap_future(_resolver_pool.submit(resolver, host, port))
+        except OSError as exc:
+            raise CallbackRefused(f"callback host {host!r} does not resolve: {exc}") from None
+        address = check_addresses(host, addresses, allow)
+    # Connect to the checked address; Host and (https) SNI and certificate checks use the name.
+    pinned = httpx.URL(url).copy_with(host=str(address), port=port)
+    extensions = {"sni_hostname": host} if scheme == "https" and literal is None else {}
+    headers = {**headers, "Host": host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"}
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=None) as client:
+        request = client.build_request("POST", pinned, content=body, headers=headers, extensions=extensions)
+        response = await client.send(request)
+        await response.aclose()
+    if response.is_redirect or 300 <= response.status_code < 400:
+        return Attempt(False, response.status_code, f"answered {response.status_code} (redirects are not followed)")
+    if not response.is_success:
+        return Attempt(False, response.status_code, f"answered {response.status_code}")
+    return Attempt(True, response.status_code)
+
+
+def attempt_delivery(url: str, body: bytes, headers: dict[str, str], settings: Settings,
+                     resolver: Resolver = resolve) -> Attempt:
+    """One POST of `body` to `url` under a total deadline of `settings.callback_timeout_s` (resolving,
+    connecting, sending and reading the answer, however slowly the other side drips it)."""
+    allow = AllowList.parse(settings.callback_allow)
+
+    async def bounded() -> Attempt:
+        return await asyncio.wait_for(_post(url, body, headers, allow, resolver), settings.callback_timeout_s)
+
+    try:
+        return asyncio.run(bounded())
+    except CallbackRefused as exc:
+        return Attempt(False, None, str(exc))
+    except (asyncio.TimeoutError, TimeoutError):
+        return Attempt(False, None, f"no complete answer within {settings.callback_timeout_s:g} s")
+    except Exception as exc:  # connection refused, TLS, protocol errors
+        return Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300])
+
+
+class DeliveryFailed(Exception):
+    """One delivery attempt failed and RQ will retry it."""
+
+
+def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, settings: Settings, attempt: int,
+            resolver: Resolver = resolve) -> Attempt:
+    """Attempt `attempt` (1-based) of one message; records the outcome when it is final (delivered, or
+    the last attempt failed). Returns what happened."""
+    record = ledger.get(request_id)
+    if attempt > 1:
+        time.sleep(BACKOFF_S * 2 ** (attempt - 2))
+    body = payload.encode()
+    try:
+        signature = webhook_headers(load_or_create_webhook_secret(settings), message_id, body)
+    except ValueError as exc:  # a malformed UNLEARND_WEBHOOK_SECRET: nothing is sent unsigned
+        outcome = Attempt(False, None, f"cannot sign the callback: {exc}")
+    else:
+        headers = {"Content-Type": "application/json", "User-Agent": "unlearnd-callbacks",
+                   "X-Unlearnd-Request-Id": request_id, **signature}
+        outcome = attempt_delivery(record["callback_url"], body, headers, settings, resolver)
+    if outcome.delivered:
+        ledger.set_callback(request_id, {"delivered": True, "status": outcome.status, "attempts": attempt,
+                                         "message_id": message_id, "at": now_iso()})
+        return outcome
+    log.warning("callback of %s failed (attempt %d of %d): %s", request_id, attempt, settings.callback_attempts,
+                outcome.error)
+    if attempt >= settings.callback_attempts:
+        ledger.set_callback(request_id, {"delivered": False, "status": outcome.status, "attempts": attempt,
+                                         "message_id": message_id, "error": outcome.error, "at": now_iso()})
+        ledger.audit("callback.failed", "system", request_id, record["model"], {"error": outcome.error})
+    return outcome
+
+
+def deliver_callback(request_id: str, message_id: str, payload: str) -> dict[str, Any]:
+    """The RQ job of one delivery attempt; raises DeliveryFailed so that RQ retries while attempts remain."""
+    from rq import get_current_job
+
+    from unlearnd.settings import get_settings
+
+    settings = get_settings()
+    job = get_current_job()
+    retries_left = (job.retries_left or 0) if job is not None else 0
+    attempt = max(1, settings.callback_attempts - retries_left)
+    outcome = deliver(Ledger(settings.ledger_path), request_id, message_id, payload, settings, attempt)
+    if not outcome.delivered and retries_left > 0:
+        raise DeliveryFailed(outcome.error)
+    return {"request_id": request_id, "delivered": outcome.delivered, "attempt": attempt, "error": outcome.error}

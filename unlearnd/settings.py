@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,8 +19,14 @@ class Settings(BaseSettings):
         None, description="'role:key' pairs, comma-separated (roles admin, governance, inference); "
         "unset = generated on first start and kept in <data_dir>/api_keys.json.")
     receipt_key: str | None = Field(
-        None, description="HMAC-SHA256 key that signs receipts and callbacks; unset = generated on first "
-        "start and kept in <data_dir>/receipt_key.")
+        None, description="HMAC-SHA256 key of older receipts (callbacks use webhook_secret; receipts are "
+        "signed with the Ed25519 signing key); unset = generated on first start and kept in <data_dir>/receipt_key.")
+    signing_key_file: Path | None = Field(
+        None, description="Ed25519 private key (PEM) that signs served states, artifact manifests and receipts; "
+        "unset = <data_dir>/signing_key.pem. Generated (mode 600) on first start if missing.")
+    verify_interval_s: float = Field(
+        60.0, ge=0, description="The API re-verifies the weights and artifacts it serves against the store at "
+        "most this long after it last did, seconds (0 = on every prediction).")
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, description="Port the API listens on.")
     workers: int = Field(1, ge=1, description="RQ worker processes `unlearnd run` starts.")
@@ -30,7 +36,18 @@ class Settings(BaseSettings):
                               description="Attempts per request before it ends failed (crash retries).")
     worker_stale_s: float = Field(30.0, ge=6, description="A running job whose worker heartbeat (every 5 s) "
                                   "is older than this is considered lost and retried, seconds.")
-    callback_attempts: int = Field(3, ge=1, description="Delivery attempts per callback.")
+    callback_attempts: int = Field(3, ge=1, le=20, description="Delivery attempts per callback.")
+    callback_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Total deadline of one callback delivery attempt (resolve, connect, "
+        "send, read the answer), seconds.")
+    callback_allow: str | None = Field(
+        None, description="Comma-separated CIDRs, IP addresses or host names that callbacks may reach although "
+        "they are not global (loopback, private, link-local…); unset = only global addresses.")
+    webhook_secret: str | None = Field(
+        None, description="Standard Webhooks signing secret of callbacks ('whsec_' + base64); unset = generated "
+        "on first start and kept in <data_dir>/webhook_secret.")
+    max_dataset_bytes: int = Field(256 * 1024 * 1024, ge=1024,
+                                   description="Largest unpacked size of an uploaded .npz dataset, bytes.")
     device: str = Field("auto",
                         description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]' for the workers.")
     demo_model: bool = Field(True, description="Train and register the digits demo model on first start.")
@@ -44,6 +61,14 @@ class Settings(BaseSettings):
         "class (one extra forward pass for those inputs); false = universal δ on every input.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted, bytes.")
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _callback_allow(cls, v: str | None) -> str | None:
+        from unlearnd.callbacks import AllowList  # callbacks imports this module
+
+        AllowList.parse(v)  # ValueError names the bad entry
+        return v
 
     @property
     def redis_dir(self) -> Path:

@@ -1,13 +1,20 @@
-"""`python -m workers`: one forking RQ worker on the forget queue (JSON serializer)."""
+"""`python -m workers`: one forking RQ worker on the forget queue, then the callbacks queue (JSON serializer).
+
+Queues are served in that order: a queued forget job always goes before a queued callback delivery, and a
+delivery attempt holds the worker for at most UNLEARND_CALLBACK_TIMEOUT_S.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 
 from rq import Worker
 from rq.serializers import JSONSerializer
 
 import unlearning  # noqa: F401  (import torch once in the parent so each forked work-horse starts warm)
+from unlearnd.callbacks import callback_queue
+from unlearnd.cli.processes import die_with_parent
 from unlearnd.queue import forget_queue, redis_connection
 from unlearnd.settings import get_settings
 
@@ -18,12 +25,21 @@ WORKER_TTL_S = 20
 worker within about this many seconds (RQ's default is 420)."""
 
 
+class _Worker(Worker):
+    """RQ's forking worker whose work-horses die with it (the worker dies with `unlearnd run`)."""
+
+    def main_work_horse(self, job, queue):
+        die_with_parent(os.getppid())
+        super().main_work_horse(job, queue)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     settings = get_settings()
     connection = redis_connection(settings)
-    worker = Worker(
-        [forget_queue(connection, settings)], connection=connection, serializer=JSONSerializer,
+    worker = _Worker(
+        [forget_queue(connection, settings), callback_queue(connection, settings)],
+        connection=connection, serializer=JSONSerializer,
         job_monitoring_interval=JOB_MONITORING_INTERVAL_S, worker_ttl=WORKER_TTL_S,
     )
     worker.work(logging_level="INFO")

@@ -88,7 +88,7 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
             continue
         if record["cancel_requested"]:
             if ledger.mark_cancelled(request_id, actor="janitor"):
-                notify_terminal(ledger, request_id, settings)
+                notify_terminal(ledger, request_id, settings, queue.connection)
             actions.append(f"cancelled {request_id}: its job ended while cancelling")
             continue
         error = _job_error(job)
@@ -98,7 +98,7 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
         if attempts >= settings.max_attempts:
             if ledger.mark_failed(request_id, f"gave up after {attempts} attempts; last error: {error}",
                                   actor="janitor"):
-                notify_terminal(ledger, request_id, settings)
+                notify_terminal(ledger, request_id, settings, queue.connection)
             actions.append(f"failed {request_id}: {error}")
             continue
         backoff = RETRY_BACKOFF_S[min(attempts, len(RETRY_BACKOFF_S)) - 1] if attempts else 0.0

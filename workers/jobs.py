@@ -11,7 +11,8 @@ from models_store import Ledger, Store, StoreError
 from models_store.ledger import TERMINAL
 from models_store.store import now_iso
 from unlearnd.callbacks import notify_terminal
-from unlearnd.security.receipts import load_or_create_receipt_key, sign
+from unlearnd.security.receipts import sign
+from unlearnd.security.signing import load_signer, open_store
 from unlearnd.settings import Settings, get_settings
 from unlearning.errors import CandidateRejected, UnlearningError
 from workers.errors import MethodNotAvailable, RequestCancelled
@@ -88,13 +89,13 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
     retry within `max_attempts`.
     """
     settings = get_settings()
-    ledger, store = Ledger(settings.ledger_path), Store(settings.store_dir)
+    ledger, store = Ledger(settings.ledger_path), open_store(settings)
     record = ledger.get(request_id)
     if record["status"] in TERMINAL:
         return {"request_id": request_id, "status": record["status"], "skipped": True}
     with store.model_lock(record["model"]):
         summary, ended = _compute_locked(ledger, store, settings, record)
-    _notify(ledger, ended, settings)  # outside the lock: a slow callback never delays the model's next job
+    _notify(ledger, ended, settings)  # only queues the deliveries (callbacks queue); workers send them later
     return summary
 
 
@@ -164,7 +165,7 @@ def _fail(ledger: Ledger, batch: list[dict[str, Any]], error: str,
 def _finish(ledger: Ledger, settings: Settings, batch: list[dict[str, Any]], outcome: Outcome,
             ids: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Record every member of the batch `succeeded` with the shared result and its own receipt."""
-    key = load_or_create_receipt_key(settings)
+    key = load_signer(settings)
     for member in batch:
         result = {**outcome.result, "coalesced_with": [i for i in ids if i != member["id"]]}
         ledger.mark_succeeded(member["id"], result, receipt=sign(_receipt(member, outcome, ids), key))

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 def list_audit(
     ledger: LedgerDep, _: Admin, action: str | None = None, request_id: str | None = None,
     model: str | None = None, actor: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of the previous page")] = None,
 ) -> AuditPublic:
     """The append-only audit log (state changes, admin actions), oldest first; `actor` is a key id, never a
     key."""

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from models_store.ledger import ACTIVE, TERMINAL, RequestStatus
 from service import idempotency
@@ -13,7 +14,7 @@ from service.domain import accept_forget_request
 from service.errors import Problem, describe_errors
 from service.idempotency import Answer, Claim
 from service.schemas import ForgetRequestCreate, ForgetRequestPublic, ForgetRequestsPublic
-from unlearnd.callbacks import notify_terminal
+from unlearnd.callbacks import CallbackRefused, check_callback_url_at_intake, notify_terminal
 
 router = APIRouter(tags=["forget requests"])
 
@@ -33,6 +34,11 @@ async def create_forget_request(
         body = ForgetRequestCreate.model_validate_json(raw)
     except ValidationError as exc:
         raise Problem(422, "Invalid request", describe_errors(exc.errors())) from None
+    if body.callback_url is not None:
+        try:
+            await run_in_threadpool(check_callback_url_at_intake, body.callback_url, settings)
+        except CallbackRefused as exc:
+            raise Problem(422, "Callback refused", f"callback_url: {exc}") from None
     claim = None if idempotency_key is None else Claim.of(principal.key_id, idempotency_key, model, raw)
     if claim is not None and (first_answer := idempotency.begin(ledger, claim)) is not None:
         return idempotency.replay(first_answer)
@@ -53,7 +59,7 @@ async def create_forget_request(
 def list_forget_requests(
     ledger: LedgerDep, _: Governance, model: str | None = None, status: RequestStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of the previous page")] = None,
 ) -> ForgetRequestsPublic:
     """Requests in acceptance order; pass `next_cursor` back as `cursor` for the next page."""
     rows = ledger.list(model=model, status=status, limit=limit + 1, after_seq=int(cursor or 0))
@@ -70,19 +76,18 @@ def get_forget_request(request_id: str, ledger: LedgerDep, _: Governance) -> For
 
 
 @router.delete("/v1/forget-requests/{request_id}")
-def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: SettingsDep, principal: Governance,
-                          background: BackgroundTasks) -> JSONResponse:
+def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: SettingsDep, queue: QueueDep,
+                          principal: Governance) -> JSONResponse:
     """Cancel a request that has not finished: a queued one at once (200), a running one when its worker
     next reports progress (202; it may still finish first). A finished one answers 409. A request that ends
-    `cancelled` gets its callback like any other ending (after the answer is sent)."""
+    `cancelled` gets its callback like any other ending (queued for delivery by a worker)."""
     outcome = ledger.request_cancel(request_id, principal.key_id)
     if outcome in TERMINAL:
         raise Problem(409, "Already finished", f"the request ended {outcome}; it cannot be cancelled")
     record = ForgetRequestPublic.from_record(ledger.get(request_id))
     if outcome == "cancelled-now":
-        background.add_task(notify_terminal, ledger, request_id, settings)
-    return JSONResponse(record.model_dump(mode="json"),
-                        status_code=200 if outcome == "cancelled-now" else 202, background=background)
+        notify_terminal(ledger, request_id, settings, queue.connection)
+    return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202)
 
 
 @router.get("/v1/forget-requests/{request_id}/receipt")

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from models_store import Store
-from service.deps import Admin, AnyRole, Inference, LedgerDep, RuntimeDep, SettingsDep, StoreDep
+from service.deps import Admin, AnyRole, Inference, LedgerDep, QueueDep, RuntimeDep, SettingsDep, StoreDep
 from service.domain import rollback_model
 from service.schemas import ModelPublic, ModelsPublic, Prediction, PredictRequest, PredictResponse
+from unlearnd.callbacks import notify_terminal
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -53,13 +54,23 @@ def get_state(model: str, store: StoreDep, _: AnyRole) -> dict:
 
 
 class RollbackRequest(BaseModel):
-    state_version: int = Field(..., ge=1, description="The earlier state to serve again.")
+    state_version: StrictInt = Field(..., ge=1, le=2**53, description="The earlier state to serve again.")
     reason: str | None = Field(None, max_length=2000)
+    reinstate: list[str] = Field(default_factory=list, max_length=10_000, description="Requests this rollback "
+                                 "takes out of force (they become `reverted`); all of them, or `force`.")
+    force: bool = Field(False, description="Take every request out of force that the rollback requires.")
 
 
 @router.post("/{model}/rollback")
-def rollback(model: str, body: RollbackRequest, store: StoreDep, ledger: LedgerDep, principal: Admin) -> dict:
+def rollback(model: str, body: RollbackRequest, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
+             settings: SettingsDep, principal: Admin) -> dict:
     """Serve an earlier state again, as a new state version; recorded in the audit log. While a forget job
-    holds the model, answers 409 (retry when it is done) instead of waiting for it."""
-    return rollback_model(model=model, state_version=body.state_version, reason=body.reason,
-                          actor=principal.key_id, store=store, ledger=ledger)
+    holds the model, answers 409 (retry when it is done) instead of waiting for it. A state from before some
+    deletions is served again only when `reinstate` lists those requests (or `force`) with a `reason`: they
+    become `reverted` and get their callback; otherwise 409 lists them."""
+    new_state, reverted = rollback_model(model=model, state_version=body.state_version, reason=body.reason,
+                                         actor=principal.key_id, store=store, ledger=ledger,
+                                         reinstate=body.reinstate, force=body.force)
+    for request_id in reverted:
+        notify_terminal(ledger, request_id, settings, queue.connection)
+    return new_state

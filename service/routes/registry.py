@@ -137,7 +137,8 @@ def _store_dataset(store: Store, name: str, parsed: ParsedDataset) -> dict[str, 
 
 @router.post("/v1/datasets", status_code=201, openapi_extra=_DATASET_BODY, responses={
     409: {"description": "A dataset of that name exists"},
-    413: {"description": "Body (UNLEARND_MAX_BODY_BYTES) or unpacked archive too large"},
+    413: {"description": "Body (UNLEARND_MAX_BODY_BYTES) or unpacked archive (UNLEARND_MAX_DATASET_BYTES) "
+                         "too large"},
     415: {"description": "Neither multipart/form-data nor application/json"},
     422: {"description": "Malformed npz, wrong shapes or dtypes, NaN/inf, values out of range, bad ids, "
                          "missing root"},
@@ -158,7 +159,7 @@ async def register_dataset(
                               "file: the form field 'file' (an .npz upload) is required")
             _check_new_dataset(store, name)
             data = await upload.read()
-        max_unpacked = 8 * settings.max_body_bytes
+        max_unpacked = settings.max_dataset_bytes
         parse = lambda: parse_npz(data, max_uncompressed_bytes=max_unpacked)  # noqa: E731
     elif content_type == "application/json":
         try:

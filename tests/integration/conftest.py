@@ -17,6 +17,7 @@ import pytest
 from models_store import Ledger, Store
 from unlearnd.cli.processes import Child, api_child, janitor_child, redis_child, wait_for_redis, worker_child
 from unlearnd.demo import DEMO_MODEL, ensure_demo_model
+from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
 
 KEYS = {"admin": "it-admin", "governance": "it-gov", "inference": "it-inf"}
@@ -65,7 +66,7 @@ class Stack:
 
     @property
     def store(self) -> Store:
-        return Store(self.settings.store_dir)
+        return open_store(self.settings)  # signed with the stack's key, as the stack's own processes
 
     @property
     def ledger(self) -> Ledger:
@@ -108,6 +109,7 @@ def stack():
     # short: the Redis socket path must stay < 100 chars
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))
     settings = Settings(data_dir=data_dir, port=free_port(), worker_stale_s=10,
+                        callback_allow="127.0.0.0/8", callback_timeout_s=2,  # test receivers live on loopback
                         api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()))
     logs = data_dir / "logs"
     logs.mkdir()
@@ -117,7 +119,7 @@ def stack():
     children = [redis]
     try:
         wait_for_redis(settings)
-        ensure_demo_model(Store(settings.store_dir))
+        ensure_demo_model(open_store(settings))
         worker, janitor, api = worker_child(settings, 0), janitor_child(settings), api_child(settings)
         for child in (worker, janitor, api):
             child.log_path = logs / f"{child.name}.log"

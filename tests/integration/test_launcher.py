@@ -3,6 +3,7 @@ Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -74,3 +75,88 @@ def test_run_serves_and_ctrl_c_stops_everything(stack):
     time.sleep(0.5)
     assert [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _launch(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "UNLEARND_DATA_DIR": str(data_dir), "UNLEARND_PORT": str(port),
+           "UNLEARND_DEMO_MODEL": "false"}
+    env.pop("UNLEARND_REDIS_URL", None)
+    env.pop("UNLEARND_API_KEYS", None)
+    return subprocess.Popen([sys.executable, "-m", "unlearnd", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_ready(port: int, launcher: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, launcher.communicate()[0]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("unlearnd run did not become ready")
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    left = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(p.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def test_kill_9_of_the_launcher_takes_every_child_with_it():
+    data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-k9-"))
+    port = free_port()
+    launcher = _launch(data_dir, port)
+    family: list[psutil.Process] = []
+    try:
+        _wait_ready(port, launcher)
+        family = psutil.Process(launcher.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in family)
+        assert "redis-server" in names and "workers.janitor" in names and "uvicorn" in names
+        launcher.kill()
+        launcher.wait(10)
+        deadline = time.monotonic() + 5
+        while _alive(family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(family) == [], "orphans survived the launcher"
+        # nothing holds the data directory or the port any more: a new launcher starts cleanly
+        again = _launch(data_dir, port)
+        try:
+            _wait_ready(port, again)
+        finally:
+            again.send_signal(signal.SIGINT)
+            again.communicate(timeout=60)
+        assert again.returncode == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for p in family:  # only if the test failed: leave no orphan behind
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_second_launcher_on_the_same_data_directory_is_refused():
+    data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-2x-"))
+    port = free_port()
+    first = _launch(data_dir, port)
+    try:
+        _wait_ready(port, first)
+        second = _launch(data_dir, free_port())
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode == 1, output
+        assert "in use by another `unlearnd run`" in output and str(first.pid) in output
+        assert "Traceback" not in output
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200  # first unharmed
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert first.returncode == 0

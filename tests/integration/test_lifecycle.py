@@ -3,6 +3,7 @@ rollback."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -35,10 +36,13 @@ def test_receipt_verifies_offline_and_tampering_fails(stack, tmp_path):
     assert [a["id"] for a in body["artifacts"]] == state["artifacts"]
     assert body["metrics"]["after"]["UA"] >= 95
 
-    path = tmp_path / "receipt.json"
+    path, keys = tmp_path / "receipt.json", tmp_path / "keys.json"
     path.write_text(json.dumps(receipt))
-    key_file = stack.settings.data_dir / "receipt_key"
-    verify = [sys.executable, "-m", "unlearnd", "verify-receipt", str(path), "--key-file", str(key_file)]
+    with stack.client("inference") as c:  # any role may read the public keys
+        keys.write_text(c.get("/v1/keys").text)
+    assert receipt["signature"]["algorithm"] == "Ed25519"
+    assert receipt["signature"]["key_id"] in [k["kid"] for k in json.loads(keys.read_text())["keys"]]
+    verify = [sys.executable, "-m", "unlearnd", "verify-receipt", str(path), "--public-key", str(keys)]
     assert subprocess.run(verify, capture_output=True).returncode == 0
     receipt["receipt"]["metrics"]["after"]["UA"] = 50.0
     path.write_text(json.dumps(receipt))
@@ -134,9 +138,60 @@ def test_callback_is_signed_and_recorded(stack):
         record = stack.wait_for(request_id, lambda r: r["callback"] is not None, timeout_s=30)
     assert record["callback"]["delivered"] and record["callback"]["status"] == 204
     payload, headers = received[0]
-    key = (stack.settings.data_dir / "receipt_key").read_text().strip().encode()
-    assert headers["X-Unlearnd-Signature"] == "sha256=" + hmac.new(key, payload, hashlib.sha256).hexdigest()
+    # Standard Webhooks, under a key of its own (not the receipt key)
+    secret = (stack.settings.data_dir / "webhook_secret").read_text().strip()
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + payload
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{expected}"
+    assert headers["webhook-id"] == record["callback"]["message_id"]
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert "X-Unlearnd-Signature" not in headers
     assert json.loads(payload)["id"] == request_id and json.loads(payload)["status"] == "succeeded"
+
+
+def test_a_stalled_callback_endpoint_never_holds_up_forget_jobs(stack):
+    """A receiver that accepts the connection and then drips its answer forever: each attempt ends at the
+    deadline, the outcome is recorded, and a forget request queued behind it still runs."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def drip():
+        conns = []
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                conns.append(conn)
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"X-Drip: 1\r\n")
+        for conn in conns:
+            conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        model = stack.clone_demo_model("digits-stalled-hook")
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        first = _submit(stack, model, {"classes": [1], "callback_url": url}).json()["id"]
+        stack.wait_terminal(first)
+        second = _submit(stack, model, {"classes": [2]}).json()["id"]
+        started = time.monotonic()
+        assert stack.wait_terminal(second)["status"] in ("succeeded", "failed")
+        # at most one attempt (2 s here) can be in the worker's hands when the forget job arrives
+        assert time.monotonic() - started < 60
+        record = stack.wait_for(first, lambda r: r["callback"] is not None, timeout_s=60)
+    finally:
+        stop.set()
+        listener.close()
+    outcome = record["callback"]
+    assert outcome["delivered"] is False and outcome["attempts"] == stack.settings.callback_attempts
+    assert "within 2 s" in outcome["error"]
 
 
 def test_list_pages_and_rollback(stack):
@@ -155,7 +210,11 @@ def test_list_pages_and_rollback(stack):
     with stack.client("governance") as c:
         assert c.post(f"/v1/models/{model}/rollback", json={"state_version": 2}).status_code == 403
     with stack.client("admin") as c:
-        rolled = c.post(f"/v1/models/{model}/rollback", json={"state_version": 2, "reason": "test"})
+        silent = c.post(f"/v1/models/{model}/rollback", json={"state_version": 2, "reason": "test"})
+        assert silent.status_code == 409 and silent.json()["requests"] == [second]  # would un-forget class 9
+        assert c.get(f"/v1/models/{model}/state").json()["state_version"] == state["state_version"]
+        rolled = c.post(f"/v1/models/{model}/rollback",
+                        json={"state_version": 2, "reason": "test", "reinstate": [second]})
         assert rolled.status_code == 200, rolled.text
         assert rolled.json()["forgotten_classes"] == [0] and rolled.json()["requests"] == [first]
         served = c.post(f"/v1/models/{model}/predict", json={"inputs": [[[[0.0] * 8] * 8]]}).json()
@@ -163,3 +222,8 @@ def test_list_pages_and_rollback(stack):
         assert served["applied"] == rolled.json()["artifacts"]
         audit = c.get("/v1/audit", params={"action": "model.rollback", "model": model}).json()["data"]
         assert audit[0]["detail"]["to_state"] == 2 and audit[0]["actor"] == key_id(KEYS["admin"])
+        assert audit[0]["detail"]["reverted"] == [second]
+    with stack.client("governance") as c:
+        reverted = c.get(f"/v1/forget-requests/{second}").json()
+        assert reverted["status"] == "reverted" and reverted["result"]["reverted"]["to_state"] == 2
+        assert c.get(f"/v1/forget-requests/{first}").json()["status"] == "succeeded"

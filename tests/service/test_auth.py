@@ -20,6 +20,7 @@ ROLES = [
     ("GET", "/v1/datasets", "inference", None),
     ("POST", "/v1/datasets", "governance", {"name": "d", "source": "builtin:digits"}),
     ("GET", "/v1/datasets/{name}", "inference", None),
+    ("GET", "/v1/keys", None, None),
 ]
 PATH_VALUES = {"{model}": "digits-cnn", "{request_id}": "fr_x", "{name}": "digits"}
 

@@ -5,14 +5,15 @@ import hashlib
 import pytest
 import torch
 
-from models_store import Ledger, Store
+from models_store import Ledger
 from tests.service.conftest import KEYS, auth
+from unlearnd.security.signing import open_store
 from unlearning import NormalizedClassifier, build_model
 
 
 @pytest.fixture
 def model_store(settings):
-    store = Store(settings.store_dir)
+    store = open_store(settings)  # signed with the key the app uses
     net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
     store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
                       {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
@@ -251,6 +252,33 @@ def test_rollback_while_a_job_holds_the_model_is_409(client, model_store):
     assert model_store.read_state("tiny")["state_version"] == 2
     response = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert response.status_code == 200 and response.json()["rolled_back_to"] == 1
+
+
+def test_rollback_that_would_un_forget_names_the_requests_and_needs_them_listed_with_a_reason(
+        client, settings, model_store):
+    ledger = Ledger(settings.ledger_path)
+    ledger.create({"id": "fr_done", "model": "tiny", "classes": [1], "method": "auto"})
+    ledger.mark_running("fr_done")
+    ledger.mark_succeeded("fr_done", {"artifact_id": "a"})
+    state = model_store.read_state("tiny")
+    model_store.write_state("tiny", {**state, "state_version": 2, "requests": ["fr_done"]})
+    admin = auth("admin")
+
+    refused = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "reason": "r"}, headers=admin)
+    assert refused.status_code == 409 and refused.json()["requests"] == ["fr_done"]
+    stray = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "reason": "r",
+                                                          "reinstate": ["fr_done", "fr_other"]}, headers=admin)
+    assert stray.status_code == 422 and "fr_other" in stray.json()["detail"]
+    no_reason = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "force": True}, headers=admin)
+    assert no_reason.status_code == 422 and "reason" in no_reason.json()["detail"]
+    assert model_store.read_state("tiny")["state_version"] == 2 and ledger.get("fr_done")["status"] == "succeeded"
+
+    done = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "reason": "court order",
+                                                        "reinstate": ["fr_done"]}, headers=admin)
+    assert done.status_code == 200 and done.json()["requests"] == []
+    record = ledger.get("fr_done")
+    assert record["status"] == "reverted" and record["result"]["reverted"]["reason"] == "court order"
+    assert record["result"]["artifact_id"] == "a"  # what was computed stays on record
 
 
 def test_an_accepted_request_is_enqueued_carrying_only_its_id(settings, model_store):

@@ -3,9 +3,10 @@ published instead of computing again (zero-shot would otherwise smooth the smoot
 
 import pytest
 
-from models_store import Ledger, Store
+from models_store import Ledger
 from unlearnd.demo import DEMO_MODEL, ensure_demo_model
 from unlearnd.runtime import load_image_sets
+from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings, get_settings
 from workers import jobs
 
@@ -20,7 +21,7 @@ def installation(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARND_API_KEYS", "admin:a")
     get_settings.cache_clear()
     settings = Settings()
-    store, ledger = Store(settings.store_dir), Ledger(settings.ledger_path)
+    store, ledger = open_store(settings), Ledger(settings.ledger_path)
     ensure_demo_model(store, epochs=5)
     yield store, ledger
     get_settings.cache_clear()

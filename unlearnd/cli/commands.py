@@ -2,7 +2,9 @@
 
   unlearnd run        start the service with embedded defaults (Redis unless UNLEARND_REDIS_URL, API, workers)
   unlearnd bootstrap  create the API keys and the demo model in the data directory, then exit
-  unlearnd verify-receipt FILE [--key-file F]   check a receipt's HMAC signature offline (exit 0 = valid)
+  unlearnd verify-receipt FILE [--public-key F]  check a receipt's signature offline: exit 0 valid, 1 invalid,
+                                                 2 usage error or missing/unreadable file; never creates keys
+  unlearnd rotate-signing-key  retire the signing key into the keyring (what it signed still verifies), make a new one
 """
 
 from __future__ import annotations
@@ -16,35 +18,107 @@ from unlearnd.settings import Settings
 
 
 def bootstrap(settings: Settings) -> int:
-    from models_store import Store
     from unlearnd.demo import ensure_demo_model
     from unlearnd.security.api_keys import load_or_create_api_keys
+    from unlearnd.security.signing import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     load_or_create_api_keys(settings)
+    store = open_store(settings)  # creates the signing key when missing
     if settings.demo_model:
-        record = ensure_demo_model(Store(settings.store_dir))
+        record = ensure_demo_model(store)
         print(f"demo model {record['name']} ready (weights {record['weights_sha256'][:12]})")
     return 0
 
 
-def verify_receipt(path: Path, key_file: Path | None, settings: Settings) -> int:
-    from unlearnd.security.receipts import load_or_create_receipt_key, verify
-    from unlearnd.security.secret_files import key_id
+def verify_receipt(path: Path, public_key: Path | None, key_file: Path | None, settings: Settings) -> int:
+    """0 valid, 1 invalid, 2 usage error or a missing/unreadable receipt or key file. Reads keys, never
+    creates one."""
+    from unlearnd.security.receipts import HMAC_ALGORITHM, check
+    from unlearnd.security.signing import KeyFileError, SignatureError, Verifier, local_verifier
 
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        print(f"cannot read receipt {path}: {exc}", file=sys.stderr)
+        print(f"cannot read receipt {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
-    key = key_file.read_text().strip().encode() if key_file else load_or_create_receipt_key(settings)
-    if verify(document, key):
+    try:
+        given = Verifier.from_file(public_key) if public_key is not None else None
+    except KeyFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    signature = document.get("signature") if isinstance(document, dict) else None
+    receipt = document.get("receipt") if isinstance(document, dict) else None
+    if not isinstance(receipt, dict) or not isinstance(signature, dict):
+        print(f"INVALID: {path} is not a signed receipt ({{\"receipt\": ..., \"signature\": ...}})", file=sys.stderr)
+        return 1
+    if signature.get("algorithm") == HMAC_ALGORITHM:  # issued before receipts were signed with Ed25519
+        return _verify_hmac_receipt(document, key_file, settings)
+    try:
+        if given is not None:
+            verifier = given
+        elif key_file is not None:
+            print("--key-file is the HMAC key of older receipts; this receipt is signed with Ed25519: pass "
+                  "--public-key FILE (a PEM public key or the JSON of GET /v1/keys)", file=sys.stderr)
+            return 2
+        else:
+            verifier = local_verifier(settings)
+    except KeyFileError as exc:
+        print(f"{exc}; pass --public-key FILE (a PEM public key or the JSON of GET /v1/keys)", file=sys.stderr)
+        return 2
+    try:
+        check(document, verifier)
+    except SignatureError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid: request {receipt.get('request_id')} on model {receipt.get('model')}, "
+          f"signed by key {signature.get('key_id')}")
+    return 0
+
+
+def _verify_hmac_receipt(document: dict, key_file: Path | None, settings: Settings) -> int:
+    """An older receipt signed with the HMAC receipt key: only that key's holder can check it."""
+    from unlearnd.security.receipts import verify_hmac
+    from unlearnd.security.secret_files import key_id
+
+    if key_file is not None:
+        try:
+            key = key_file.read_text().strip().encode()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"cannot read key file {key_file}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 2
+    elif settings.receipt_key:
+        key = settings.receipt_key.encode()
+    elif (settings.data_dir / "receipt_key").is_file():
+        key = (settings.data_dir / "receipt_key").read_text().strip().encode()
+    else:
+        print("this receipt is signed with HMAC-SHA256 (issued before Ed25519 receipts): pass --key-file "
+              "with the server's receipt key", file=sys.stderr)
+        return 2
+    if verify_hmac(document, key):
         receipt = document["receipt"]
         print(f"valid: request {receipt.get('request_id')} on model {receipt.get('model')}, "
-              f"signed by key {key_id(key)}")
+              f"HMAC key {key_id(key)}")
         return 0
-    print("INVALID: the signature does not match this receipt under this key", file=sys.stderr)
+    print("INVALID: the HMAC does not match this receipt under this key", file=sys.stderr)
     return 1
+
+
+def rotate_key(settings: Settings) -> int:
+    from unlearnd.security.signing import KeyFileError, keyring_path, rotate_signing_key, signing_key_file
+
+    path = signing_key_file(settings)
+    try:
+        old, new = rotate_signing_key(path)
+    except (KeyFileError, OSError) as exc:
+        print(f"cannot rotate the signing key: {exc}", file=sys.stderr)
+        return 2
+    if old is None:
+        print(f"no signing key at {path}; created {new}")
+    else:
+        print(f"signing key {old} retired into {keyring_path(path)} (it still verifies what it signed); "
+              f"new key {new} in {path}. Running processes sign with it from their next signature.")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,18 +127,33 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start Redis (unless UNLEARND_REDIS_URL), API, workers and janitor")
     commands.add_parser("bootstrap", help="create API keys and the demo model, then exit")
-    verify_cmd = commands.add_parser("verify-receipt", help="verify a receipt file offline")
+    verify_cmd = commands.add_parser(
+        "verify-receipt", help="verify a receipt file offline (exit 0 valid, 1 invalid, 2 usage or missing file)")
     verify_cmd.add_argument("file", type=Path)
+    verify_cmd.add_argument("--public-key", type=Path, default=None,
+                            help="a PEM Ed25519 public key, or a JSON file with the answer of GET /v1/keys "
+                                 "(default: the server's keys in this data directory, read-only)")
     verify_cmd.add_argument("--key-file", type=Path, default=None,
-                            help="file holding the receipt key "
-                                 "(default: UNLEARND_RECEIPT_KEY or <data_dir>/receipt_key)")
+                            help="the HMAC receipt key, only for receipts issued before Ed25519 signing")
+    commands.add_parser("rotate-signing-key",
+                        help="retire the signing key into its keyring and generate a new one")
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: an UNLEARND_* variable that does not parse
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
     if args.command == "run":
         from unlearnd.cli.launcher import run
 
         return run(settings)
     if args.command == "verify-receipt":
-        return verify_receipt(args.file, args.key_file, settings)
+        try:
+            return verify_receipt(args.file, args.public_key, args.key_file, settings)
+        except Exception as exc:  # never a traceback: whatever was not foreseen is a file we cannot use
+            print(f"cannot verify {args.file}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "rotate-signing-key":
+        return rotate_key(settings)
     return bootstrap(settings)
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 
-from models_store import Store
 from unlearnd.cli.processes import (
     Child,
+    DataDirInUse,
     api_child,
     janitor_child,
+    lock_data_dir,
     redis_child,
     wait_for_redis,
     worker_child,
 )
 from unlearnd.security.api_keys import load_or_create_api_keys
+from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
@@ -48,7 +52,21 @@ def _banner(settings: Settings, keys: dict[str, str], model: str | None) -> str:
 
 
 def run(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM; 0 then. 1 when another launcher holds the data directory. Every child
+    dies with the launcher, even when it is killed with -9."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_fd = lock_data_dir(settings.data_dir)
+    except DataDirInUse as exc:
+        print(f"unlearnd run: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        return _run_locked(settings)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(settings: Settings) -> int:
     keys = load_or_create_api_keys(settings)
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -72,7 +90,7 @@ def run(settings: Settings) -> int:
         if settings.demo_model:
             from unlearnd.demo import DEMO_MODEL, ensure_demo_model
 
-            store = Store(settings.store_dir)
+            store = open_store(settings)  # signed with the server key, as every process's store
             if not store.has_model(DEMO_MODEL):
                 print("training the demo model on scikit-learn digits (once, a few seconds)...", flush=True)
             model_name = ensure_demo_model(store)["name"]

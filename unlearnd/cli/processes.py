@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import fcntl
 import os
 import signal
 import subprocess
@@ -43,6 +46,49 @@ def write_redis_config(settings: Settings) -> Path:
     return config
 
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends this process when the thread that started it exits."""
+
+
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux PR_SET_PDEATHSIG; a no-op
+    returning False elsewhere). Kept across exec, so it works in preexec_fn before a child's program starts.
+    If the parent (`parent_pid`) is already gone, dies at once. Note: the signal comes when the parent's
+    *thread* that forked this process exits, so start children from a thread that lives as long as they should.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
+    return True
+
+
+class DataDirInUse(RuntimeError):
+    """Another launcher holds the data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on `<data_dir>/launcher.lock` for this process's lifetime (the kernel drops it
+    when the process dies, however it dies); returns the descriptor. DataDirInUse if another process holds it.
+    Children do not inherit the descriptor (Popen closes it), so orphans can never keep the lock."""
+    path = Path(data_dir) / "launcher.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(
+            f"the data directory {Path(data_dir).resolve()} is in use by another `unlearnd run` (pid {holder}); "
+            "stop it first, or use another UNLEARND_DATA_DIR") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 @dataclass
 class Child:
     """One supervised process: its command line, and the running Popen when started."""
@@ -57,10 +103,13 @@ class Child:
 
     def start(self) -> None:
         # The child gets its own copy of the log's descriptor; the launcher's copy closes once Popen returns.
+        # It dies with this process (PR_SET_PDEATHSIG): a launcher killed with -9 leaves no orphan behind.
+        parent = os.getpid()
         with open(self.log_path, "ab") if self.log_path else contextlib.nullcontext() as log:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, start_new_session=True,
                 stdout=log or None, stderr=subprocess.STDOUT if log else None,
+                preexec_fn=lambda: die_with_parent(parent),
             )
         self.started_at = time.monotonic()
 

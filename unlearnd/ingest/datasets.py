@@ -161,9 +161,34 @@ def build_dataset(
     return ParsedDataset(tensors, info)
 
 
-def parse_npz(data: bytes, max_uncompressed_bytes: int = 4 << 30) -> ParsedDataset:
+MAX_DATASET_SETTING = "UNLEARND_MAX_DATASET_BYTES"
+
+
+def _too_large(what: str, size: int, limit: int) -> DatasetTooLargeError:
+    return DatasetTooLargeError(f"{what} {size} bytes; at most {limit} bytes are accepted "
+                                f"({MAX_DATASET_SETTING}={limit})")
+
+
+def _declared_array_bytes(archive: zipfile.ZipFile) -> int:
+    """What the arrays of an .npz say they hold (their .npy headers), read before any array is: a small
+    member may declare a huge shape."""
+    total = 0
+    for info in archive.infolist():
+        with archive.open(info) as member:
+            try:
+                version = np.lib.format.read_magic(member)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(member))
+            except ValueError:
+                continue  # not an array: np.load below says what is wrong with it
+            total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return total
+
+
+def parse_npz(data: bytes, max_uncompressed_bytes: int = 256 << 20) -> ParsedDataset:
     """An uploaded .npz (read with allow_pickle=False) with x_train, y_train and optional
-    ids_train, x_test, y_test, class_names."""
+    ids_train, x_test, y_test, class_names. DatasetTooLargeError (naming the limit) when the archive
+    unpacks, its arrays declare, or the stored tensors would take more than `max_uncompressed_bytes`."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         total = sum(info.file_size for info in archive.infolist())
@@ -171,7 +196,13 @@ def parse_npz(data: bytes, max_uncompressed_bytes: int = 4 << 30) -> ParsedDatas
         raise InvalidDatasetError("the file is not an .npz archive "
                                   "(write it with numpy.savez or savez_compressed)") from None
     if total > max_uncompressed_bytes:
-        raise DatasetTooLargeError(f"the archive unpacks to {total} bytes; at most {max_uncompressed_bytes}")
+        raise _too_large("the archive unpacks to", total, max_uncompressed_bytes)
+    try:
+        declared = _declared_array_bytes(archive)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InvalidDatasetError(f"the .npz archive is malformed: {type(exc).__name__}: {exc}") from None
+    if declared > max_uncompressed_bytes:
+        raise _too_large("the arrays of the archive declare", declared, max_uncompressed_bytes)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             keys = set(npz.files)
@@ -190,10 +221,14 @@ def parse_npz(data: bytes, max_uncompressed_bytes: int = 4 << 30) -> ParsedDatas
         raise InvalidDatasetError(f"the .npz archive is malformed: {type(exc).__name__}: {exc}") from None
     from models_store.files import sha256_bytes
 
-    return build_dataset(arrays["x_train"], arrays["y_train"], ids_train=arrays.get("ids_train"),
-                         x_test=arrays.get("x_test"), y_test=arrays.get("y_test"),
-                         class_names=arrays.get("class_names"), source="npz",
-                         extra={"upload_sha256": sha256_bytes(data)})
+    parsed = build_dataset(arrays["x_train"], arrays["y_train"], ids_train=arrays.get("ids_train"),
+                           x_test=arrays.get("x_test"), y_test=arrays.get("y_test"),
+                           class_names=arrays.get("class_names"), source="npz",
+                           extra={"upload_sha256": sha256_bytes(data)})
+    stored = sum(t.numel() * t.element_size() for t in parsed.tensors.values())
+    if stored > max_uncompressed_bytes:  # labels widen to int64, mixed uint8/float images to float32
+        raise _too_large("the dataset would be stored as", stored, max_uncompressed_bytes)
+    return parsed
 
 
 def load_builtin_digits() -> ParsedDataset:

@@ -1,1 +1,2 @@
-"""Secrets and proof: API keys, the receipt key and signed receipts, all kept by one secret-file helper."""
+"""Secrets and proof: API keys, the callback (HMAC) key, the Ed25519 signing key that signs served states,
+artifact manifests and receipts, and signed receipts; secrets kept by one secret-file helper."""

@@ -1,7 +1,9 @@
-"""Signed receipts: proof that a forget request was applied, verifiable offline with the server key.
+"""Signed receipts: proof that a forget request was applied, verifiable offline by anyone with the public key.
 
-A receipt is canonical JSON (sorted keys, no spaces) signed with HMAC-SHA256 under the receipt key
-(UNLEARND_RECEIPT_KEY, or generated once into <data_dir>/receipt_key).
+A receipt is canonical JSON (sorted keys, no spaces) signed with the server's Ed25519 signing key
+(`unlearnd.security.signing`); its public keys are served at GET /v1/keys. Receipts issued before that were
+signed with HMAC-SHA256 under the receipt key, which only its holder can check (`verify_hmac`); that key now
+signs only callbacks (`signature_header`), where the receiver is the one other holder.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from models_store.files import canonical_json
-from unlearnd.security.secret_files import key_id, read_or_create_secret_file
+from unlearnd.security.secret_files import read_or_create_secret_file
+from unlearnd.security.signing import ALGORITHM, SignatureError, Signer, Verifier
 from unlearnd.settings import Settings
 
-ALGORITHM = "HMAC-SHA256"
+HMAC_ALGORITHM = "HMAC-SHA256"
+__all__ = ["ALGORITHM", "HMAC_ALGORITHM", "check", "sign", "verify", "verify_hmac", "signature_header",
+           "load_or_create_receipt_key"]
 
 
 def load_or_create_receipt_key(settings: Settings) -> bytes:
@@ -27,17 +32,34 @@ def load_or_create_receipt_key(settings: Settings) -> bytes:
     return read_or_create_secret_file(path, lambda: secrets.token_hex(32)).strip().encode()
 
 
-def sign(body: dict[str, Any], key: bytes) -> dict[str, Any]:
-    """{"receipt": body, "signature": {...}} with an HMAC over the canonical JSON of `body`."""
-    value = hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
-    return {"receipt": body, "signature": {"algorithm": ALGORITHM, "key_id": key_id(key), "value": value}}
+def sign(body: dict[str, Any], signer: Signer) -> dict[str, Any]:
+    """{"receipt": body, "signature": {"algorithm": "Ed25519", "key_id", "value"}} over the canonical JSON of
+    `body`."""
+    return {"receipt": body, "signature": signer.sign(canonical_json(body))}
 
 
-def verify(document: dict[str, Any], key: bytes) -> bool:
-    """True when the document's signature matches its receipt under `key`."""
+def check(document: Any, verifier: Verifier) -> None:
+    """Returns when the document's Ed25519 signature matches its receipt under one of `verifier`'s keys;
+    SignatureError saying why not."""
+    if not isinstance(document, dict) or not isinstance(document.get("receipt"), dict):
+        raise SignatureError("not a receipt: expected {\"receipt\": {...}, \"signature\": {...}}")
+    verifier.verify(canonical_json(document["receipt"]), document.get("signature"))
+
+
+def verify(document: Any, verifier: Verifier) -> bool:
+    """True when the document's Ed25519 signature matches its receipt under one of `verifier`'s keys."""
+    try:
+        check(document, verifier)
+    except SignatureError:
+        return False
+    return True
+
+
+def verify_hmac(document: dict[str, Any], key: bytes) -> bool:
+    """True when a (pre-Ed25519) HMAC receipt's signature matches under `key`."""
     try:
         body, signature = document["receipt"], document["signature"]
-        if signature.get("algorithm") != ALGORITHM:
+        if signature.get("algorithm") != HMAC_ALGORITHM:
             return False
         expected = hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, str(signature["value"]))

@@ -1,0 +1,348 @@
+"""Callbacks: where they may go (the address checker), how they are signed (Standard Webhooks), and how one
+attempt is bounded. Traffic goes to loopback only; every other rule is checked on the checker itself, with
+a stub resolver (no DNS)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import ipaddress
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from models_store import Ledger
+from unlearnd.callbacks import (
+    AllowList,
+    CallbackRefused,
+    address_refusal,
+    attempt_delivery,
+    callback_queue_name,
+    check_callback_target,
+    check_callback_url_at_intake,
+    deliver,
+    literal_address,
+    load_or_create_webhook_secret,
+    notify_terminal,
+    webhook_headers,
+    webhook_signature,
+)
+from unlearnd.settings import Settings
+
+NOWHERE = AllowList()
+LOOPBACK = AllowList.parse("127.0.0.0/8")
+
+
+def no_dns(host, port):
+    raise AssertionError(f"the checker must not resolve {host!r} here")
+
+
+# ---- the address checker -----------------------------------------------------------------------------
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.255.255.254", "0.0.0.0", "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.255",
+    "192.168.1.1", "169.254.169.254", "169.254.0.1", "100.64.0.1", "100.100.100.200", "192.0.0.1",
+    "192.0.2.1", "198.18.0.1", "198.51.100.7", "203.0.113.9", "224.0.0.1", "239.255.255.250",
+    "240.0.0.1", "255.255.255.255",
+    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "2001:db8::1", "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1",
+    "2002:7f00:1::1", "2002:a00:1::", "100::1",
+])
+def test_non_global_addresses_are_refused(address):
+    assert address_refusal(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111",
+                                     "2a00:1450:4001:80b::200e", "::ffff:93.184.216.34"])
+def test_global_addresses_pass(address):
+    assert address_refusal(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("0x7f000001", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"),
+    ("127.1", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("017700000001", "127.0.0.1"),
+    ("0xa9fea9fe", "169.254.169.254"), ("10.1", "10.0.0.1"), ("::ffff:7f00:1", "::ffff:127.0.0.1"),
+])
+def test_numeric_host_forms_mean_their_address(host, address):
+    assert literal_address(host) == ipaddress.ip_address(address)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1/hook", "http://0x7f000001/hook", "http://2130706433:8080/", "http://0177.0.0.1/",
+    "http://127.1/", "http://[::1]:9000/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/",
+    "http://169.254.169.254/latest/meta-data/", "http://0xa9fea9fe/", "http://10.0.0.5/",
+    "https://192.168.0.1/", "http://[fe80::1]/", "http://[fd00:ec2::254]/", "http://0.0.0.0:8000/",
+    "http://100.100.100.200/", "http://[64:ff9b::a9fe:a9fe]/", "http://[2002:a9fe:a9fe::1]/",
+])
+def test_literal_hosts_are_refused_without_any_lookup(url):
+    with pytest.raises(CallbackRefused, match="refused"):
+        check_callback_target(url, NOWHERE, resolver=no_dns)
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("ftp://93.184.216.34/", "http or https"), ("file:///etc/passwd", "http or https"),
+    ("http://user:pw@93.184.216.34/", "user info"), ("http:///nohost", "no host"),
+    ("http://93.184.216.34:99999/", "not a valid URL"), ("gopher://x/", "http or https"),
+])
+def test_malformed_callback_urls_are_refused(url, needle):
+    with pytest.raises(CallbackRefused, match=needle):
+        check_callback_target(url, NOWHERE, resolver=no_dns)
+
+
+def test_names_are_resolved_and_every_address_must_pass():
+    def resolver(answers):
+        return lambda host, port: answers[host]
+
+    answers = {"public.test": ["93.184.216.34"], "inside.test": ["10.1.2.3"],
+               "mixed.test": ["93.184.216.34", "127.0.0.1"], "mapped.test": ["::ffff:169.254.169.254"],
+               "empty.test": []}
+    address, host, port = check_callback_target("https://public.test/x", NOWHERE, resolver(answers))
+    assert (str(address), host, port) == ("93.184.216.34", "public.test", 443)
+    for name in ("inside", "mixed", "mapped", "empty"):
+        with pytest.raises(CallbackRefused):
+            check_callback_target(f"http://{name}.test/", NOWHERE, resolver(answers))
+
+    def fails(host, port):
+        raise socket.gaierror("Name or service not known")
+
+    with pytest.raises(CallbackRefused, match="does not resolve"):
+        check_callback_target("http://nxdomain.test/", NOWHERE, fails)
+
+
+def test_the_allow_list_admits_networks_and_host_names_only():
+    allow = AllowList.parse(" 127.0.0.0/8, ::1, 10.20.0.0/16 ,hooks.internal ")
+    assert address_refusal(ipaddress.ip_address("127.0.0.1"), allow) is None
+    assert address_refusal(ipaddress.ip_address("::1"), allow) is None
+    assert address_refusal(ipaddress.ip_address("10.20.3.4"), allow) is None
+    assert address_refusal(ipaddress.ip_address("10.21.3.4"), allow) is not None
+    assert address_refusal(ipaddress.ip_address("169.254.169.254"), allow) is not None
+    assert address_refusal(ipaddress.ip_address("::ffff:10.21.0.1"), allow) is not None
+    address, _, _ = check_callback_target("http://hooks.internal:81/", allow, lambda h, p: ["10.9.9.9"])
+    assert str(address) == "10.9.9.9"
+    with pytest.raises(CallbackRefused):
+        check_callback_target("http://other.internal/", allow, lambda h, p: ["10.9.9.9"])
+    assert AllowList.parse(None) == AllowList() and AllowList.parse("") == AllowList()
+    with pytest.raises(ValueError, match="neither"):
+        AllowList.parse("not a cidr/99")
+
+
+def test_intake_refuses_what_delivery_would_refuse(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    for url in ("http://localhost:8000/x", "http://api.localhost/", "http://0x7f000001/", "http://[::1]/"):
+        with pytest.raises(CallbackRefused):
+            check_callback_url_at_intake(url, settings, resolver=no_dns)
+    with pytest.raises(CallbackRefused, match="10.0.0.7"):
+        check_callback_url_at_intake("https://intranet.test/", settings, lambda h, p: ["10.0.0.7"])
+    check_callback_url_at_intake("https://hooks.test/", settings, lambda h, p: ["93.184.216.34"])
+
+    def fails(host, port):
+        raise socket.gaierror("temporary failure in name resolution")
+
+    check_callback_url_at_intake("https://down.test/", settings, fails)  # checked again at delivery
+    allowed = Settings(data_dir=tmp_path, callback_allow="127.0.0.0/8,localhost")
+    check_callback_url_at_intake("http://127.0.0.1:9/", allowed, resolver=no_dns)
+    check_callback_url_at_intake("http://localhost:9/", allowed, resolver=no_dns)
+
+
+# ---- signing -----------------------------------------------------------------------------------------
+def test_standard_webhooks_signature_matches_the_reference_vector():
+    # The example of the Standard Webhooks specification and its reference libraries.
+    assert webhook_signature("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                             1614265330, b'{"test": 2432232314}') == \
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_the_webhook_secret_is_its_own_key(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    secret = load_or_create_webhook_secret(settings)
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    assert load_or_create_webhook_secret(settings) == secret
+    assert (tmp_path / "webhook_secret").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "receipt_key").exists()
+    assert load_or_create_webhook_secret(Settings(data_dir=tmp_path, webhook_secret="whsec_" + "A" * 44)) \
+        == "whsec_" + "A" * 44
+    headers = webhook_headers(secret, "msg_1", b"{}", timestamp=1700000000)
+    assert headers["webhook-id"] == "msg_1" and headers["webhook-timestamp"] == "1700000000"
+    with pytest.raises(ValueError, match="base64"):
+        webhook_signature("whsec_not base64!", "m", 1, b"")
+
+
+# ---- one attempt, against loopback only -----------------------------------------------------------------
+class Receiver:
+    """A loopback HTTP server whose handler a test chooses; records each request."""
+
+    def __init__(self, handler):
+        self.requests = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.requests.append((self.path, dict(self.headers), body))
+                handler(self)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory():
+    made = []
+
+    def make(handler):
+        made.append(Receiver(handler))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def answer(status, headers=None):
+    def handle(h):
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    return handle
+
+
+def loopback_settings(tmp_path, **extra):
+    return Settings(data_dir=tmp_path, callback_allow="127.0.0.0/8", callback_timeout_s=1.0, **extra)
+
+
+def test_an_attempt_connects_to_the_checked_address_and_sends_the_host_name(tmp_path, receiver_factory):
+    receiver = receiver_factory(answer(204))
+    lookups = []
+
+    def resolver(host, port):
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    outcome = attempt_delivery(f"http://receiver.test:{receiver.port}/hook?x=1", b"{}", {"X-A": "b"},
+                               loopback_settings(tmp_path), resolver)
+    assert outcome.delivered and outcome.status == 204
+    assert lookups == ["receiver.test"]  # one lookup, and the connection went to what it returned
+    path, headers, _ = receiver.requests[0]
+    assert path == "/hook?x=1" and headers["Host"] == f"receiver.test:{receiver.port}"
+
+
+def test_an_attempt_refuses_a_refused_address_before_connecting(tmp_path, receiver_factory):
+    receiver = receiver_factory(answer(204))
+    outcome = attempt_delivery(f"http://127.0.0.1:{receiver.port}/", b"{}", {}, Settings(data_dir=tmp_path))
+    assert not outcome.delivered and "loopback" in outcome.error
+    outcome = attempt_delivery(f"http://rebind.test:{receiver.port}/", b"{}", {},
+                               loopback_settings(tmp_path), lambda h, p: ["127.0.0.1", "10.0.0.1"])
+    assert not outcome.delivered and "10.0.0.1" in outcome.error
+    assert receiver.requests == []
+
+
+def test_redirects_are_never_followed(tmp_path, receiver_factory):
+    target = receiver_factory(answer(204))
+    redirecting = receiver_factory(answer(302, {"Location": f"http://127.0.0.1:{target.port}/stolen"}))
+    outcome = attempt_delivery(f"http://127.0.0.1:{redirecting.port}/", b'{"secret": 1}', {},
+                               loopback_settings(tmp_path))
+    assert not outcome.delivered and outcome.status == 302 and "redirect" in outcome.error
+    assert target.requests == []
+
+
+def test_a_slow_drip_answer_is_cut_at_the_total_deadline(tmp_path, receiver_factory):
+    def drip(h):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        h.wfile.flush()
+        for _ in range(40):  # a header line every 0.1 s: no single read ever times out
+            try:
+                h.wfile.write(b"X-Drip: 1\r\n")
+                h.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    receiver = receiver_factory(drip)
+    started = time.monotonic()
+    outcome = attempt_delivery(f"http://127.0.0.1:{receiver.port}/", b"{}", {}, loopback_settings(tmp_path))
+    elapsed = time.monotonic() - started
+    assert not outcome.delivered and "within 1 s" in outcome.error
+    assert elapsed < 2.0, elapsed
+
+
+def _ended_request(ledger: Ledger, url: str) -> str:
+    request_id = f"fr_{uuid.uuid4().hex[:12]}"
+    ledger.create({"id": request_id, "model": "m", "method": "auto", "classes": [1], "callback_url": url})
+    ledger.mark_running(request_id)
+    ledger.mark_failed(request_id, "for the test")
+    return request_id
+
+
+def test_deliver_signs_and_records_the_final_outcome(tmp_path, receiver_factory):
+    receiver = receiver_factory(answer(500))
+    settings = loopback_settings(tmp_path, callback_attempts=2)
+    ledger = Ledger(settings.ledger_path)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+    payload = json.dumps({"id": request_id, "status": "failed"})
+    first = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=1)
+    assert not first.delivered and ledger.get(request_id)["callback"] is None  # RQ will retry it
+    last = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=2)
+    assert not last.delivered
+    recorded = ledger.get(request_id)["callback"]
+    assert recorded["delivered"] is False and recorded["attempts"] == 2 and "500" in recorded["error"]
+    assert [e["action"] for e in ledger.audit_entries(request_id=request_id)][-1] == "callback.failed"
+
+    _, headers, body = receiver.requests[-1]
+    assert body == payload.encode() and headers["webhook-id"] == "msg_abc"
+    secret = base64.b64decode(load_or_create_webhook_secret(settings)[6:])
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{expected}"
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
+
+
+def test_callbacks_go_to_their_own_queue_and_rq_retries_them(tmp_path, receiver_factory, monkeypatch):
+    """End to end on an in-memory Redis: the forget queue stays empty, failed attempts are retried by RQ,
+    and the ledger records the attempt that got through."""
+    fakeredis = pytest.importorskip("fakeredis")
+    from rq import Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    import unlearnd.settings
+
+    answers = [answer(503), answer(500), answer(204)]
+    receiver = receiver_factory(lambda h: answers.pop(0)(h))
+    settings = loopback_settings(tmp_path, callback_attempts=3)
+    monkeypatch.setattr(unlearnd.settings, "get_settings", lambda: settings)
+    monkeypatch.setattr("unlearnd.callbacks.BACKOFF_S", 0.01)
+    ledger = Ledger(settings.ledger_path)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+    connection = fakeredis.FakeStrictRedis()
+
+    message_id = notify_terminal(ledger, request_id, settings, connection)
+    callbacks = Queue(callback_queue_name(settings), connection=connection, serializer=JSONSerializer)
+    assert callbacks.count == 1 and Queue(settings.queue_name, connection=connection).count == 0
+    SimpleWorker([callbacks], connection=connection, serializer=JSONSerializer).work(burst=True)
+
+    recorded = ledger.get(request_id)["callback"]
+    assert recorded["delivered"] and recorded["status"] == 204 and recorded["attempts"] == 3
+    ids = {headers["webhook-id"] for _, headers, _ in receiver.requests}
+    assert len(receiver.requests) == 3 and ids == {message_id}  # one message, three attempts
+
+
+def test_a_request_without_callback_url_queues_nothing(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    request_id = f"fr_{uuid.uuid4().hex[:12]}"
+    ledger.create({"id": request_id, "model": "m", "method": "auto", "classes": [1]})
+    assert notify_terminal(ledger, request_id, Settings(data_dir=tmp_path), connection=object()) is None
