@@ -5,6 +5,8 @@
   unlearnd verify-receipt FILE [--public-key F]  check a receipt's signature offline: exit 0 valid, 1 invalid,
                                                  2 usage error or missing/unreadable file; never creates keys
   unlearnd rotate-signing-key  retire the signing key into the keyring (what it signed still verifies), make a new one
+  unlearnd adopt-store  sign the served states and artifact manifests of a data directory from before signing,
+                        after checking each against the files' sha256: exit 0 all adopted, 1 some refused
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from unlearnd.settings import Settings
 
@@ -121,6 +124,119 @@ def rotate_key(settings: Settings) -> int:
     return 0
 
 
+def adopt_store(settings: Settings) -> int:
+    """Sign, with the current key, what a data directory from before signing holds unsigned, after checking it
+    as every load would, except the missing signature: each artifact manifest against its own sha256 and its
+    tensor file's; each served state (state.json and every states/<n>.json) against its model and version, its
+    weights file and each artifact it serves (bound to the model and those weights). What does not match is
+    listed and left unsigned; what is signed already is left alone (one whose signature does not verify is
+    listed too). Audited as `store.adopted` when anything was signed or refused.
+
+    0 when nothing is left unadopted, 1 when something was refused, 2 when the key or the ledger cannot be used.
+    It certifies the files as they are now: run it only on a data directory you trust (see the README).
+    """
+    from models_store import IntegrityError, Ledger, Store, StoreError
+    from models_store.files import atomic_write_json, canonical_json, read_json, sha256_bytes
+    from models_store.store import SIGNATURE, check_name
+    from unlearnd.security.signing import KeyFileError, load_signer
+
+    root = settings.store_dir
+    if not root.is_dir():
+        print(f"no store at {root}: nothing to adopt")
+        return 0
+    try:
+        signer = load_signer(settings)
+    except (KeyFileError, OSError) as exc:
+        print(f"cannot load the signing key: {exc}", file=sys.stderr)
+        return 2
+    kid = signer.current_key_id
+    signed = Store(root, signer=signer)  # verifies as the service does
+    plain = Store(root)  # the same files, hashes checked, signatures not
+    problems = (StoreError, KeyError, TypeError, ValueError, AttributeError, OSError)
+    refused: list[str] = []
+    already = 0
+
+    def with_signature(document: dict[str, Any]) -> dict[str, Any]:
+        return {**document, SIGNATURE: signer.sign(canonical_json(document))}
+
+    def read_object(path: Path) -> dict[str, Any]:
+        document = read_json(path)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        return document
+
+    # Artifact manifests first: a state is adopted only when every artifact it serves verifies, signed.
+    artifacts: list[str] = []
+    for path in sorted((root / "artifacts").glob("*.json")):
+        artifact_id = path.stem
+        try:
+            if SIGNATURE in read_object(path):
+                signed.get_artifact_manifest(artifact_id)
+                already += 1
+                continue
+            manifest = plain.get_artifact_manifest(artifact_id)  # its id and its own sha256
+            tensors = root / "artifacts" / f"{artifact_id}.safetensors"
+            if not tensors.exists() or sha256_bytes(tensors.read_bytes()) != manifest["file_sha256"]:
+                raise IntegrityError(f"tensor file of artifact {artifact_id!r} is missing or does not match "
+                                     "the manifest's file_sha256")
+        except problems as exc:
+            refused.append(f"{path.relative_to(root)}: {exc}")
+            continue
+        atomic_write_json(path, with_signature(manifest))
+        artifacts.append(artifact_id)
+
+    states: dict[str, list[str]] = {}
+    models_dir = root / "models"
+    for model_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []:
+        name = model_dir.name
+        try:
+            check_name(name)
+        except StoreError:
+            continue  # not a directory the store ever reads
+        history = sorted((model_dir / "states").glob("*.json"),
+                         key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
+        files = [(p, int(p.stem) if p.stem.isdigit() else None) for p in history]
+        files.append((model_dir / "state.json", None))
+        with signed.model_lock(name):  # no state is written by a worker or a rollback meanwhile
+            for path, version in files:
+                if not path.exists():
+                    continue
+                try:
+                    state = read_object(path)
+                    if SIGNATURE in state:
+                        signed.verify_state(name, state, version)
+                        already += 1
+                        continue
+                    candidate = with_signature(state)
+                    signed.verify_state(name, candidate, version)  # names this model (and version)
+                    signed.verify_state_files(name, candidate)  # weights, artifacts: hashes and signatures
+                except problems as exc:
+                    refused.append(f"{path.relative_to(root)}: {exc}")
+                    continue
+                atomic_write_json(path, candidate)
+                states.setdefault(name, []).append(str(path.relative_to(model_dir)))
+
+    adopted = sum(len(v) for v in states.values())
+    print(f"signed with key {kid}: {adopted} served state file(s) of {len(states)} model(s), "
+          f"{len(artifacts)} artifact manifest(s); {already} already signed, left alone")
+    if adopted or artifacts or refused:
+        try:
+            Ledger(settings.ledger_path).audit("store.adopted", "cli", detail={
+                "key_id": kid, "states": states, "artifacts": artifacts, "already_signed": already,
+                "refused": refused})
+        except Exception as exc:  # sqlite3 errors, an unwritable data directory: say so, never a traceback
+            print(f"signed, but the audit entry store.adopted could not be written: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 2
+    if refused:
+        print(f"{len(refused)} not adopted (left as they are, unsigned ones stay refused by the service; "
+              "restore them, e.g. from a backup, and run again):", file=sys.stderr)
+        for line in refused:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="unlearnd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                             help="the HMAC receipt key, only for receipts issued before Ed25519 signing")
     commands.add_parser("rotate-signing-key",
                         help="retire the signing key into its keyring and generate a new one")
+    commands.add_parser("adopt-store",
+                        help="check the unsigned states and artifact manifests of a data directory from before "
+                             "signing against their sha256 and sign them (exit 0 all adopted, 1 some refused)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -155,5 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "rotate-signing-key":
         return rotate_key(settings)
+    if args.command == "adopt-store":
+        return adopt_store(settings)
     return bootstrap(settings)
 

@@ -18,7 +18,7 @@ from unlearnd.cli.processes import (
     worker_child,
 )
 from unlearnd.security.api_keys import load_or_create_api_keys
-from unlearnd.security.signing import open_store
+from unlearnd.security.signing import open_store, unsigned_documents
 from unlearnd.settings import Settings
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
@@ -51,6 +51,17 @@ def _banner(settings: Settings, keys: dict[str, str], model: str | None) -> str:
     return "\n".join(lines)
 
 
+def unsigned_store_notice(settings: Settings) -> str | None:
+    """One line telling to run `unlearnd adopt-store` when the store holds states or manifests written before
+    signing (the service refuses them); None otherwise. Never adopts: that would sign whatever is there."""
+    first = next(unsigned_documents(settings.store_dir), None)
+    if first is None:
+        return None
+    return (f"unlearnd run: the store holds unsigned served states or artifact manifests (written before signing, "
+            f"e.g. {first.relative_to(settings.store_dir)}), which the service refuses (503 \"not signed\"): "
+            "check and sign them with `unlearnd adopt-store` (same UNLEARND_* settings)")
+
+
 def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM; 0 then. 1 when another launcher holds the data directory. Every child
     dies with the launcher, even when it is killed with -9."""
@@ -68,6 +79,7 @@ def run(settings: Settings) -> int:
 
 def _run_locked(settings: Settings) -> int:
     keys = load_or_create_api_keys(settings)
+    notice = unsigned_store_notice(settings)  # checked before this launcher writes anything (demo model)
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     stopping = False
@@ -100,6 +112,8 @@ def _run_locked(settings: Settings) -> int:
             child.log_path = log_dir / f"{child.name}.log" if child.name != "api" else None
             child.start()
         print(_banner(settings, keys, model_name), flush=True)
+        if notice:
+            print(notice, file=sys.stderr, flush=True)  # after the banner, where it is seen
         supervised = [c for c in [redis, *children] if c is not None]
         restart_at: dict[str, float] = {}
         while not stopping:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from models_store import Store
 from models_store.files import atomic_write_bytes, canonical_json
-from models_store.store import now_iso
+from models_store.store import SIGNATURE, now_iso
 from unlearnd.security.secret_files import read_or_create_secret_file
 from unlearnd.settings import Settings
 
@@ -278,6 +279,21 @@ def local_verifier(settings: Settings) -> Verifier:
 def open_store(settings: Settings) -> Store:
     """The store every process uses: signs what it writes and verifies what it reads with the server key."""
     return Store(settings.store_dir, signer=load_signer(settings))
+
+
+def unsigned_documents(store_root: Path) -> Iterator[Path]:
+    """The served states (state.json, states/<n>.json) and artifact manifests under `store_root` that carry no
+    signature: written before signing, refused by every load until `unlearnd adopt-store` checks and signs
+    them. Reads JSON only; a file that does not parse is not listed (the load that reads it says why)."""
+    root = Path(store_root)
+    for pattern in ("models/*/state.json", "models/*/states/*.json", "artifacts/*.json"):
+        for path in sorted(root.glob(pattern)):
+            try:
+                document = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(document, dict) and SIGNATURE not in document:
+                yield path
 
 
 def rotate_signing_key(key_file: Path) -> tuple[str | None, str]:
