@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StoreError
@@ -28,6 +32,107 @@ class Problem(Exception):
         super().__init__(detail or title)
         self.status, self.title, self.detail = status, title, detail
         self.headers, self.extensions = headers or {}, extensions
+
+
+class ProblemFieldError(BaseModel):
+    loc: list[str | int] = Field(..., description="Where: 'body', 'query', 'path' or 'header', then the field.")
+    msg: str
+
+
+class ProblemDetails(BaseModel):
+    """The OpenAPI schema `Problem`: what every error answers, as `application/problem+json`."""
+
+    model_config = ConfigDict(title="Problem", extra="allow", json_schema_extra={"examples": [{
+        "type": "about:blank", "title": "Not found", "status": 404,
+        "detail": "no request fr_0123456789abcdef", "instance": "/v1/forget-requests/fr_0123456789abcdef"}]})
+
+    type: str = Field("about:blank", description="Always about:blank: `title` is the HTTP status phrase or a "
+                                                 "short summary.")
+    title: str
+    status: int
+    detail: str | None = Field(None, description="What is wrong, in one line.")
+    instance: str | None = Field(None, description="The path that answered.")
+    errors: list[ProblemFieldError] | None = Field(None, description="422 from request validation: every "
+                                                   "field error (at most 20).")
+
+
+PROBLEM_REF = "#/components/schemas/Problem"
+_PROBLEM_DESCRIPTIONS = {
+    401: "No API key, or not a valid one (`WWW-Authenticate: Bearer`)",
+    403: "The key's role may not call this endpoint",
+    404: "No such model, request or dataset",
+    409: "Conflicts with the current state",
+    413: "Body too large",
+    422: "Invalid request: the detail names the field",
+    503: "Integrity check failed or a dependency is unavailable",
+}
+
+
+def problem_responses(*statuses: int, descriptions: Mapping[int, str] | None = None) -> dict[int | str, Any]:
+    """`responses=` for a route: each status documented as application/problem+json with the Problem
+    schema (a route's own `description` wins)."""
+    descriptions = descriptions or {}
+    return {status: {"description": descriptions.get(status) or _PROBLEM_DESCRIPTIONS.get(status)
+                     or HTTPStatus(status).phrase,
+                     "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}} for status in statuses}
+
+
+def _roles_in(dependant: Any) -> tuple[str, ...] | None:
+    call = dependant.call
+    if call is not None and getattr(call, "__qualname__", "").startswith("require_roles."):
+        return tuple(inspect.getclosurevars(call).nonlocals.get("roles", ()))
+    for sub in dependant.dependencies:
+        roles = _roles_in(sub)
+        if roles is not None:
+            return roles
+    return None
+
+
+def document_problems(router: APIRouter, *, all_roles: Sequence[str]) -> None:
+    """Make the OpenAPI say what the error handlers send, on every route of `router` (before it is
+    included): 401/403 where it needs a key (403 only when some role is refused), 404 where it has path
+    parameters, 422 where it takes input, each an application/problem+json `Problem`; an error response
+    the route documents without a body gets that body. FastAPI's `HTTPValidationError` is then never
+    used. Idempotent."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        statuses: list[int] = []
+        roles = _roles_in(route.dependant)
+        if roles is not None:
+            statuses += [401] + ([403] if set(all_roles) - set(roles) else [])
+        if route.param_convertors:  # path parameters name something that may not exist
+            statuses.append(404)
+        if (get_flat_params(route.dependant) or route.body_field is not None
+                or "requestBody" in (route.openapi_extra or {})):
+            statuses.append(422)
+        documented = problem_responses(*statuses)
+        for status, response in route.responses.items():  # the route's own word wins
+            code = int(status) if str(status).isdigit() else 0
+            if code >= 400 and "content" not in response and "model" not in response:
+                response = {**problem_responses(code)[code], **response,
+                            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}}
+            documented[status] = response
+        route.responses = documented
+
+
+def add_openapi_schemas(app: FastAPI, schemas: Sequence[type[BaseModel]] = ()) -> None:
+    """Add `Problem` and `schemas` (models routes reference by $ref from `openapi_extra`) to the OpenAPI
+    components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached by FastAPI on app.openapi_schema; the additions below are idempotent
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ProblemDetails, *schemas):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in model_schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components.setdefault("Problem" if model is ProblemDetails else model.__name__,
+                                  model_schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def problem_response(request: Request, status: int, title: str, detail: str | None = None,

@@ -21,6 +21,7 @@ import numpy as np
 
 from models_store import IntegrityError, Ledger, NotFoundError, Store
 from service.errors import Problem
+from service.metrics import INTEGRITY_REFUSALS, PREDICT_BATCH, PREDICTIONS
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class ServedState:
 
 
 class IntegrityRefusals:
-    """Predictions refused because what would be served does not verify: a counter per model (there is no
-    metrics library; the count is in every 503 body and in the audit entries) and one audit entry
+    """Predictions refused because what would be served does not verify: a counter per model (in every 503 body,
+    in the audit entries and as `unlearnd_integrity_refusals_total`) and one audit entry
     (`model.integrity_failure`) each time a model's reason changes, so a flood of refused requests does not
     flood the audit log."""
 
@@ -57,6 +58,7 @@ class IntegrityRefusals:
     def refuse(self, name: str, reason: str) -> Problem:
         with self._lock:
             count = self.counts[name] = self.counts.get(name, 0) + 1
+            INTEGRITY_REFUSALS.labels(name).inc()
             first = self._last_reason.get(name) != reason
             self._last_reason[name] = reason
         log.error("refusing to serve %s: %s (refusal %d)", name, reason, count)
@@ -163,6 +165,8 @@ class InferenceRuntime:
             logits = perturbed_logits(served.model, torch.from_numpy(x).to(served.device), served.delta,
                                       served.gate_classes)
             probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        PREDICTIONS.labels(name).inc(len(x))
+        PREDICT_BATCH.labels(name).observe(len(x))
         return served, probabilities
 
 

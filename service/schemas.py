@@ -28,8 +28,20 @@ ClassIndex = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
 """A class index as JSON sends it: an integer (strict: `true` is not class 1, `1.0` and "1" are refused)."""
 
 
+FORGET_REQUEST_EXAMPLES = {
+    "classes": {"summary": "Forget a class", "value": {
+        "classes": [3], "method": "auto", "reason": "GDPR art. 17 request #1234",
+        "callback_url": "https://governance.example.com/hooks/unlearnd"}},
+    "samples": {"summary": "Forget training samples", "value": {
+        "samples": ["17", "204"], "reason": "consent withdrawn"}},
+}
+
+
 class ForgetRequestCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Body of POST /v1/models/{model}/forget-requests: exactly one of `classes` or `samples`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [example["value"] for example in FORGET_REQUEST_EXAMPLES.values()]})
 
     classes: list[ClassIndex] | None = Field(None, min_length=1, max_length=10_000,
                                       description="Class indices to forget.")

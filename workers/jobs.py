@@ -10,6 +10,7 @@ from typing import Any
 from models_store import Ledger, Store, StoreError
 from models_store.ledger import TERMINAL
 from models_store.store import now_iso
+from service.metrics import GUARD_REFUSALS, observe_job
 from unlearnd.callbacks import notify_terminal
 from unlearnd.security.receipts import sign
 from unlearnd.security.signing import load_signer, open_store
@@ -54,6 +55,7 @@ def _run_plan(plan: list[MethodEntry], store: Store, batch: list[dict[str, Any]]
             outcome = entry.load()(store, batch, settings, progress)
         except CandidateRejected as exc:
             log.warning("%s refused by the utility guard: %s", entry.name, exc)
+            GUARD_REFUSALS.labels(entry.name).inc()
             refusals.append({"method": entry.name, "reason": str(exc), "guard": exc.guard})
             continue
         if batch[0]["method"] == AUTO:
@@ -135,12 +137,24 @@ def _compute_batch(ledger: Ledger, store: Store, settings: Settings, plan: list[
                    batch: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """Run the plan for the batch and record how it ended; expected failures propagate to the caller."""
     ids = [r["id"] for r in batch]
+    started, method, ended = time.monotonic(), str(batch[0]["method"]), "error"  # metrics: duration by outcome
     try:
         outcome = _run_plan(plan, store, batch, settings, ProgressReporter(ledger, ids))
+        method, ended = str(outcome.result.get("method", method)), "succeeded"
     except RequestCancelled:
+        ended = "cancelled"
         return _after_cancel(ledger, batch)
     except StoreError as exc:
+        ended = "failed"
         return _fail(ledger, batch, f"{type(exc).__name__}: {exc}")
+    except AllCandidatesRejected:
+        ended = "guard_refused"
+        raise
+    except UnlearningError:
+        ended = "failed"
+        raise
+    finally:
+        observe_job(method, ended, started)
     return _finish(ledger, settings, batch, outcome, ids)
 
 

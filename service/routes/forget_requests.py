@@ -11,15 +11,25 @@ from models_store.ledger import ACTIVE, TERMINAL, RequestStatus
 from service import idempotency
 from service.deps import Governance, LedgerDep, QueueDep, SettingsDep, StoreDep
 from service.domain import accept_forget_request
-from service.errors import Problem, describe_errors
+from service.errors import Problem, describe_errors, problem_responses
 from service.idempotency import Answer, Claim
-from service.schemas import ForgetRequestCreate, ForgetRequestPublic, ForgetRequestsPublic
+from service.schemas import (
+    FORGET_REQUEST_EXAMPLES,
+    ForgetRequestCreate,
+    ForgetRequestPublic,
+    ForgetRequestsPublic,
+)
 from unlearnd.callbacks import CallbackRefused, check_callback_url_at_intake, notify_terminal
 
 router = APIRouter(tags=["forget requests"])
 
 
-@router.post("/v1/models/{model}/forget-requests", status_code=202, response_model=ForgetRequestPublic)
+@router.post("/v1/models/{model}/forget-requests", status_code=202, response_model=ForgetRequestPublic,
+             responses=problem_responses(409, descriptions={
+                 409: "A retry with the same Idempotency-Key while the first is still being accepted"}),
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ForgetRequestCreate"},
+                 "examples": FORGET_REQUEST_EXAMPLES}}}})
 async def create_forget_request(
     model: str, request: Request, principal: Governance, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
     settings: SettingsDep, idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -75,7 +85,8 @@ def get_forget_request(request_id: str, ledger: LedgerDep, _: Governance) -> For
     return ForgetRequestPublic.from_record(ledger.get(request_id))
 
 
-@router.delete("/v1/forget-requests/{request_id}")
+@router.delete("/v1/forget-requests/{request_id}", responses=problem_responses(409, descriptions={
+    409: "The request has finished already"}))
 def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: SettingsDep, queue: QueueDep,
                           principal: Governance) -> JSONResponse:
     """Cancel a request that has not finished: a queued one at once (200), a running one when its worker
@@ -90,7 +101,8 @@ def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: Settings
     return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202)
 
 
-@router.get("/v1/forget-requests/{request_id}/receipt")
+@router.get("/v1/forget-requests/{request_id}/receipt", responses=problem_responses(404, 409, descriptions={
+    404: "No such request, or it ended without a receipt", 409: "The request has not finished yet"}))
 def get_receipt(request_id: str, ledger: LedgerDep, _: Governance) -> JSONResponse:
     """The signed receipt of a succeeded request (verify offline with `unlearnd verify-receipt`)."""
     record = ledger.get(request_id)

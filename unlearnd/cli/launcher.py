@@ -14,6 +14,7 @@ from unlearnd.cli.processes import (
     janitor_child,
     lock_data_dir,
     redis_child,
+    reset_metrics_dir,
     wait_for_redis,
     worker_child,
 )
@@ -82,6 +83,7 @@ def _run_locked(settings: Settings) -> int:
     notice = unsigned_store_notice(settings)  # checked before this launcher writes anything (demo model)
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(exist_ok=True)
+    reset_metrics_dir(settings)
     stopping = False
 
     def request_stop(signum, frame):  # noqa: ARG001

@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,7 +148,23 @@ def child_env(settings: Settings) -> dict[str, str]:
     env["UNLEARND_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env["UNLEARND_REDIS_URL"] = settings.effective_redis_url
     env.setdefault("PYTHONUNBUFFERED", "1")
+    metrics = metrics_dir(settings)  # prometheus_client multiprocess mode: the API's /metrics reads them all
+    metrics.mkdir(parents=True, exist_ok=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     return env
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """Where every child writes its Prometheus metrics (service/metrics.py)."""
+    return Path(settings.data_dir).resolve() / "metrics"
+
+
+def reset_metrics_dir(settings: Settings) -> None:
+    """Empty the metrics directory: what an earlier run's processes counted is not this run's (done by the
+    launcher once it holds the data directory, before it starts any child)."""
+    path = metrics_dir(settings)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def redis_child(settings: Settings) -> Child:
