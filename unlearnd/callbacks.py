@@ -151,6 +151,10 @@ def parse_callback_url(url: str) -> tuple[str, str, int]:
         raise CallbackRefused("callback_url has no host")
     if any(ch.isspace() or ch in "%\\" for ch in host):
         raise CallbackRefused("callback_url has an invalid host")
+    try:
+        host.encode("idna")  # what the resolver does first: UnicodeError for e.g. '\x91', an empty or 64+ label
+    except UnicodeError:
+        raise CallbackRefused("callback_url has an invalid host name") from None
     return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
 

@@ -346,3 +346,11 @@ def test_a_request_without_callback_url_queues_nothing(tmp_path):
     request_id = f"fr_{uuid.uuid4().hex[:12]}"
     ledger.create({"id": request_id, "model": "m", "method": "auto", "classes": [1]})
     assert notify_terminal(ledger, request_id, Settings(data_dir=tmp_path), connection=object()) is None
+
+
+def test_the_test_suite_never_looks_up_a_host_name():
+    import socket
+
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("callbacks.example.com", 443)
+    assert socket.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)[0][4][0] == "127.0.0.1"
