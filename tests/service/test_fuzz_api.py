@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -26,9 +25,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from service.main import create_app
-from tests.service.conftest import KEYS, auth
-from unlearnd.security.signing import open_store
-from unlearning import NormalizedClassifier, build_model
+from tests.service.conftest import KEYS, auth, serve_forget_vector
 
 MAX_EXAMPLES = 30  # per operation, role and generation mode
 EXCLUDED = {"/metrics"}
@@ -38,19 +35,10 @@ FUZZ = hypothesis_settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline
 
 
 @pytest.fixture
-def app(settings):
+def app(settings, model_store):
     """The app with something to act on: model `tiny` (trained on dataset `tinyset`), serving state 2 (a forget
     vector) so that state 1 can be rolled back to."""
-    store = open_store(settings)  # signed with the key the app uses
-    net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
-    store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
-                      {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
-    store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
-                        "mean": [0.5], "std": [0.25], "train_dataset": "tinyset"}, net.state_dict())
-    state = store.read_state("tiny")
-    manifest = store.put_artifact({"delta": torch.full((1, 8, 8), 0.1)}, {
-        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"], "request_ids": []})
-    store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]], "requests": []})
+    serve_forget_vector(model_store, 0.1, [])
     return create_app(settings)
 
 

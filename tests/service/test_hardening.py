@@ -9,26 +9,12 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from models_store import Ledger
 from service.main import create_app
 from tests.service.conftest import KEYS, auth
-from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
-from unlearning import NormalizedClassifier, build_model
-
-
-@pytest.fixture
-def model_store(settings):
-    store = open_store(settings)  # signed with the key the app uses
-    net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
-    store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
-                      {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
-    store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
-                        "mean": [0.5], "std": [0.25], "train_dataset": "tinyset"}, net.state_dict())
-    return store
 
 
 def assert_problem(response, status: int, needle: str = "") -> dict:

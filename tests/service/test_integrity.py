@@ -12,9 +12,7 @@ from safetensors.torch import save
 from models_store import Ledger
 from models_store.files import atomic_write_json, canonical_json, sha256_bytes
 from service.main import create_app
-from tests.service.conftest import auth
-from unlearnd.security.signing import open_store
-from unlearning import NormalizedClassifier, build_model
+from tests.service.conftest import auth, serve_forget_vector
 
 INPUTS = {"inputs": [[[[0.5] * 8] * 8]]}
 
@@ -25,18 +23,10 @@ def settings(settings):
 
 
 @pytest.fixture
-def forgotten(settings):
+def forgotten(model_store):
     """Model 'tiny' serving state 2: a forget vector (δ = 0.5 everywhere) on its weights."""
-    store = open_store(settings)
-    net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
-    store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
-                      {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
-    store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
-                        "mean": [0.5], "std": [0.25], "train_dataset": "tinyset"}, net.state_dict())
-    state = store.read_state("tiny")
-    manifest = store.put_artifact({"delta": torch.full((1, 8, 8), 0.5)}, {
-        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"], "request_ids": ["r"]})
-    store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]], "requests": ["r"]})
+    store = model_store
+    manifest = serve_forget_vector(store, 0.5, ["r"])
     return store, manifest
 
 

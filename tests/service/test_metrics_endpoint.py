@@ -8,7 +8,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import auth
-from tests.service.test_hardening import model_store  # noqa: F401  (fixture: a tiny registered model)
 
 
 def _samples(client) -> dict[tuple[str, frozenset], float]:
