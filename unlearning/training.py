@@ -18,16 +18,22 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    """"sgd" (with momentum) or "adamw" (decoupled weight decay; fits a small set in far fewer steps)."""
     seed: int = 0
 
 
 def train_classifier(model: nn.Module, data: ImageSet, cfg: TrainConfig, device: str = "cpu") -> nn.Module:
-    """SGD with momentum and a cosine schedule on cross-entropy; returns the model in eval mode."""
+    """SGD with momentum (or AdamW, `cfg.optimizer`) and a cosine schedule on cross-entropy; returns the model in
+    eval mode."""
     generator = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(data) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     for _ in range(cfg.epochs):
