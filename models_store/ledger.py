@@ -10,7 +10,7 @@ import builtins
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import Enum
@@ -174,18 +174,25 @@ class Ledger:
 
     # Below this method `list` names it, not the builtin: annotations there say `builtins.list`.
     def list(
-        self, model: str | None = None, status: RequestStatus | None = None, limit: int = 50,
-        after_seq: int = 0,
+        self, model: str | None = None, status: RequestStatus | str | None = None, limit: int = 50,
+        after_seq: int = 0, *, statuses: Sequence[RequestStatus] = (), newest_first: bool = False,
     ) -> list[dict[str, Any]]:
-        """Requests in acceptance order, optionally filtered, starting after sequence number `after_seq`."""
-        query = "SELECT * FROM forget_requests WHERE seq > ?"
-        args: builtins.list[Any] = [after_seq]
+        """Requests in acceptance order (or newest first), optionally filtered by model and by one `status` or
+        any of `statuses`, starting after the request with sequence number `after_seq` in that order (0: from
+        the start)."""
+        wanted = [*statuses, *([status] if status is not None else [])]
+        args: builtins.list[Any]
+        if newest_first:
+            query, args = "SELECT * FROM forget_requests WHERE (? = 0 OR seq < ?)", [after_seq, after_seq]
+        else:
+            query, args = "SELECT * FROM forget_requests WHERE seq > ?", [after_seq]
         if model is not None:
             query, args = query + " AND model = ?", [*args, model]
-        if status is not None:
-            query, args = query + " AND status = ?", [*args, status]
+        if wanted:
+            query, args = query + f" AND status IN ({', '.join('?' * len(wanted))})", [*args, *wanted]
+        order = "DESC" if newest_first else "ASC"
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+            rows = db.execute(query + f" ORDER BY seq {order} LIMIT ?", (*args, limit)).fetchall()
         return [self._to_dict(r) for r in rows]
 
     def active(self) -> builtins.list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -67,16 +67,31 @@ async def create_forget_request(
 
 @router.get("/v1/forget-requests")
 def list_forget_requests(
-    ledger: LedgerDep, _: Governance, model: str | None = None, status: RequestStatus | None = None,
+    ledger: LedgerDep, _: Governance, model: str | None = None,
+    status: Annotated[str | None, Query(max_length=200, pattern=r"^[a-z]+(,[a-z]+)*$", description=(
+        "One status or several, comma-separated (e.g. `queued,running`)"))] = None,
+    order: Annotated[Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first")] = "asc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of the previous page")] = None,
 ) -> ForgetRequestsPublic:
-    """Requests in acceptance order; pass `next_cursor` back as `cursor` for the next page."""
-    rows = ledger.list(model=model, status=status, limit=limit + 1, after_seq=int(cursor or 0))
+    """Requests in acceptance order (`order=desc`: newest first); pass `next_cursor` back as `cursor` (with the
+    same filters and order) for the next page."""
+    rows = ledger.list(model=model, statuses=_statuses(status), limit=limit + 1, after_seq=int(cursor or 0),
+                       newest_first=order == "desc")
     page = rows[:limit]
     next_cursor = str(page[-1]["seq"]) if len(rows) > limit else None
     return ForgetRequestsPublic(data=[ForgetRequestPublic.from_record(r) for r in page], count=len(page),
                                 next_cursor=next_cursor)
+
+
+def _statuses(value: str | None) -> list[RequestStatus]:
+    """`queued,running` -> the statuses; 422 naming any that is not one."""
+    names = [] if value is None else value.split(",")
+    unknown = [n for n in names if n not in {s.value for s in RequestStatus}]
+    if unknown:
+        raise Problem(422, "Invalid status", f"unknown status {unknown}; known: "
+                      f"{', '.join(s.value for s in RequestStatus)}")
+    return [RequestStatus(n) for n in dict.fromkeys(names)]
 
 
 @router.get("/v1/forget-requests/{request_id}")

@@ -304,3 +304,22 @@ def test_validation_errors_read_as_one_line(options, expected):
 
     errors = [{"loc": ("classes", 0), "msg": "not an int"}, {"loc": (), "msg": "bare"}]
     assert describe_errors(errors, **options) == expected
+
+
+def test_list_takes_several_statuses_and_newest_first_and_names_an_unknown_status(client, settings, model_store):
+    ledger = Ledger(settings.ledger_path)
+    for i in range(3):
+        ledger.create({"id": f"fr_{i}", "model": "tiny", "classes": [1], "method": "auto"})
+    ledger.mark_running("fr_1")
+    gov = auth("governance")
+    both = client.get("/v1/forget-requests", params={"status": "queued,running"}, headers=gov).json()
+    assert [r["id"] for r in both["data"]] == ["fr_0", "fr_1", "fr_2"]
+    running = client.get("/v1/forget-requests", params={"status": "running"}, headers=gov).json()
+    assert [r["id"] for r in running["data"]] == ["fr_1"]
+    page = client.get("/v1/forget-requests", params={"order": "desc", "limit": 2}, headers=gov).json()
+    assert [r["id"] for r in page["data"]] == ["fr_2", "fr_1"] and page["next_cursor"]
+    rest = client.get("/v1/forget-requests", params={"order": "desc", "cursor": page["next_cursor"]},
+                      headers=gov).json()
+    assert [r["id"] for r in rest["data"]] == ["fr_0"] and rest["next_cursor"] is None
+    bad = client.get("/v1/forget-requests", params={"status": "queued,done"}, headers=gov)
+    assert bad.status_code == 422 and "done" in bad.json()["detail"]

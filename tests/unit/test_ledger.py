@@ -72,3 +72,17 @@ def test_failed_request_keeps_what_was_measured(tmp_path):
     assert ledger.mark_failed("r1", "UtilityGuardRefused: …", result={"guard_refusals": [{"method": "zero_shot"}]})
     record = ledger.get("r1")
     assert record["status"] == "failed" and record["result"]["guard_refusals"][0]["method"] == "zero_shot"
+
+
+def test_list_filters_by_several_statuses_and_pages_newest_first(tmp_path):
+    ledger = Ledger(tmp_path / "l.db")
+    for i in range(5):
+        _create(ledger, f"r{i}")
+    ledger.mark_running("r1")
+    ledger.mark_running("r3")
+    ledger.mark_failed("r3", "boom")
+    assert [r["id"] for r in ledger.list(statuses=["running", "failed"])] == ["r1", "r3"]
+    first = ledger.list(limit=2, newest_first=True)
+    assert [r["id"] for r in first] == ["r4", "r3"]
+    rest = ledger.list(limit=10, newest_first=True, after_seq=first[-1]["seq"])
+    assert [r["id"] for r in rest] == ["r2", "r1", "r0"]
