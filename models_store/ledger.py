@@ -358,6 +358,12 @@ class Ledger:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM forget_requests").fetchone()[0]
 
+    def counts_by_method_and_status(self) -> builtins.list[tuple[str, str, int]]:
+        """(method, status, number of requests) for every combination present."""
+        with self._connect() as db:
+            rows = db.execute("SELECT method, status, COUNT(*) FROM forget_requests GROUP BY method, status")
+            return [(str(method), str(status), int(n)) for method, status, n in rows.fetchall()]
+
     # ---- audit log ------------------------------------------------------------------------------------
     def audit(self, action: str, actor: str, request_id: str | None = None, model: str | None = None,
               detail: dict[str, Any] | None = None) -> None:

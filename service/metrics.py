@@ -103,11 +103,8 @@ class LedgerCollector(Collector):
         family = GaugeMetricFamily(
             "unlearnd_forget_requests", "Forget requests in the ledger by method and status (every request "
             "ever accepted; queued + running is the queue depth).", labels=["method", "status"])
-        # A GROUP BY over the ledger's table (one indexed scan); models_store.Ledger has no such method yet.
-        with self.ledger._connect() as db:
-            rows = db.execute("SELECT method, status, COUNT(*) FROM forget_requests GROUP BY method, status")
-            for method, status, count in rows.fetchall():
-                family.add_metric([str(method), str(status)], count)
+        for method, status, count in self.ledger.counts_by_method_and_status():
+            family.add_metric([method, status], count)
         yield family
 
 

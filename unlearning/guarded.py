@@ -50,7 +50,7 @@ ProgressFn = Callable[[float, dict], None]
 CLASS_VECTOR_STEP = 0.05
 """Class-wise δ: Adam step per pixel, in units of the inputs' pixel std (Adam's step does not depend on the
 gradient's scale, which differs by orders of magnitude between models)."""
-SAMPLE_VECTOR_STEPS = (0.027,)
+SAMPLE_VECTOR_STEP = 0.027
 """Sample-wise δ: SGD learning rate in units of the inputs' pixel std (0.01 on digits)."""
 SMOOTHING_LADDER = (SmoothingScale(), SmoothingScale(step_fraction=0.00125))
 """Zero-shot attempts: the second takes steps a quarter the size (and twice the passes)."""
@@ -105,7 +105,7 @@ def guarded_forget_vector(
                         max_epochs=200, patience=10, gate_classes=tuple(classes) if gate else None)
     else:
         target = random_forget_target(model, split, test)
-        first = replace(SAMPLE_WISE, lr=SAMPLE_VECTOR_STEPS[0] * spread, target_forget_accuracy=target)
+        first = replace(SAMPLE_WISE, lr=SAMPLE_VECTOR_STEP * spread, target_forget_accuracy=target)
     attempts: list[dict] = []
     result = Guarded(passed=False)
     cfg = first

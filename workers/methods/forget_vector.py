@@ -53,6 +53,7 @@ def class_vectors(
     steps = len(missing) + (1 if len(classes) > 1 else 0)
     step = (high - low) / max(steps, 1)
     checks: dict[str, Any] = {}
+    computed: dict[int, Guarded] = {}
     for i, cls in enumerate(missing):
         split = forget_split(loaded.train, {**state, "forgotten_classes": classes}, classes=[cls])
         guarded = guarded_forget_vector(
@@ -61,6 +62,7 @@ def class_vectors(
         if not guarded.passed:
             raise rejected(f"the class vector for class {cls}", guarded)
         checks[f"class_vector {cls}"] = guarded.guard_record()
+        computed[cls] = guarded
         manifest = store.put_artifact({"delta": guarded.delta}, {
             "kind": "class_vector", "model": loaded.record["name"], "weights_sha256": loaded.weights_sha256,
             "classes": [cls], "request_ids": request_ids, "hyperparameters": guarded.info["config"],
@@ -73,7 +75,7 @@ def class_vectors(
     if len(classes) == 1:
         tensors, manifest = store.load_artifact(bank[classes[0]])
         delta = tensors["delta"]
-        final = _judge_reused(loaded, split, classes, delta, guard, gate, before)
+        final = computed.get(classes[0]) or _judge_reused(loaded, split, classes, delta, guard, gate, before)
         if not final.passed:
             raise rejected(f"the class vector for class {classes[0]}", final)
         return delta, [manifest], bank, {**info, "strategy": "class_vector", "guard": final.guard_record(),
