@@ -61,6 +61,33 @@ class Settings(BaseSettings):
         "class (one extra forward pass for those inputs); false = universal δ on every input.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted, bytes.")
+    # Many hosts (docs/deploy.md): a shared database and blob store; every host keeps only caches locally.
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the database holding the ledger, audit log, idempotency keys, model "
+        "and dataset records and served states (postgresql://user:pass@host/db); unset = SQLite in the data "
+        "directory.")
+    store_url: str | None = Field(
+        None, description="Where immutable blobs (weights, TorchScript, dataset tensors, artifacts) live: "
+        "s3://bucket/prefix (credentials from the usual AWS_* variables); unset = the local store directory.")
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server (MinIO, Ceph, ...); unset = AWS S3.")
+    cache_max_bytes: int = Field(
+        4 * 1024**3, ge=1024 * 1024, description="Largest size of the local blob cache (<data_dir>/cache), bytes; "
+        "least recently used blobs are evicted beyond it.")
+    # Serving (docs/operations.md).
+    api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn workers) `unlearnd run` starts.")
+    batch_max_size: int = Field(
+        32, ge=1, le=4096, description="Dynamic batching: most images one forward pass gathers from concurrent "
+        "predictions of one model.")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="Dynamic batching: longest a prediction waits for others to join its "
+        "batch, milliseconds.")
+    # Logs (docs/operations.md).
+    log_format: str = Field("json", pattern="^(json|text)$",
+                            description="'json' (one object per line) or 'text' (key=value) logs from every process.")
+    log_level: str = Field("info", pattern="^(debug|info|warning|error)$", description="Lowest level logged.")
+    access_log: bool = Field(True, description="Log one line per HTTP request (method, path, status, duration, "
+                             "request id).")
 
     @field_validator("callback_allow")
     @classmethod
@@ -89,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
 
 @lru_cache
