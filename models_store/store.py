@@ -428,3 +428,16 @@ class Store:
         if sha256_bytes(data) != manifest["file_sha256"]:
             raise IntegrityError(f"tensor file of artifact {artifact_id!r} is missing or altered")
         return _tensors_from_bytes(data), manifest
+
+    # ---- reports ------------------------------------------------------------------------------------
+    def put_report(self, request_id: str, png: bytes) -> str:
+        """Store the PNG report of a finished request (δ, samples, per-class accuracy); returns its sha256."""
+        atomic_write_bytes(self.root / "reports" / f"{check_name(request_id, 'request id')}.png", png)
+        return sha256_bytes(png)
+
+    def get_report(self, request_id: str) -> bytes:
+        """The request's PNG report; NotFoundError when the job did not write one."""
+        path = self.root / "reports" / f"{check_name(request_id, 'request id')}.png"
+        if not path.exists():
+            raise NotFoundError(f"forget request {request_id!r} has no report")
+        return path.read_bytes()
