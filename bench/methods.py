@@ -71,12 +71,14 @@ _last_vector: dict = {}
 
 
 def forget_vector(model: nn.Module, split: ForgetSplit, test: ImageSet, *, classes: list[int] | None,
-                  gate: bool = False) -> Guarded:
-    """Class-wise (classes given) or sample-wise (classes None) forget vector; `gate`: served gated."""
+                  gate: bool = False, retain_loss: str | None = None) -> Guarded:
+    """Class-wise (classes given) or sample-wise (classes None) forget vector; `gate`: served gated;
+    `retain_loss`: "ce" or "kl" instead of the service's default (guarded code path only)."""
     if GUARDED:
         from unlearning.guarded import guarded_forget_vector
 
-        return _as_guarded(guarded_forget_vector(model, split, test, classes=classes, gate=gate))
+        return _as_guarded(guarded_forget_vector(model, split, test, classes=classes, gate=gate,
+                                                 retain_loss=retain_loss))
     from unlearning.forget_vector import CLASS_WISE, learn_forget_vector, sample_wise_config
 
     cfg = CLASS_WISE if classes else sample_wise_config(model, split, test)
@@ -94,12 +96,14 @@ def forget_vector(model: nn.Module, split: ForgetSplit, test: ImageSet, *, class
 
 
 def vector_arithmetic(model: nn.Module, split: ForgetSplit, test: ImageSet, *, basis: dict[int, torch.Tensor],
-                      classes: list[int]) -> Guarded:
-    """δ = Σ w_k δ_k over the bank vectors `basis`, learning only w."""
+                      classes: list[int], coefficients: str | None = None) -> Guarded:
+    """δ = Σ w_k δ_k over the bank vectors `basis`, learning only w (`coefficients`: a setting of
+    `unlearning.guarded.ARITHMETIC`, guarded code path only)."""
     if GUARDED:
-        from unlearning.guarded import guarded_vector_arithmetic
+        from unlearning.guarded import DEFAULT_ARITHMETIC, guarded_vector_arithmetic
 
-        return _as_guarded(guarded_vector_arithmetic(model, split, test, basis=basis, classes=classes))
+        return _as_guarded(guarded_vector_arithmetic(model, split, test, basis=basis, classes=classes,
+                                                     arithmetic=coefficients or DEFAULT_ARITHMETIC))
     from unlearning.arithmetic import CoefficientConfig, learn_coefficients
 
     combined = learn_coefficients(model, split, basis, CoefficientConfig())
@@ -108,12 +112,15 @@ def vector_arithmetic(model: nn.Module, split: ForgetSplit, test: ImageSet, *, b
                    attempts=[verdict], info={"weights": combined.weights, "stop": combined.stop_reason})
 
 
-def zero_shot(model: nn.Module, split: ForgetSplit, test: ImageSet, *, classes: list[int] | None) -> Guarded:
-    """JiT Lipschitz smoothing on the forget inputs: new weights (`state_dict`)."""
+def zero_shot(model: nn.Module, split: ForgetSplit, test: ImageSet, *, classes: list[int] | None,
+              salient_fraction: float | None = None) -> Guarded:
+    """JiT Lipschitz smoothing on the forget inputs: new weights (`state_dict`); `salient_fraction`: JiT bounded
+    to that share of the weights (guarded code path only; None: the service's default)."""
     if GUARDED:
-        from unlearning.guarded import guarded_zero_shot
+        from unlearning.guarded import ZERO_SHOT_SALIENT_FRACTION, guarded_zero_shot
 
-        return _as_guarded(guarded_zero_shot(model, split, test, classes=classes))
+        fraction = ZERO_SHOT_SALIENT_FRACTION if salient_fraction is None else salient_fraction
+        return _as_guarded(guarded_zero_shot(model, split, test, classes=classes, salient_fraction=fraction))
     from unlearning.forget_vector import random_forget_target
     from unlearning.smoothing import CLASS_FORGET_TARGET, SmoothingConfig, accuracy_at_most, lipschitz_smoothing
 

@@ -40,6 +40,7 @@ from unlearning.baselines import GradientAscentConfig, fine_tune, gradient_ascen
 from unlearning.data import ForgetSplit, ImageSet, split_by_classes, split_by_ids
 from unlearning.evaluation import accuracy
 from unlearning.forget_vector import random_forget_target
+from unlearning.guarded import CLASS_RETAIN_LOSS, SAMPLE_RETAIN_LOSS
 from unlearning.metrics import avg_gap, unlearning_report
 from unlearning.training import TrainConfig
 
@@ -49,6 +50,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 MARK_START, MARK_END = "<!-- bench-quality:start -->", "<!-- bench-quality:end -->"
 FINE_TUNE = TrainConfig(epochs=3, lr=0.01)
 RANDOM_SHARE = 0.1
+RETAIN_LOSS = (CLASS_RETAIN_LOSS, SAMPLE_RETAIN_LOSS)
 MAX_DROP_PTS = 3.0
 """The guard's default bound (points of retained-class accuracy), for the bench's own after-the-fact check."""
 SCENARIOS = ("one class", "two classes", "10 % random")
@@ -190,8 +192,13 @@ def _jsonable(value):
     return repr(value)
 
 
-def run_task(name: str, seed: int, threads: int = 1) -> dict:
-    """Every scenario of one zoo pair for one seed (a task of its own process)."""
+COMPARE_SALIENT = 0.1
+"""Share of the weights JiT bounded updates in the `--compare` rows."""
+
+
+def run_task(name: str, seed: int, threads: int = 1, compare: bool = False) -> dict:
+    """Every scenario of one zoo pair for one seed (a task of its own process); `compare` adds the option rows
+    (KL retain term, official arithmetic, JiT bounded) that decide the service's defaults."""
     torch.set_num_threads(threads)
     started, cpu_started = time.perf_counter(), time.process_time()
     recipe = RECIPES[name]
@@ -209,6 +216,14 @@ def run_task(name: str, seed: int, threads: int = 1) -> dict:
     one.served("FV gated", lambda: methods.forget_vector(original, one.split, test, classes=[c1], gate=True),
                gate=True)
     one.served("Zero-shot", lambda: methods.zero_shot(original, one.split, test, classes=[c1]))
+    if compare:
+        other = "kl" if RETAIN_LOSS[0] == "ce" else "ce"
+        one.served(f"FV gated ({other} retain)", lambda: methods.forget_vector(
+            original, one.split, test, classes=[c1], gate=True, retain_loss=other), gate=True)
+        one.served(f"FV ({other} retain)", lambda: methods.forget_vector(
+            original, one.split, test, classes=[c1], retain_loss=other))
+        one.served("Zero-shot bounded", lambda: methods.zero_shot(original, one.split, test, classes=[c1],
+                                                                  salient_fraction=COMPARE_SALIENT))
     out["scenarios"]["one class"] = one.finish()
 
     pair = sorted([c1, c2])
@@ -229,12 +244,28 @@ def run_task(name: str, seed: int, threads: int = 1) -> dict:
         two.score("FV arithmetic", original, 0.0, 0, extra={"published": False, "attempts": 0,
                                                              "verdict": {"reason": "a bank vector was refused"}})
     two.served("Zero-shot", lambda: methods.zero_shot(original, two.split, test, classes=pair))
+    if compare and fv.passed and bank_vector.passed:
+        two.served("FV arithmetic, w₀ = 0", lambda: methods.vector_arithmetic(
+            original, two.split, test, basis=basis, classes=pair, coefficients="official"))
+        bank, bank_s, _ = measured(type(original), lambda: full_bank(original, train, test, basis))
+        two.served("FV arithmetic, official (all class vectors, w₀ = 0)", lambda: methods.vector_arithmetic(
+            original, two.split, test, basis=bank, classes=pair, coefficients="official"))
+        two.rows["FV arithmetic, official (all class vectors, w₀ = 0)"]["bank_s"] = round(bank_s, 2)
+    if compare:
+        two.served("Zero-shot bounded", lambda: methods.zero_shot(original, two.split, test, classes=pair,
+                                                                  salient_fraction=COMPARE_SALIENT))
     out["scenarios"]["two classes"] = two.finish()
 
     rnd = Scenario(recipe, original, test, random_split(train, seed), None, seed)
     rnd.baselines()
     rnd.served("FV", lambda: methods.forget_vector(original, rnd.split, test, classes=None))
     rnd.served("Zero-shot", lambda: methods.zero_shot(original, rnd.split, test, classes=None))
+    if compare:
+        other = "kl" if RETAIN_LOSS[1] == "ce" else "ce"
+        rnd.served(f"FV ({other} retain)", lambda: methods.forget_vector(original, rnd.split, test, classes=None,
+                                                                        retain_loss=other))
+        rnd.served("Zero-shot bounded", lambda: methods.zero_shot(original, rnd.split, test, classes=None,
+                                                                  salient_fraction=COMPARE_SALIENT))
     out["scenarios"]["10 % random"] = rnd.finish()
     out["wall_s"] = round(time.perf_counter() - started, 1)
     out["cpu_s"] = round(time.process_time() - cpu_started, 1)
@@ -242,6 +273,19 @@ def run_task(name: str, seed: int, threads: int = 1) -> dict:
         f"{s}: " + ", ".join(f"{m} {r['gap']:.1f}" for m, r in rows.items() if m not in ("Original", "Retrain"))
         for s, rows in out["scenarios"].items()), flush=True)
     return out
+
+
+def full_bank(original: nn.Module, train: ImageSet, test: ImageSet, have: dict[int, torch.Tensor]
+              ) -> dict[int, torch.Tensor]:
+    """Every class's universal vector (those in `have` reused; refused ones left out): the bank the official
+    arithmetic combines."""
+    bank = dict(have)
+    for c in range(NUM_CLASSES):
+        if c not in bank:
+            vector = methods.forget_vector(original, split_by_classes(train, [c]), test, classes=[c])
+            if vector.passed:
+                bank[c] = vector.delta
+    return bank
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -416,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", nargs="+", choices=list(RECIPES), default=None)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--compare", action="store_true",
+                        help="add the option rows (other retain term, official arithmetic, JiT bounded); "
+                             "results go to quality-compare.*")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rebuild the tables (and the docs block, for a full run) from a saved report")
     args = parser.parse_args(argv)
@@ -437,9 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"zoo: {len(order)} tasks on {args.jobs} processes; service methods via {methods.code_path()}", flush=True)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            runs = list(pool.map(run_task, *zip(*order, strict=True), [args.threads] * len(order)))
+            runs = list(pool.map(run_task, *zip(*order, strict=True), [args.threads] * len(order),
+                                 [args.compare] * len(order)))
     else:
-        runs = [run_task(n, s, args.threads) for n, s in order]
+        runs = [run_task(n, s, args.threads, args.compare) for n, s in order]
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "cpus": os.cpu_count(), "cpu": _cpu_name(),
@@ -452,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         "guard": guard_counts(runs), "summaries": summarise(runs), "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
-    full = not args.quick and args.pairs is None and len(seeds) >= 3
-    stem = "quality" if full else "quality-quick"
+    full = not args.quick and not args.compare and args.pairs is None and len(seeds) >= 3
+    stem = "quality" if full else "quality-compare" if args.compare else "quality-quick"
     (RESULTS / f"{stem}.json").write_text(json.dumps(_jsonable(report), indent=1))  # first: tables derive from it
     text = report_text(report)
     (RESULTS / f"{stem}.md").write_text(text)

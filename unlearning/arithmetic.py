@@ -25,6 +25,12 @@ class CoefficientConfig(ForgetVectorConfig):
     """Initial value of every coefficient (1 = start from the plain sum of the class vectors)."""
 
 
+OFFICIAL = CoefficientConfig(init=0.0, optimizer="adam", lr_decay=1.0)
+"""As the official code: every coefficient starts at 0 (δ = 0), signed, over every vector of the bank the caller
+passes (not only the requested classes'), here with Adam so the step (0.05 per coefficient) does not depend on
+the gradient's scale."""
+
+
 @dataclass(frozen=True)
 class CoefficientResult:
     delta: torch.Tensor  # (C, H, W) = Σ w_k δ_k

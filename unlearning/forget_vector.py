@@ -18,6 +18,7 @@ from torch import nn
 from unlearning.data import ForgetSplit, ImageSet
 from unlearning.evaluation import accuracy, apply_delta, perturbed_logits
 from unlearning.losses import forget_vector_objective
+from unlearning.metrics import best_threshold
 
 ProgressFn = Callable[[float, dict], None]
 
@@ -37,6 +38,14 @@ class ForgetVectorConfig:
     """Weight of ‖δ‖₂ (plain L2 norm, pixel units)."""
     tau: float = 1.0
     """Margin τ: a forget sample stops pulling once its true logit is τ below the runner-up."""
+    retain_loss: str = "ce"
+    """"ce": cross-entropy on D_r (the paper); "kl": KL to the original model's outputs on D_r, which keeps retain
+    confidences where they were (what a membership attack reads)."""
+    forget_loss: str = "margin"
+    """"margin": the paper's C&W term; "match": each forget sample's true-class log-odds is moved to the value that
+    unseen data of the same rank gets from the original model (random forgetting: D_f should look like data the
+    model never saw, not be misclassified). "match" needs `unseen` data, and the stopping rule then also compares
+    the share of D_f a confidence-threshold attack calls non-member with that share of the unseen data."""
     lr: float = 0.05
     optimizer: str = "sgd"
     """"sgd" (with momentum, as the official code) or "adam": Adam's step is about `lr` per pixel whatever the
@@ -86,6 +95,7 @@ def learn_forget_vector(
     split: ForgetSplit,
     cfg: ForgetVectorConfig,
     progress: ProgressFn | None = None,
+    unseen: ImageSet | None = None,
 ) -> ForgetVectorResult:
     """Optimise δ for Eq. 3 on D_f ∪ D_r with the model frozen in eval mode (δ starts at zero).
 
@@ -94,11 +104,12 @@ def learn_forget_vector(
     `target_forget_accuracy` (at or below it when the target is 0) and retain accuracy >= its unperturbed
     value − `max_retain_drop`; else when the monitored objective has not improved for `patience` epochs, or
     at `max_epochs`. The returned δ is the best one seen by that objective, the starting δ = 0 included.
+    `unseen`: labelled data the model was not trained on (the test split), needed by `forget_loss="match"`.
     """
     device = next(model.parameters()).device
     delta = torch.zeros(split.forget.x.shape[1:], device=device, requires_grad=True)  # (C, H, W)
     best, epochs, stop_reason, history = optimise_perturbation(
-        model, split, [delta], lambda: delta, lambda: delta.norm(p=2), cfg, progress)
+        model, split, [delta], lambda: delta, lambda: delta.norm(p=2), cfg, progress, unseen)
     return ForgetVectorResult(delta=best.cpu(), epochs=epochs, stop_reason=stop_reason, history=history,
                               config=asdict(cfg))
 
@@ -145,10 +156,12 @@ def optimise_perturbation(
     penalty: Callable[[], torch.Tensor],
     cfg: ForgetVectorConfig,
     progress: ProgressFn | None = None,
+    unseen: ImageSet | None = None,
 ) -> tuple[torch.Tensor, int, str, list[dict]]:
-    """The shared optimisation loop of forget vectors and their arithmetic: SGD with momentum and
-    exponential decay on `parameters`, loss α·CE(retain) + β·max(margin, −τ)(forget) + λ·penalty() on the
-    perturbation `build_delta()` (C, H, W); stopping rule as in `learn_forget_vector`.
+    """The shared optimisation loop of forget vectors and their arithmetic: SGD with momentum (or Adam) and
+    exponential decay on `parameters`, loss α·retain + β·forget + λ·penalty() on the perturbation
+    `build_delta()` (C, H, W), the terms chosen by `cfg.retain_loss` and `cfg.forget_loss`; stopping rule as in
+    `learn_forget_vector`.
     Returns (best δ, the epoch it was found in (0 = the starting δ), stop reason, history of the checks)."""
     device = next(model.parameters()).device
     model.eval()
@@ -179,6 +192,8 @@ def optimise_perturbation(
         x_all, y_all, is_forget_all = x_all[gated], y_all[gated], is_forget_all[gated]
     x_fc, y_fc = forget.x[forget_check], forget.y[forget_check]
     x_mon, y_mon = retain.x[monitor_idx], retain.y[monitor_idx]
+    reference = _probabilities(model, x_all) if cfg.retain_loss == "kl" else None  # (N, K), the original's
+    matching = _Matching.build(model, x_all, y_all, is_forget_all, x_mon, y_mon, unseen, cfg)
 
     optimizer: torch.optim.Optimizer
     if cfg.optimizer == "adam":
@@ -202,6 +217,10 @@ def optimise_perturbation(
         progress = score + (0.01 * forget_confidence if score > 0 and cfg.target_forget_accuracy == 0 else 0.0)
         record = {"epoch": round(epoch, 3), "forget_acc": forget_acc, "retain_acc": retain_acc,
                   "delta_l2": float(d.norm()), "lr": schedule.get_last_lr()[0]}
+        if matching is not None:
+            extra, figures = matching.shortfall(model, x_fc, y_fc, x_mon, y_mon, d, cfg)
+            score, progress = score + extra, progress + extra
+            record.update(figures)
         return score, progress, record, d
 
     best_score, best_progress, first, best_delta = check(0.0)
@@ -218,6 +237,8 @@ def optimise_perturbation(
             x = apply_delta(x_all[index].to(device), delta, cfg.clip)
             loss, _ = forget_vector_objective(
                 model(x), y_all[index].to(device), is_forget_all[index].to(device), cfg.alpha, cfg.beta, cfg.tau,
+                reference=None if reference is None else reference[index].to(device),
+                forget_target=None if matching is None else matching.targets[index].to(device),
             )
             loss = loss + cfg.lam * penalty()
             optimizer.zero_grad(set_to_none=True)
@@ -241,6 +262,70 @@ def optimise_perturbation(
                 return best_delta, best_epoch, stop_reason, history
         schedule.step()
     return best_delta, best_epoch, stop_reason, history
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, x: torch.Tensor, delta: torch.Tensor | None = None,
+                   batch_size: int = 1024) -> torch.Tensor:
+    """softmax(model(x + δ)) on the CPU, (N, K) for x (N, C, H, W)."""
+    device = next(model.parameters()).device
+    out = [torch.softmax(perturbed_logits(model, x[i : i + batch_size].to(device), delta), 1).cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def _true_confidence(probabilities: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return probabilities.gather(1, y[:, None]).squeeze(1) if len(y) else torch.zeros(0)
+
+
+@dataclass(frozen=True)
+class _Matching:
+    """What `forget_loss="match"` aims at, measured once on the original model: per training row the target
+    log-odds (forget rows: the unseen data's log-odds at the same rank; other rows unused), the unseen data, its
+    accuracy, and the share of it that a confidence-threshold attack (members: monitored retain samples) calls
+    non-member."""
+
+    targets: torch.Tensor  # (N,)
+    unseen: ImageSet
+    unseen_accuracy: float
+    non_member_share: float
+
+    @staticmethod
+    def build(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, is_forget: torch.Tensor,
+              x_mon: torch.Tensor, y_mon: torch.Tensor, unseen: ImageSet | None,
+              cfg: ForgetVectorConfig) -> _Matching | None:
+        if cfg.forget_loss != "match":
+            return None
+        if unseen is None or len(unseen) == 0 or len(y_mon) == 0:
+            raise ValueError('forget_loss="match" needs unseen data and monitored retain samples')
+        p_unseen = _probabilities(model, unseen.x)
+        unseen_odds = _log_odds(p_unseen, unseen.y)
+        forget_odds = _log_odds(_probabilities(model, x_all[is_forget]), y_all[is_forget])
+        rank = (torch.argsort(torch.argsort(forget_odds)).double() + 0.5) / max(len(forget_odds), 1)
+        targets = torch.zeros(len(y_all))
+        targets[is_forget] = torch.quantile(unseen_odds.double(), rank).float()
+        unseen_conf = _true_confidence(p_unseen, unseen.y)
+        threshold = best_threshold(_true_confidence(_probabilities(model, x_mon), y_mon), unseen_conf)
+        return _Matching(targets, unseen, float((p_unseen.argmax(1) == unseen.y).float().mean()),
+                         float((unseen_conf < threshold).float().mean()))
+
+    def shortfall(self, model: nn.Module, x_fc: torch.Tensor, y_fc: torch.Tensor, x_mon: torch.Tensor,
+                  y_mon: torch.Tensor, delta: torch.Tensor, cfg: ForgetVectorConfig) -> tuple[float, dict]:
+        """Added to the stopping rule's score under δ: the non-member share of D_f outside ± `target_tolerance` of
+        the unseen data's, and the unseen data's accuracy more than `max_retain_drop` below the original's."""
+        p_unseen = _probabilities(model, self.unseen.x, delta)
+        threshold = best_threshold(_true_confidence(_probabilities(model, x_mon, delta), y_mon),
+                                   _true_confidence(p_unseen, self.unseen.y))
+        share = float((_true_confidence(_probabilities(model, x_fc, delta), y_fc) < threshold).float().mean())
+        unseen_acc = float((p_unseen.argmax(1) == self.unseen.y).float().mean())
+        extra = (max(0.0, abs(share - self.non_member_share) - cfg.target_tolerance)
+                 + max(0.0, self.unseen_accuracy - cfg.max_retain_drop - unseen_acc))
+        return extra, {"non_member_share": share, "unseen_acc": unseen_acc}
+
+
+def _log_odds(probabilities: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    p = _true_confidence(probabilities, y).double().clamp(1e-12, 1 - 1e-12)
+    return (p.log() - (1 - p).log()).float()
 
 
 @torch.no_grad()

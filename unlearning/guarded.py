@@ -6,14 +6,20 @@ Calibration rules (no absolute step size is tuned to one data set):
 - class forget vectors: Adam on δ with a step per pixel that is a multiple of the training inputs' pixel standard
   deviation (Adam's step does not depend on the gradient's scale, which differs by orders of magnitude between
   models), no decay, and a stopping rule that also watches the forget samples' true-class probability, so slow
-  progress is not mistaken for a plateau; sample-wise vectors: SGD with a learning rate per pixel spread;
+  progress is not mistaken for a plateau; sample-wise vectors: the same Adam rule with a smaller step, a forget
+  term that moves each forget sample's confidence to what unseen data (the test split) of the same rank gets from
+  the original model, since a retrained model treats D_f as unseen data (`forget_loss="match"`), and a stopping
+  rule that keeps the δ whose forget accuracy and membership figures come closest to the unseen data's while the
+  unseen data's accuracy stays within the retain bound (without a test split: the margin term and the held-out
+  accuracy target of before);
 - zero-shot smoothing: σ is a multiple of the forget inputs' pixel spread and the learning rate makes the first
   step move the weights by a fixed share of their norm (`unlearning.smoothing.calibrated_smoothing`); retain
   accuracy on held-out monitor samples is checked every `check_every` steps and smoothing returns the last
   weights that kept it within the guard's bound.
 Second attempts: a vector that cost too much utility is retried with a quarter of the step and a tighter retain
-monitor, one that did not forget enough with twice the step and patience; smoothing with a quarter of the step
-and twice the passes. The first candidate that passes the guard is returned.
+monitor, one that did not forget enough with twice the step and patience (a matched sample-wise vector that still
+forgets too little gets a third attempt: SGD on the margin term, the rule before matching); smoothing with a
+quarter of the step and twice the passes. The first candidate that passes the guard is returned.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from unlearning.arithmetic import CoefficientConfig, learn_coefficients
+from unlearning.arithmetic import OFFICIAL, CoefficientConfig, learn_coefficients
 from unlearning.data import ForgetSplit, ImageSet
 from unlearning.evaluation import accuracy
 from unlearning.forget_vector import (
@@ -50,8 +56,22 @@ ProgressFn = Callable[[float, dict], None]
 CLASS_VECTOR_STEP = 0.05
 """Class-wise δ: Adam step per pixel, in units of the inputs' pixel std (Adam's step does not depend on the
 gradient's scale, which differs by orders of magnitude between models)."""
-SAMPLE_VECTOR_STEP = 0.027
-"""Sample-wise δ: SGD learning rate in units of the inputs' pixel std (0.01 on digits)."""
+SAMPLE_VECTOR_STEP = 0.02
+"""Sample-wise δ: Adam step per pixel in units of the inputs' pixel std (smaller than a class vector's: the
+target is a share of D_f, and the rule checks twice an epoch)."""
+SAMPLE_MARGIN_STEP = 0.027
+"""Sample-wise δ, last attempt when matching forgot too little: SGD on the paper's margin term, learning rate in
+units of the pixel std (the rule before matching; 0.01 on digits)."""
+CLASS_RETAIN_LOSS = "ce"
+SAMPLE_RETAIN_LOSS = "ce"
+"""Retain term of class-wise and sample-wise vectors ("ce" or "kl", `ForgetVectorConfig.retain_loss`), chosen on
+the zoo (docs/benchmarks.md)."""
+ARITHMETIC = {"requested": CoefficientConfig(), "official": OFFICIAL}
+"""Coefficient settings of vector arithmetic: "requested" starts every w_k at 1 (the plain sum of the requested
+classes' vectors); "official" starts at 0, as the paper's code, and is meant for a basis of every bank vector."""
+DEFAULT_ARITHMETIC = "requested"
+ZERO_SHOT_SALIENT_FRACTION: float | None = None
+"""JiT bounded (`SmoothingConfig.salient_fraction`) for zero-shot jobs; None: every weight, guard only."""
 SMOOTHING_LADDER = (SmoothingScale(), SmoothingScale(step_fraction=0.00125))
 """Zero-shot attempts: the second takes steps a quarter the size (and twice the passes)."""
 
@@ -88,13 +108,14 @@ def _span(progress: ProgressFn | None, index: int, count: int) -> ProgressFn | N
 def guarded_forget_vector(
     model: nn.Module, split: ForgetSplit, test: ImageSet | None, *, classes: list[int] | None,
     guard: GuardConfig = GuardConfig(), gate: bool = False, progress: ProgressFn | None = None,
-    before: Candidate | None = None, held: HeldOut | None = None,
+    before: Candidate | None = None, held: HeldOut | None = None, retain_loss: str | None = None,
 ) -> Guarded:
     """A forget vector for `classes` (class-wise; `gate`: applied only to inputs assigned to them) or, with
     classes None, for the samples of D_f (sample-wise, aimed at the held-out accuracy a retrained model has).
 
     `before` is what is served now (default: the model without δ); `held`: retain samples already held out by
-    the caller (else a share of `split.retain` is held out here)."""
+    the caller (else a share of `split.retain` is held out here); `retain_loss`: "ce" or "kl" instead of the
+    default for the request's kind."""
     if held is None:
         split, held = hold_out_retain(split, guard)
     before = before or Candidate(model)
@@ -102,19 +123,29 @@ def guarded_forget_vector(
     if classes is not None:
         target = 0.0
         first = replace(CLASS_WISE, optimizer="adam", lr=CLASS_VECTOR_STEP * spread, lr_decay=1.0,
-                        max_epochs=200, patience=10, gate_classes=tuple(classes) if gate else None)
+                        max_epochs=200, patience=10, gate_classes=tuple(classes) if gate else None,
+                        retain_loss=retain_loss or CLASS_RETAIN_LOSS)
     else:
         target = random_forget_target(model, split, test)
-        first = replace(SAMPLE_WISE, lr=SAMPLE_VECTOR_STEP * spread, target_forget_accuracy=target)
+        unseen = test is not None and len(test) > 0
+        first = replace(SAMPLE_WISE, optimizer="adam", lr=SAMPLE_VECTOR_STEP * spread, lr_decay=1.0, max_epochs=40,
+                        patience=4, checks_per_epoch=2, target_forget_accuracy=target,
+                        forget_loss="match" if unseen else "margin", retain_loss=retain_loss or SAMPLE_RETAIN_LOSS)
+    # Sample-wise, when the matched vector forgets too little even with twice the step: the margin rule of before.
+    margin = replace(SAMPLE_WISE, lr=SAMPLE_MARGIN_STEP * spread, target_forget_accuracy=target,
+                     retain_loss=first.retain_loss)
+    count = 3 if first.forget_loss == "match" else 2
     attempts: list[dict] = []
     result = Guarded(passed=False)
     cfg = first
-    for i in range(2):
-        vector = learn_forget_vector(model, split, cfg, progress=_span(progress, i, 2))
+    for i in range(count):
+        vector = learn_forget_vector(model, split, cfg, progress=_span(progress, i, count),
+                                     unseen=test if cfg.forget_loss == "match" else None)
         candidate = Candidate(model, vector.delta, list(classes) if gate and classes is not None else None)
         verdict = judge(before, candidate, held.guard, retained_test(test, classes or []), split.forget, target, guard)
         attempts.append({"setting": {"optimizer": cfg.optimizer, "lr": round(cfg.lr, 6),
-                                     "max_retain_drop": cfg.max_retain_drop},
+                                     "max_retain_drop": cfg.max_retain_drop, "forget_loss": cfg.forget_loss,
+                                     "retain_loss": cfg.retain_loss},
                          "epochs": vector.epochs, "stop_reason": vector.stop_reason, "guard": verdict.as_dict()})
         result = Guarded(verdict.passed, vector.delta, None, verdict, list(attempts),
                          {"config": vector.config, "epochs": vector.epochs, "stop_reason": vector.stop_reason,
@@ -122,6 +153,10 @@ def guarded_forget_vector(
         if verdict.passed:
             break
         cfg = _next_vector_setting(cfg, verdict, guard)
+        if i == 1 and cfg.forget_loss == "match" and cfg.lr > first.lr:
+            cfg = margin
+        elif i == 1:
+            break
     return result
 
 
@@ -136,20 +171,22 @@ def _next_vector_setting(cfg: ForgetVectorConfig, verdict: GuardVerdict, guard: 
 def guarded_vector_arithmetic(
     model: nn.Module, split: ForgetSplit, test: ImageSet | None, *, basis: dict[int, torch.Tensor],
     classes: list[int], guard: GuardConfig = GuardConfig(), gate: bool = False, progress: ProgressFn | None = None,
-    before: Candidate | None = None, max_forget_accuracy: float = 0.02,
+    before: Candidate | None = None, max_forget_accuracy: float = 0.02, arithmetic: str = DEFAULT_ARITHMETIC,
 ) -> Guarded:
-    """δ = Σ_k w_k δ_k over the class vectors in `basis` (Sun et al. 2024, compositional unlearning); when the
-    combination leaves forget accuracy above `max_forget_accuracy` or fails the guard, a joint guarded vector."""
+    """δ = Σ_k w_k δ_k over the class vectors in `basis` (Sun et al. 2024, compositional unlearning; `arithmetic`
+    names the setting in `ARITHMETIC`); when the combination leaves forget accuracy above `max_forget_accuracy` or
+    fails the guard, a joint guarded vector."""
     split, held = hold_out_retain(split, guard)
     before = before or Candidate(model)
     gate_classes = list(classes) if gate else None
     spread = pixel_spread(split.retain.x if len(split.retain) else split.forget.x)
-    cfg = replace(CoefficientConfig(), gate_classes=tuple(classes) if gate else None)
+    cfg = replace(ARITHMETIC[arithmetic], gate_classes=tuple(classes) if gate else None)
     half = None if progress is None else (lambda f, r: progress(f / 2, r))
     combined = learn_coefficients(model, split, basis, cfg, progress=half)
     candidate = Candidate(model, combined.delta, gate_classes)
     verdict = judge(before, candidate, held.guard, retained_test(test, classes), split.forget, 0.0, guard)
-    attempt = {"setting": {"strategy": "arithmetic", "lr": cfg.lr}, "epochs": combined.epochs,
+    attempt = {"setting": {"strategy": "arithmetic", "arithmetic": arithmetic, "basis": sorted(basis),
+                           "lr": cfg.lr}, "epochs": combined.epochs,
                "stop_reason": combined.stop_reason, "guard": verdict.as_dict()}
     coefficients = {str(c): w for c, w in combined.weights.items()}
     device = next(model.parameters()).device
@@ -167,12 +204,13 @@ def guarded_vector_arithmetic(
 def guarded_zero_shot(
     model: nn.Module, split: ForgetSplit, test: ImageSet | None, *, classes: list[int] | None,
     guard: GuardConfig = GuardConfig(), progress: ProgressFn | None = None, before: Candidate | None = None,
-    forgotten_classes: list[int] | None = None,
+    forgotten_classes: list[int] | None = None, salient_fraction: float | None = ZERO_SHOT_SALIENT_FRACTION,
 ) -> Guarded:
     """JiT smoothing of a copy of `model` on the forget inputs only (labels only decide when to stop: class-wise
     at forget accuracy ≤ `CLASS_FORGET_TARGET`, sample-wise at the held-out accuracy), with σ and step size
     calibrated, stopped before held-out retain accuracy leaves the guard's bound, and judged by the guard.
-    `forgotten_classes`: every class gone after this request (default `classes`), excluded from the test data."""
+    `forgotten_classes`: every class gone after this request (default `classes`), excluded from the test data;
+    `salient_fraction`: JiT bounded, only that share of the weights is updated (`SmoothingConfig`)."""
     split, held = hold_out_retain(split, guard)
     before = before or Candidate(model)
     target = CLASS_FORGET_TARGET if classes is not None else random_forget_target(model, split, test)
@@ -186,14 +224,15 @@ def guarded_zero_shot(
     attempts: list[dict] = []
     result = Guarded(passed=False)
     for i, scale in enumerate(SMOOTHING_LADDER):
-        base = SmoothingConfig(epochs=SmoothingConfig().epochs * (1 + i))
+        base = SmoothingConfig(epochs=SmoothingConfig().epochs * (1 + i), salient_fraction=salient_fraction)
         cfg = calibrated_smoothing(model, split.forget.x, base, scale)
         smoothed = lipschitz_smoothing(model, split.forget.x, cfg, progress=_span(progress, i, len(SMOOTHING_LADDER)),
                                        stop=stop, acceptable=acceptable)
         new_model = copy.deepcopy(model)
         new_model.load_state_dict(smoothed.state_dict)
         verdict = judge(before, Candidate(new_model.eval()), held.guard, test_retained, split.forget, target, guard)
-        attempts.append({"setting": {"sigma": round(cfg.sigma, 6), "lr": cfg.lr, **asdict(scale)},
+        attempts.append({"setting": {"sigma": round(cfg.sigma, 6), "lr": cfg.lr, **asdict(scale),
+                                     "salient_fraction": salient_fraction},
                          "steps": smoothed.steps, "stop_reason": smoothed.stop_reason, "guard": verdict.as_dict()})
         result = Guarded(verdict.passed, None, smoothed.state_dict, verdict, list(attempts),
                          {"config": smoothed.config, "steps": smoothed.steps, "stop_reason": smoothed.stop_reason,

@@ -48,6 +48,9 @@ class SmoothingConfig:
     clip_noise: bool = True
     """Clip each perturbed image to [0, 1] and divide by the clipped difference ‖x̃ − x‖ (the served input is
     always a valid image); False divides by ‖ξ‖ of the unclipped noise."""
+    salient_fraction: float | None = None
+    """JiT bounded: update only this share of the weights, those with the largest |∂ℓ/∂θ| of the JiT loss summed
+    over the forget inputs at the start (label-free, like SalUn's mask but from JiT's own loss); None: all."""
     seed: int = 0
 
 
@@ -98,6 +101,7 @@ def lipschitz_smoothing(
     params = [p for p in smoothed.parameters() if p.is_floating_point()]
     optimizer = torch.optim.SGD(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
+    masks = None if cfg.salient_fraction is None else salient_masks(smoothed, forget_x, cfg)
     steps_per_epoch = -(-len(forget_x) // cfg.batch_size)
     total, step, history, stopped = cfg.epochs * steps_per_epoch, 0, [], False
     last_good = _copy_state(smoothed)  # what `acceptable` last approved (the given model's weights at first)
@@ -111,6 +115,10 @@ def lipschitz_smoothing(
             loss = lipschitz_loss(smoothed, x, cfg, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if masks is not None:
+                for p, mask in zip(params, masks, strict=True):
+                    if p.grad is not None:
+                        p.grad.mul_(mask)
             optimizer.step()
             step += 1
             record = {"step": step, "epoch": epoch + 1, "loss": float(loss.detach())}
@@ -131,6 +139,24 @@ def lipschitz_smoothing(
                 break
     return SmoothingResult(state_dict=_copy_state(smoothed, "cpu"), steps=step, history=history,
                            config=asdict(cfg), stop_reason=stop_reason)
+
+
+def salient_masks(model: nn.Module, forget_x: torch.Tensor, cfg: SmoothingConfig) -> list[torch.Tensor]:
+    """One 0/1 mask per floating-point parameter of `model`: 1 for the `cfg.salient_fraction` share of all weights
+    with the largest |gradient| of the JiT loss accumulated over one pass of forget_x (N, C, H, W)."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    device = params[0].device
+    grads = [torch.zeros_like(p) for p in params]
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    for start in range(0, len(forget_x), cfg.batch_size):
+        loss = lipschitz_loss(model, forget_x[start : start + cfg.batch_size].to(device), cfg, generator)
+        for g, d in zip(grads, torch.autograd.grad(loss, params, allow_unused=True), strict=True):
+            if d is not None:
+                g.add_(d.abs())
+    flat = torch.cat([g.flatten() for g in grads])
+    keep = max(1, round(float(cfg.salient_fraction or 0.0) * len(flat)))
+    threshold = flat.topk(keep).values.min()
+    return [(g >= threshold).to(g.dtype) for g in grads]
 
 
 def _copy_state(model: nn.Module, device: str | None = None) -> dict[str, torch.Tensor]:
