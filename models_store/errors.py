@@ -15,3 +15,8 @@ class AlreadyExistsError(StoreError):
 
 class IntegrityError(StoreError):
     """A stored file does not match the sha256 recorded for it, or an artifact is bound to other weights."""
+
+
+class StaleStateError(StoreError):
+    """A new served state was computed from a version that is no longer the current one (another writer
+    published first): nothing was written; recompute on the current state."""

@@ -1,22 +1,25 @@
-"""The request ledger: one SQLite row per accepted forget request, the source of truth for its status.
+"""The request ledger: one database row per accepted forget request, the source of truth for its status.
 
-Redis only carries the work; this file says what was accepted and how it ended. SQLite in WAL mode with
-synchronous=FULL, so a row committed before the API answers 202 survives a crash of any process.
+Redis only carries the work; the ledger says what was accepted and how it ended. Every change is committed
+durably before its method returns (`models_store.database`: SQLite in WAL mode with synchronous=FULL, or
+PostgreSQL), so a row committed before the API answers 202 survives a crash of any process.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, Row, case, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from models_store import schema
+from models_store.database import Database, DatabaseSettings, open_database
 from models_store.errors import NotFoundError
 from models_store.store import now_iso
 
@@ -25,7 +28,8 @@ class RequestStatus(str, Enum):
     """Where a forget request stands: queued or running until it ends succeeded, failed or cancelled; a succeeded
     one becomes reverted when a rollback takes it out of force."""
 
-    # A str: SQLite stores and the API shows the plain value. Format `.value`, not the member, in messages.
+    # A str: the database stores and the API shows the plain value. Format `.value`, not the member, in messages
+    # and pass `.value` to the database (psycopg writes an Enum's member name).
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -39,103 +43,37 @@ ACTIVE = (RequestStatus.QUEUED, RequestStatus.RUNNING)
 TERMINAL = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.REVERTED)
 _JSON_FIELDS = ("classes", "samples", "progress", "result", "callback", "receipt")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS forget_requests (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    id           TEXT NOT NULL UNIQUE,
-    model        TEXT NOT NULL,
-    classes      TEXT,
-    samples      TEXT,
-    method       TEXT NOT NULL,
-    reason       TEXT,
-    status       TEXT NOT NULL,
-    progress     TEXT NOT NULL,
-    created_at   TEXT NOT NULL,
-    started_at   TEXT,
-    finished_at  TEXT,
-    error        TEXT,
-    result       TEXT,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    key_id       TEXT,
-    job_id       TEXT,
-    not_before   REAL,
-    callback_url TEXT,
-    callback     TEXT,
-    receipt      TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS forget_requests_model_status ON forget_requests (model, status);
-
-CREATE TABLE IF NOT EXISTS idempotency (
-    key          TEXT NOT NULL,
-    key_id       TEXT NOT NULL,
-    body_sha256  TEXT NOT NULL,
-    status_code  INTEGER,
-    response     TEXT,
-    headers      TEXT,
-    created_at   TEXT NOT NULL,
-    request_id   TEXT,
-    PRIMARY KEY (key_id, key)
-);
-
-CREATE TABLE IF NOT EXISTS audit (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    at           TEXT NOT NULL,
-    action       TEXT NOT NULL,
-    actor        TEXT NOT NULL,
-    request_id   TEXT,
-    model        TEXT,
-    detail       TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id);
-"""
+_requests, _audit_log, _idempotency = schema.forget_requests, schema.audit, schema.idempotency
 
 
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+def _plain(value: Any) -> Any:
+    """What the database stores for a value: an Enum member as its value."""
+    return value.value if isinstance(value, Enum) else value
 
 
-def _audit(db: sqlite3.Connection, action: str, actor: str, request_id: str | None, model: str | None,
+def _statuses(statuses: Sequence[RequestStatus | str]) -> builtins.list[str]:
+    return [str(_plain(s)) for s in statuses]
+
+
+def _audit(conn: Connection, action: str, actor: str, request_id: str | None, model: str | None,
            detail: dict[str, Any] | None) -> None:
-    db.execute("INSERT INTO audit (at, action, actor, request_id, model, detail) VALUES (?, ?, ?, ?, ?, ?)",
-               (now_iso(), action, actor, request_id, model, json.dumps(detail or {})))
+    conn.execute(insert(_audit_log).values(at=now_iso(), action=action, actor=actor, request_id=request_id,
+                                           model=model, detail=json.dumps(detail or {})))
+
+
+def _to_dict(row: Row[Any]) -> dict[str, Any]:
+    record = dict(row._mapping)
+    for key in _JSON_FIELDS:
+        if record[key] is not None:
+            record[key] = json.loads(record[key])
+    return record
 
 
 class Ledger:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}
-            if "request_id" not in columns:  # ledgers created before the column existed
-                db.execute("ALTER TABLE idempotency ADD COLUMN request_id TEXT")
+    """Forget requests, the audit log and idempotency keys in a (migrated) `Database`; see `open_ledger`."""
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=FULL")
-        try:
-            yield db
-        finally:
-            db.close()
-
-    @staticmethod
-    def _to_dict(row: sqlite3.Row) -> dict[str, Any]:
-        record = dict(row)
-        for key in _JSON_FIELDS:
-            if record[key] is not None:
-                record[key] = json.loads(record[key])
-        return record
+    def __init__(self, db: Database):
+        self.db = db
 
     def create(self, record: dict[str, Any], idempotency: tuple[str, str] | None = None) -> dict[str, Any]:
         """Insert a new request in status `queued`; returns the stored record.
@@ -147,96 +85,89 @@ class Ledger:
             "id": record["id"], "model": record["model"], "method": record["method"],
             "classes": json.dumps(record.get("classes")) if record.get("classes") is not None else None,
             "samples": json.dumps(record.get("samples")) if record.get("samples") is not None else None,
-            "reason": record.get("reason"), "status": RequestStatus.QUEUED,
+            "reason": record.get("reason"), "status": RequestStatus.QUEUED.value,
             "progress": json.dumps({"fraction": 0.0, "stage": "queued"}),
             "created_at": now_iso(), "key_id": record.get("key_id"),
             "callback_url": record.get("callback_url"),
         }
-        with self._connect() as db, _transaction(db):
-            db.execute(
-                f"INSERT INTO forget_requests ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                tuple(row.values()),
-            )
-            _audit(db, "request.accepted", row["key_id"] or "system", row["id"], row["model"],
+        with self.db.transaction() as conn:
+            conn.execute(insert(_requests).values(**row))
+            _audit(conn, "request.accepted", row["key_id"] or "system", row["id"], row["model"],
                    {"classes": record.get("classes"), "samples": len(record.get("samples") or []) or None,
                     "method": row["method"]})
             if idempotency is not None:
-                db.execute("UPDATE idempotency SET request_id = ? WHERE key_id = ? AND key = ?",
-                           (row["id"], *idempotency))
+                key_id, key = idempotency
+                conn.execute(update(_idempotency)
+                             .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key)
+                             .values(request_id=row["id"]))
         return self.get(record["id"])
 
     def get(self, request_id: str) -> dict[str, Any]:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM forget_requests WHERE id = ?", (request_id,)).fetchone()
+        with self.db.connect() as conn:
+            row = conn.execute(select(_requests).where(_requests.c.id == request_id)).first()
         if row is None:
             raise NotFoundError(f"no forget request {request_id!r}")
-        return self._to_dict(row)
+        return _to_dict(row)
 
     # Below this method `list` names it, not the builtin: annotations there say `builtins.list`.
     def list(
         self, model: str | None = None, status: RequestStatus | str | None = None, limit: int = 50,
-        after_seq: int = 0, *, statuses: Sequence[RequestStatus] = (), newest_first: bool = False,
+        after_seq: int = 0, *, statuses: Sequence[RequestStatus | str] = (), newest_first: bool = False,
     ) -> list[dict[str, Any]]:
         """Requests in acceptance order (or newest first), optionally filtered by model and by one `status` or
         any of `statuses`, starting after the request with sequence number `after_seq` in that order (0: from
         the start)."""
         wanted = [*statuses, *([status] if status is not None else [])]
-        args: builtins.list[Any]
-        if newest_first:
-            query, args = "SELECT * FROM forget_requests WHERE (? = 0 OR seq < ?)", [after_seq, after_seq]
-        else:
-            query, args = "SELECT * FROM forget_requests WHERE seq > ?", [after_seq]
+        seq = _requests.c.seq
+        query = select(_requests).order_by(seq.desc() if newest_first else seq).limit(limit)
+        if not newest_first:
+            query = query.where(seq > after_seq)
+        elif after_seq:
+            query = query.where(seq < after_seq)
         if model is not None:
-            query, args = query + " AND model = ?", [*args, model]
+            query = query.where(_requests.c.model == model)
         if wanted:
-            query, args = query + f" AND status IN ({', '.join('?' * len(wanted))})", [*args, *wanted]
-        order = "DESC" if newest_first else "ASC"
-        with self._connect() as db:
-            rows = db.execute(query + f" ORDER BY seq {order} LIMIT ?", (*args, limit)).fetchall()
-        return [self._to_dict(r) for r in rows]
+            query = query.where(_requests.c.status.in_(_statuses(wanted)))
+        with self.db.connect() as conn:
+            return [_to_dict(r) for r in conn.execute(query)]
 
     def active(self) -> builtins.list[dict[str, Any]]:
         """Every request not yet in a terminal state."""
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM forget_requests WHERE status IN (?, ?) ORDER BY seq", ACTIVE
-            ).fetchall()
-        return [self._to_dict(r) for r in rows]
+        query = select(_requests).where(_requests.c.status.in_(_statuses(ACTIVE))).order_by(_requests.c.seq)
+        with self.db.connect() as conn:
+            return [_to_dict(r) for r in conn.execute(query)]
 
     def _update(self, request_id: str, allowed_from: tuple[RequestStatus, ...], audit: str | None = None,
                 actor: str = "system", detail: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Set fields if the request is in one of `allowed_from` (and audit it); returns whether it
         changed."""
-        values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()]
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        marks = ", ".join("?" * len(allowed_from))
-        with self._connect() as db, _transaction(db):
-            cursor = db.execute(
-                f"UPDATE forget_requests SET {sets} WHERE id = ? AND status IN ({marks})",
-                (*values, request_id, *allowed_from),
-            )
-            changed = cursor.rowcount == 1
+        values = {k: json.dumps(v) if k in _JSON_FIELDS else _plain(v) for k, v in fields.items()}
+        with self.db.transaction() as conn:
+            changed = conn.execute(
+                update(_requests)
+                .where(_requests.c.id == request_id, _requests.c.status.in_(_statuses(allowed_from)))
+                .values(**values)
+            ).rowcount == 1
             if changed and audit:
-                model = db.execute(
-                    "SELECT model FROM forget_requests WHERE id = ?", (request_id,)
-                ).fetchone()[0]
-                _audit(db, audit, actor, request_id, model, detail)
+                model = conn.scalar(select(_requests.c.model).where(_requests.c.id == request_id))
+                _audit(conn, audit, actor, request_id, model, detail)
         return changed
 
     def mark_running(self, request_id: str) -> bool:
-        with self._connect() as db, _transaction(db):
-            cursor = db.execute(
-                "UPDATE forget_requests SET status = ?, started_at = ?, attempts = attempts + 1, "
-                "progress = ?, not_before = NULL WHERE id = ? AND status IN (?, ?)",
-                (RequestStatus.RUNNING, now_iso(), json.dumps({"fraction": 0.0, "stage": "starting"}),
-                 request_id, *ACTIVE),
-            )
-            if cursor.rowcount == 1:
-                row = db.execute(
-                    "SELECT model, attempts FROM forget_requests WHERE id = ?", (request_id,)
-                ).fetchone()
-                _audit(db, "request.running", "worker", request_id, row[0], {"attempt": row[1]})
-        return cursor.rowcount == 1
+        with self.db.transaction() as conn:
+            changed = conn.execute(
+                update(_requests)
+                .where(_requests.c.id == request_id, _requests.c.status.in_(_statuses(ACTIVE)))
+                .values(status=RequestStatus.RUNNING.value, started_at=now_iso(), attempts=_requests.c.attempts + 1,
+                        progress=json.dumps({"stage": "loading", "stage_fraction": 0.0, "fraction": 0.0,
+                                             "elapsed_s": 0.0, "eta_s": None}), not_before=None)
+            ).rowcount == 1
+            if changed:
+                model, attempts = conn.execute(
+                    select(_requests.c.model, _requests.c.attempts).where(_requests.c.id == request_id)
+                ).one()
+                _audit(conn, "request.running", "worker", request_id, model, {"attempt": attempts})
+        return changed
 
     def set_progress(self, request_id: str, progress: dict[str, Any]) -> bool:
         """Record progress; False when the request is no longer running (e.g. cancelled)."""
@@ -276,35 +207,30 @@ class Ledger:
         Returns "cancelled-now", "cancelling" (the worker stops at its next progress report, or finishes first
         if it is already publishing) or the terminal status the request already had.
         """
-        with self._connect() as db, _transaction(db):
-            row = db.execute(
-                "SELECT status, model FROM forget_requests WHERE id = ?", (request_id,)
-            ).fetchone()
+        where = _requests.c.id == request_id
+        with self.db.transaction() as conn:
+            # FOR UPDATE: on PostgreSQL no worker changes the status between this read and the update below.
+            row = conn.execute(select(_requests.c.status, _requests.c.model).where(where).with_for_update()).first()
             if row is None:
                 raise NotFoundError(f"no forget request {request_id!r}")
             status, model = row
             if status == RequestStatus.QUEUED:
-                progress = json.dumps({"fraction": 0.0, "stage": "cancelled"})
-                db.execute(
-                    "UPDATE forget_requests SET status = ?, finished_at = ?, progress = ? WHERE id = ?",
-                    (RequestStatus.CANCELLED, now_iso(), progress, request_id),
-                )
-                _audit(db, "request.cancelled", actor, request_id, model, {})
+                conn.execute(update(_requests).where(where).values(
+                    status=RequestStatus.CANCELLED.value, finished_at=now_iso(),
+                    progress=json.dumps({"fraction": 0.0, "stage": "cancelled"})))
+                _audit(conn, "request.cancelled", actor, request_id, model, {})
                 return "cancelled-now"
             if status == RequestStatus.RUNNING:
-                db.execute("UPDATE forget_requests SET cancel_requested = 1 WHERE id = ?", (request_id,))
-                _audit(db, "request.cancel_requested", actor, request_id, model, {})
+                conn.execute(update(_requests).where(where).values(cancel_requested=1))
+                _audit(conn, "request.cancel_requested", actor, request_id, model, {})
                 return "cancelling"
-            return status
+            return str(status)
 
     def cancel_requested(self, request_ids: builtins.list[str]) -> builtins.list[str]:
         """Which of these requests someone asked to cancel."""
-        marks = ", ".join("?" * len(request_ids))
-        with self._connect() as db:
-            rows = db.execute(
-                f"SELECT id FROM forget_requests WHERE cancel_requested = 1 AND id IN ({marks})", request_ids
-            ).fetchall()
-        return [r[0] for r in rows]
+        query = select(_requests.c.id).where(_requests.c.cancel_requested == 1, _requests.c.id.in_(request_ids))
+        with self.db.connect() as conn:
+            return [str(r) for r in conn.scalars(query)]
 
     def mark_cancelled(self, request_id: str, actor: str) -> bool:
         return self._update(request_id, ACTIVE, audit="request.cancelled", actor=actor,
@@ -313,12 +239,7 @@ class Ledger:
 
     def count_attempt(self, request_id: str) -> bool:
         """Count an attempt whose job died before it could mark the request running."""
-        with self._connect() as db:
-            cursor = db.execute(
-                "UPDATE forget_requests SET attempts = attempts + 1 WHERE id = ? AND status IN (?, ?)",
-                (request_id, *ACTIVE),
-            )
-        return cursor.rowcount == 1
+        return self._update(request_id, ACTIVE, attempts=_requests.c.attempts + 1)
 
     def set_job(self, request_id: str, job_id: str | None) -> bool:
         """Record the id of the queue job that currently carries this request."""
@@ -329,98 +250,101 @@ class Ledger:
         """Put a request whose work was lost back in line, to be enqueued at `not_before` (epoch seconds).
         `refund_attempt`: the attempt it used ended through no fault of its own (a partner of its batch was
         cancelled or failed), so it does not count towards `max_attempts`."""
-        changed = self._update(
+        attempts = _requests.c.attempts
+        refund = {"attempts": case((attempts > 0, attempts - 1), else_=0)} if refund_attempt else {}
+        return self._update(
             request_id, ACTIVE, audit="request.requeued", actor=actor, detail={"reason": reason},
             status=RequestStatus.QUEUED, job_id=None, not_before=not_before,
-            progress={"fraction": 0.0, "stage": "waiting to retry"},
+            progress={"fraction": 0.0, "stage": "waiting to retry"}, **refund,
         )
-        if changed and refund_attempt:
-            with self._connect() as db:
-                db.execute("UPDATE forget_requests SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (request_id,))
-        return changed
 
     def set_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
-        with self._connect() as db:
-            db.execute(
-                "UPDATE forget_requests SET callback = ? WHERE id = ?", (json.dumps(outcome), request_id)
-            )
+        with self.db.transaction() as conn:
+            conn.execute(update(_requests).where(_requests.c.id == request_id).values(callback=json.dumps(outcome)))
 
     def queued_for_model(self, model: str, exclude: str) -> builtins.list[dict[str, Any]]:
         """Other queued requests of a model, oldest first (candidates to coalesce into one job)."""
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM forget_requests WHERE model = ? AND status = ? AND id != ? ORDER BY seq",
-                (model, RequestStatus.QUEUED, exclude),
-            ).fetchall()
-        return [self._to_dict(r) for r in rows]
+        query = select(_requests).where(
+            _requests.c.model == model, _requests.c.status == RequestStatus.QUEUED.value, _requests.c.id != exclude,
+        ).order_by(_requests.c.seq)
+        with self.db.connect() as conn:
+            return [_to_dict(r) for r in conn.execute(query)]
 
     def count(self) -> int:
-        with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM forget_requests").fetchone()[0]
+        with self.db.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(_requests)) or 0)
 
     def counts_by_method_and_status(self) -> builtins.list[tuple[str, str, int]]:
         """(method, status, number of requests) for every combination present."""
-        with self._connect() as db:
-            rows = db.execute("SELECT method, status, COUNT(*) FROM forget_requests GROUP BY method, status")
-            return [(str(method), str(status), int(n)) for method, status, n in rows.fetchall()]
+        query = select(_requests.c.method, _requests.c.status, func.count()).group_by(
+            _requests.c.method, _requests.c.status)
+        with self.db.connect() as conn:
+            return [(str(method), str(status), int(n)) for method, status, n in conn.execute(query)]
 
     # ---- audit log ------------------------------------------------------------------------------------
     def audit(self, action: str, actor: str, request_id: str | None = None, model: str | None = None,
               detail: dict[str, Any] | None = None) -> None:
         """Append one entry to the audit log (admin actions, state changes)."""
-        with self._connect() as db:
-            _audit(db, action, actor, request_id, model, detail)
+        with self.db.transaction() as conn:
+            _audit(conn, action, actor, request_id, model, detail)
 
     def audit_entries(
         self, action: str | None = None, request_id: str | None = None, model: str | None = None,
         actor: str | None = None, limit: int = 100, after_seq: int = 0,
     ) -> builtins.list[dict[str, Any]]:
-        query = "SELECT * FROM audit WHERE seq > ?"
-        args: builtins.list[Any] = [after_seq]
+        query = select(_audit_log).where(_audit_log.c.seq > after_seq).order_by(_audit_log.c.seq).limit(limit)
         filters = (("action", action), ("request_id", request_id), ("model", model), ("actor", actor))
         for column, value in filters:
             if value is not None:
-                query, args = query + f" AND {column} = ?", [*args, value]
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
-        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+                query = query.where(_audit_log.c[column] == value)
+        with self.db.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
     # ---- idempotency keys (draft-ietf-httpapi-idempotency-key-header) -------------------------------------
     def idempotency_begin(self, key_id: str, key: str, body_sha256: str) -> dict[str, Any] | None:
         """Claim an idempotency key. None = claimed now, go ahead; else the existing row (pending or done)."""
-        with self._connect() as db, _transaction(db):
-            row = db.execute(
-                "SELECT * FROM idempotency WHERE key_id = ? AND key = ?", (key_id, key)
-            ).fetchone()
-            if row is not None:
-                return dict(row)
-            db.execute("INSERT INTO idempotency (key, key_id, body_sha256, created_at) VALUES (?, ?, ?, ?)",
-                       (key, key_id, body_sha256, now_iso()))
-        return None
+        this_key = (_idempotency.c.key_id == key_id, _idempotency.c.key == key)
+        while True:
+            try:
+                with self.db.transaction() as conn:
+                    row = conn.execute(select(_idempotency).where(*this_key)).mappings().first()
+                    if row is not None:
+                        return dict(row)
+                    conn.execute(insert(_idempotency).values(key=key, key_id=key_id, body_sha256=body_sha256,
+                                                             created_at=now_iso()))
+                return None
+            except IntegrityError:  # another process claimed it between our read and our insert: read its claim
+                continue
 
     def idempotency_finish(self, key_id: str, key: str, status_code: int, response: str,
                            headers: dict[str, str]) -> None:
-        with self._connect() as db:
-            db.execute(
-                "UPDATE idempotency SET status_code = ?, response = ?, headers = ? "
-                "WHERE key_id = ? AND key = ?",
-                (status_code, response, json.dumps(headers), key_id, key),
-            )
+        with self.db.transaction() as conn:
+            conn.execute(update(_idempotency)
+                         .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key)
+                         .values(status_code=status_code, response=response, headers=json.dumps(headers)))
 
     def idempotency_take_over(self, key_id: str, key: str, older_than_s: float) -> bool:
         """Take over a pending claim bound to no request and older than `older_than_s` (its API process died
         before accepting): True if the caller now holds it."""
         cutoff = datetime.fromtimestamp(time.time() - older_than_s, timezone.utc)
         cutoff_iso = cutoff.isoformat(timespec="milliseconds")
-        with self._connect() as db:
-            taken = db.execute(
-                "UPDATE idempotency SET created_at = ? WHERE key_id = ? AND key = ? AND status_code IS NULL "
-                "AND request_id IS NULL AND created_at < ?", (now_iso(), key_id, key, cutoff_iso))
-            return taken.rowcount == 1
+        with self.db.transaction() as conn:
+            return conn.execute(
+                update(_idempotency)
+                .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key,
+                       _idempotency.c.status_code.is_(None), _idempotency.c.request_id.is_(None),
+                       _idempotency.c.created_at < cutoff_iso)
+                .values(created_at=now_iso())
+            ).rowcount == 1
 
     def idempotency_release(self, key_id: str, key: str) -> None:
         """Forget a claim whose request was refused, so the client may retry with the same key."""
-        with self._connect() as db:
-            db.execute(
-                "DELETE FROM idempotency WHERE key_id = ? AND key = ? AND status_code IS NULL", (key_id, key)
-            )
+        with self.db.transaction() as conn:
+            conn.execute(delete(_idempotency).where(_idempotency.c.key_id == key_id, _idempotency.c.key == key,
+                                                    _idempotency.c.status_code.is_(None)))
+
+
+def open_ledger(settings: DatabaseSettings) -> Ledger:
+    """The ledger every process uses: in `UNLEARND_DATABASE_URL`, else <data_dir>/ledger.sqlite3."""
+    return Ledger(open_database(settings))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models_store import Store
-from models_store.store import now_iso
+from models_store.state import ServedState
 
 
 @dataclass(frozen=True)
@@ -16,38 +16,31 @@ class Outcome:
     """What one computation published, shared by every request of its batch."""
 
     result: dict[str, Any]
-    state_before: dict[str, Any]
-    state_after: dict[str, Any]
+    state_before: ServedState
+    state_after: ServedState
     artifacts: list[dict[str, Any]]  # manifests of the artifacts in force after
 
 
-def publish(store: Store, model: str, state: dict[str, Any], outcome: dict[str, Any] | None = None,
-            **changes: Any) -> dict[str, Any]:
-    """Write the next served state (state_version + 1) in one atomic replace; returns it.
+def publish(store: Store, state: ServedState, outcome: dict[str, Any] | None = None, **changes: Any) -> ServedState:
+    """Publish the state after `state` with these changes; StaleStateError if `state` is no longer current.
 
     `outcome` (the job's result and its artifact ids) is kept in the new state, so a job that crashes after
     this write and before recording its requests can finish from it instead of computing again
     (`published_outcome`).
     """
-    kept = {k: v for k, v in state.items() if k not in ("rolled_back_to", "outcome")}
-    version = state["state_version"] + 1
-    new_state = {**kept, **changes, "state_version": version, "updated_at": now_iso()}
-    if outcome is not None:
-        new_state["outcome"] = {**outcome, "state_version": version}
-    store.write_state(model, new_state)
-    return new_state
+    return store.publish_state(state.advanced(outcome=outcome, **changes))
 
 
 def published_outcome(store: Store, model: str, request_id: str) -> tuple[Outcome, list[str]] | None:
     """If an earlier attempt published `request_id`: the Outcome of the state that first covered it and the
     ids of the batch computed with it."""
-    if request_id not in store.read_state(model).get("requests", []):
+    if not store.read_state(model).covers(request_id):
         return None
     history = store.state_history(model)
     for before, after in itertools.pairwise(history):
-        if request_id in after.get("requests", []) and "outcome" in after:
-            stored = dict(after["outcome"])
+        if after.covers(request_id) and after.outcome is not None:
+            stored = dict(after.outcome)
             manifests = [store.get_artifact_manifest(a) for a in stored.pop("artifact_ids", [])]
-            batch = [r for r in after["requests"] if r not in before.get("requests", [])]
+            batch = [r for r in after.requests if not before.covers(r)]
             return Outcome(stored, before, after, manifests), batch
     return None

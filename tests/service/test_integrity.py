@@ -2,17 +2,18 @@
 recomputed sha256 values, or edits the served state: predict answers 503 with the reason, audited and
 counted, and rollback onto a tampered state is refused."""
 
-import json
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from models_store import Ledger
-from models_store.files import atomic_write_json, canonical_json, sha256_bytes
+from models_store import open_ledger
+from models_store.files import canonical_json, sha256_bytes
 from service.main import create_app
 from tests.service.conftest import auth, serve_forget_vector
+from tests.tamper import drop_states_after, rewrite_manifest, rewrite_state, stored_state
+from unlearnd.security.signing import open_store
 
 INPUTS = {"inputs": [[[[0.5] * 8] * 8]]}
 
@@ -32,17 +33,16 @@ def forgotten(model_store):
 
 def _zero_delta_with_recomputed_hashes(settings, manifest):
     """What the finding did: δ zeroed, file sha256 and manifest sha256 recomputed, signature left as it was."""
-    artifacts = settings.store_dir / "artifacts"
     data = save({"delta": torch.zeros(1, 8, 8)})
-    (artifacts / f"{manifest['id']}.safetensors").write_bytes(data)
+    (settings.store_dir / "artifacts" / f"{manifest['id']}.safetensors").write_bytes(data)
     forged = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "signature")}
     forged["file_sha256"] = sha256_bytes(data)
     forged["manifest_sha256"] = sha256_bytes(canonical_json(forged))
-    atomic_write_json(artifacts / f"{manifest['id']}.json", {**forged, "signature": manifest["signature"]})
+    rewrite_manifest(open_store(settings), manifest["id"], {**forged, "signature": manifest["signature"]})
 
 
 def _integrity_audit(settings):
-    return Ledger(settings.ledger_path).audit_entries(action="model.integrity_failure")
+    return open_ledger(settings).audit_entries(action="model.integrity_failure")
 
 
 def test_zeroed_delta_with_recomputed_hashes_is_refused_not_served(client, settings, forgotten):
@@ -73,9 +73,9 @@ def test_zeroed_delta_is_refused_by_a_freshly_started_api_too(settings, forgotte
 @pytest.mark.parametrize("bump_version", [False, True])
 def test_served_state_edited_to_apply_nothing_is_refused(client, settings, forgotten, bump_version):
     assert client.post("/v1/models/tiny/predict", json=INPUTS, headers=auth("inference")).status_code == 200
-    path = settings.store_dir / "models" / "tiny" / "state.json"
-    state = json.loads(path.read_text())
-    atomic_write_json(path, {**state, "artifacts": [], "state_version": state["state_version"] + bump_version})
+    store = open_store(settings)
+    state = stored_state(store, "tiny")
+    rewrite_state(store, "tiny", {**state, "artifacts": [], "state_version": state["state_version"] + bump_version})
     response = client.post("/v1/models/tiny/predict", json=INPUTS, headers=auth("inference"))
     assert response.status_code == 503, response.text
     assert "served state" in response.json()["detail"] and "fails verification" in response.json()["detail"]
@@ -84,8 +84,7 @@ def test_served_state_edited_to_apply_nothing_is_refused(client, settings, forgo
 
 def test_an_older_signed_state_put_back_in_place_is_refused(client, settings, forgotten):
     assert client.post("/v1/models/tiny/predict", json=INPUTS, headers=auth("inference")).status_code == 200
-    model_dir = settings.store_dir / "models" / "tiny"
-    (model_dir / "state.json").write_bytes((model_dir / "states" / "1.json").read_bytes())  # validly signed
+    drop_states_after(open_store(settings), "tiny", 1)  # state 1 is validly signed
     response = client.post("/v1/models/tiny/predict", json=INPUTS, headers=auth("inference"))
     assert response.status_code == 503 and "went back" in response.json()["detail"]
 
@@ -93,7 +92,7 @@ def test_an_older_signed_state_put_back_in_place_is_refused(client, settings, fo
 def test_weights_altered_after_loading_are_noticed_by_the_periodic_check(client, settings, forgotten):
     store, _ = forgotten
     assert client.post("/v1/models/tiny/predict", json=INPUTS, headers=auth("inference")).status_code == 200
-    sha = store.read_state("tiny")["weights_sha256"]
+    sha = store.read_state("tiny").weights_sha256
     weights = settings.store_dir / "models" / "tiny" / "weights" / f"{sha}.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
@@ -104,24 +103,22 @@ def test_weights_altered_after_loading_are_noticed_by_the_periodic_check(client,
 
 def test_rollback_onto_a_tampered_state_is_refused_and_onto_a_good_one_restores_serving(client, settings, forgotten):
     store, manifest = forgotten
-    store.write_state("tiny", {**store.read_state("tiny"), "state_version": 3})
+    store.publish_state(store.read_state("tiny").advanced())
     _zero_delta_with_recomputed_hashes(settings, manifest)  # state 2 (and 3) now name a forged artifact
     refused = client.post("/v1/models/tiny/rollback", json={"state_version": 2}, headers=auth("admin"))
     assert refused.status_code == 409, refused.text
     assert refused.json()["title"] == "State fails verification" and manifest["id"] in refused.json()["reason"]
-    assert store.read_state("tiny")["state_version"] == 3  # nothing written
-    assert Ledger(settings.ledger_path).audit_entries(action="model.rollback_refused")
+    assert store.read_state("tiny").state_version == 3  # nothing written
+    assert open_ledger(settings).audit_entries(action="model.rollback_refused")
 
-    history = settings.store_dir / "models" / "tiny" / "states" / "1.json"
-    state_1 = json.loads(history.read_text())
-    atomic_write_json(history, {**state_1, "requests": ["someone-else"]})  # a history file edited
+    state_1 = stored_state(store, "tiny", 1)
+    rewrite_state(store, "tiny", {**state_1, "requests": ["someone-else"]}, version=1)  # a history row edited
     refused = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert refused.status_code == 409 and "fails verification" in refused.json()["detail"]
-    atomic_write_json(history, state_1)
+    rewrite_state(store, "tiny", state_1, version=1)
 
-    # state.json itself tampered: rolling back onto a state that verifies is how it is replaced
-    path = settings.store_dir / "models" / "tiny" / "state.json"
-    atomic_write_json(path, {**json.loads(path.read_text()), "artifacts": []})
+    # the current state itself tampered: rolling back onto a state that verifies is how it is replaced
+    rewrite_state(store, "tiny", {**stored_state(store, "tiny"), "artifacts": []})
     assert client.post("/v1/models/tiny/predict", json=INPUTS, headers=auth("inference")).status_code == 503
     rolled = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "reason": "replace a tampered state",
                                                           "reinstate": ["r"]}, headers=auth("admin"))

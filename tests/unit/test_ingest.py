@@ -383,9 +383,7 @@ def test_new_version_gets_a_fresh_state_and_keeps_the_old_record(tmp_path):
     record = {"name": "m", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 3,
               "mean": [0.0], "std": [1.0], "train_dataset": "d"}
     v1 = store.create_model(record, {"w": torch.zeros(2)})
-    state = store.read_state("m")
-    store.write_state("m", {**state, "state_version": 2, "artifacts": ["a"], "requests": ["r1"],
-                            "forgotten_classes": [1]})
+    store.publish_state(store.read_state("m").advanced(artifacts=["a"], requests=["r1"], forgotten_classes=[1]))
     with store.try_model_lock("m") as locked:
         assert locked
         with store.try_model_lock("m") as again:  # a second holder does not wait, it is told
@@ -394,8 +392,8 @@ def test_new_version_gets_a_fresh_state_and_keeps_the_old_record(tmp_path):
     assert v2["version"] == 2 and v2["weights_sha256"] != v1["weights_sha256"]
     assert v2["supersedes"]["requests_in_force"] == ["r1"] and v2["supersedes"]["version"] == 1
     state = store.read_state("m")
-    assert state["state_version"] == 3 and state["artifacts"] == [] and state["model_version"] == 2
-    assert state["weights_sha256"] == v2["weights_sha256"]
+    assert state.state_version == 3 and state.artifacts == () and state.model_version == 2
+    assert state.weights_sha256 == v2["weights_sha256"]
     assert store.get_model_version("m", 1) == v1 and store.get_model_version("m", 2) == v2
     assert [r["version"] for r in store.list_model_versions("m")] == [1, 2]
     assert torch.equal(store.load_weights("m", v1["weights_sha256"])["w"], torch.zeros(2))

@@ -1,21 +1,30 @@
+"""The ledger on both backends (`database`: SQLite and PostgreSQL, see tests/postgres_server.py)."""
+
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
-from models_store import Ledger, NotFoundError
+from models_store import Database, Ledger, NotFoundError, open_ledger
+from unlearnd.settings import Settings
 
 
 def _create(ledger, request_id="r1", **extra):
     return ledger.create({"id": request_id, "model": "m", "classes": [3], "method": "auto", **extra})
 
 
-def test_new_request_is_queued_with_zero_progress(tmp_path):
-    record = _create(Ledger(tmp_path / "l.db"))
+@pytest.fixture
+def ledger(database):
+    return Ledger(database)
+
+
+def test_new_request_is_queued_with_zero_progress(ledger):
+    record = _create(ledger)
     assert record["status"] == "queued"
     assert record["progress"]["fraction"] == 0.0
     assert record["classes"] == [3] and record["samples"] is None and record["attempts"] == 0
 
 
-def test_lifecycle_running_progress_succeeded(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_lifecycle_running_progress_succeeded(ledger):
     _create(ledger)
     assert ledger.mark_running("r1")
     assert ledger.set_progress("r1", {"fraction": 0.5, "stage": "optimising"})
@@ -24,20 +33,22 @@ def test_lifecycle_running_progress_succeeded(tmp_path):
     record = ledger.get("r1")
     assert record["status"] == "succeeded" and record["result"] == {"artifact_id": "a"}
     assert record["attempts"] == 1 and record["finished_at"] is not None
+    actions = [e["action"] for e in ledger.audit_entries(request_id="r1")]
+    assert actions == ["request.accepted", "request.running", "request.succeeded"]
 
 
-def test_terminal_requests_do_not_change_again(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_terminal_requests_do_not_change_again(ledger):
     _create(ledger)
     ledger.mark_failed("r1", "boom")
     assert not ledger.mark_running("r1")
     assert not ledger.mark_succeeded("r1", {})
     assert not ledger.mark_queued("r1", not_before=0.0, reason="x")
+    assert not ledger.count_attempt("r1") and not ledger.set_progress("r1", {"fraction": 1.0})
     assert ledger.get("r1")["status"] == "failed" and ledger.get("r1")["error"] == "boom"
+    assert [e["action"] for e in ledger.audit_entries(request_id="r1")] == ["request.accepted", "request.failed"]
 
 
-def test_active_and_list_filters(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_active_and_list_filters(ledger):
     for i in range(5):
         _create(ledger, f"r{i}")
     ledger.mark_succeeded("r0", {})
@@ -47,26 +58,34 @@ def test_active_and_list_filters(tmp_path):
     assert [r["id"] for r in ledger.list(limit=2, after_seq=first[-1]["seq"])] == ["r2", "r3"]
 
 
-def test_ledger_survives_reopening(tmp_path):
-    _create(Ledger(tmp_path / "l.db"))
-    assert Ledger(tmp_path / "l.db").get("r1")["model"] == "m"
+def test_ledger_survives_reopening(database):
+    _create(Ledger(database))
+    database.dispose()
+    url = database.engine.url.render_as_string(hide_password=False)
+    assert Ledger(Database.from_url(url)).get("r1")["model"] == "m"
     with pytest.raises(NotFoundError):
-        Ledger(tmp_path / "l.db").get("r2")
+        Ledger(Database.from_url(url)).get("r2")
 
 
-def test_requeue_through_no_fault_of_its_own_refunds_the_attempt_and_a_crash_does_not(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_open_ledger_uses_the_file_the_ledger_always_used(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    _create(open_ledger(settings))
+    assert settings.ledger_path.exists() and open_ledger(settings).get("r1")["model"] == "m"
+
+
+def test_requeue_through_no_fault_of_its_own_refunds_the_attempt_and_a_crash_does_not(ledger):
     _create(ledger)
     assert ledger.mark_running("r1") and ledger.get("r1")["attempts"] == 1
     assert ledger.mark_queued("r1", not_before=0.0, reason="partner cancelled", actor="worker", refund_attempt=True)
     assert ledger.get("r1")["attempts"] == 0
+    assert ledger.mark_queued("r1", not_before=0.0, reason="again", refund_attempt=True)
+    assert ledger.get("r1")["attempts"] == 0  # never below zero
     assert ledger.mark_running("r1")
     assert ledger.mark_queued("r1", not_before=0.0, reason="worker died")
     assert ledger.get("r1")["attempts"] == 1
 
 
-def test_failed_request_keeps_what_was_measured(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_failed_request_keeps_what_was_measured(ledger):
     _create(ledger)
     ledger.mark_running("r1")
     assert ledger.mark_failed("r1", "UtilityGuardRefused: …", result={"guard_refusals": [{"method": "zero_shot"}]})
@@ -74,8 +93,7 @@ def test_failed_request_keeps_what_was_measured(tmp_path):
     assert record["status"] == "failed" and record["result"]["guard_refusals"][0]["method"] == "zero_shot"
 
 
-def test_list_filters_by_several_statuses_and_pages_newest_first(tmp_path):
-    ledger = Ledger(tmp_path / "l.db")
+def test_list_filters_by_several_statuses_and_pages_newest_first(ledger):
     for i in range(5):
         _create(ledger, f"r{i}")
     ledger.mark_running("r1")
@@ -86,3 +104,75 @@ def test_list_filters_by_several_statuses_and_pages_newest_first(tmp_path):
     assert [r["id"] for r in first] == ["r4", "r3"]
     rest = ledger.list(limit=10, newest_first=True, after_seq=first[-1]["seq"])
     assert [r["id"] for r in rest] == ["r2", "r1", "r0"]
+
+
+def test_cancel_a_queued_request_at_once_and_a_running_one_through_its_worker(ledger):
+    for i in range(3):
+        _create(ledger, f"r{i}")
+    ledger.mark_running("r1")
+    assert ledger.request_cancel("r0", "admin") == "cancelled-now"
+    assert ledger.request_cancel("r1", "admin") == "cancelling"
+    assert ledger.cancel_requested(["r0", "r1", "r2"]) == ["r1"] and ledger.cancel_requested([]) == []
+    assert ledger.mark_cancelled("r1", "worker")
+    assert ledger.request_cancel("r1", "admin") == "cancelled"
+    assert [r["status"] for r in ledger.list()] == ["cancelled", "cancelled", "queued"]
+    with pytest.raises(NotFoundError):
+        ledger.request_cancel("nope", "admin")
+    assert sorted(ledger.counts_by_method_and_status()) == [("auto", "cancelled", 2), ("auto", "queued", 1)]
+
+
+def test_jobs_callbacks_and_coalescing_candidates(ledger):
+    for i, model in enumerate(["m", "m", "other", "m"]):
+        ledger.create({"id": f"r{i}", "model": model, "samples": [1, 2], "method": "auto"})
+    ledger.mark_running("r3")
+    assert [r["id"] for r in ledger.queued_for_model("m", exclude="r0")] == ["r1"]
+    assert ledger.set_job("r0", "job-1") and ledger.get("r0")["job_id"] == "job-1"
+    ledger.set_callback("r0", {"delivered": True, "status": 204})
+    assert ledger.get("r0")["callback"] == {"delivered": True, "status": 204} and ledger.count() == 4
+    assert ledger.get("r0")["samples"] == [1, 2] and ledger.get("r0")["classes"] is None
+
+
+def test_audit_entries_filter_and_page(ledger):
+    ledger.audit("model.registered", "admin-key", model="m", detail={"version": 1})
+    ledger.audit("model.rollback", "admin-key", model="m")
+    ledger.audit("model.registered", "other-key", model="n")
+    registered = ledger.audit_entries(action="model.registered")
+    assert [(e["actor"], e["detail"]) for e in registered] == [("admin-key", {"version": 1}), ("other-key", {})]
+    assert [e["action"] for e in ledger.audit_entries(model="m", after_seq=registered[0]["seq"])] == ["model.rollback"]
+    assert len(ledger.audit_entries(limit=2)) == 2
+
+
+def test_idempotency_claim_finish_replay_release_and_take_over(ledger):
+    assert ledger.idempotency_begin("kid", "k1", "body") is None
+    claim = ledger.idempotency_begin("kid", "k1", "body")
+    assert claim["status_code"] is None and claim["body_sha256"] == "body"
+    ledger.create({"id": "r1", "model": "m", "classes": [3], "method": "auto"}, idempotency=("kid", "k1"))
+    ledger.idempotency_finish("kid", "k1", 202, '{"id": "r1"}', {"Location": "/r1"})
+    done = ledger.idempotency_begin("kid", "k1", "body")
+    assert (done["status_code"], done["request_id"], done["headers"]) == (202, "r1", '{"Location": "/r1"}')
+    ledger.idempotency_release("kid", "k1")  # a finished claim is kept
+    assert ledger.idempotency_begin("kid", "k1", "body")["status_code"] == 202
+
+    assert ledger.idempotency_begin("kid", "k2", "body") is None
+    assert not ledger.idempotency_take_over("kid", "k2", older_than_s=60)  # fresh: its API may still be accepting
+    assert ledger.idempotency_take_over("kid", "k2", older_than_s=-1)
+    ledger.idempotency_release("kid", "k2")
+    assert ledger.idempotency_begin("kid", "k2", "other body") is None
+
+
+def test_concurrent_claims_and_endings_each_happen_once(ledger):
+    """Many threads (each on its own connection) race: one claim of a key wins, and one ending of a request."""
+    _create(ledger)
+    ledger.mark_running("r1")
+
+    def end(i):
+        return ledger.mark_succeeded("r1", {"by": i}) if i % 2 else ledger.mark_cancelled("r1", f"admin-{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda _: ledger.idempotency_begin("kid", "k", "body"), range(16)))
+        ended = list(pool.map(end, range(16)))
+    assert claims.count(None) == 1 and all(c["key"] == "k" for c in claims if c is not None)
+    assert ended.count(True) == 1
+    endings = [e for e in ledger.audit_entries(request_id="r1") if e["action"] in ("request.succeeded",
+                                                                                    "request.cancelled")]
+    assert len(endings) == 1

@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import save
 
 from models_store import IntegrityError, Store
-from models_store.files import atomic_write_json, canonical_json, sha256_bytes
+from models_store.files import canonical_json, sha256_bytes
+from models_store.state import ServedState
+from tests.tamper import rewrite_manifest, rewrite_state, stored_state
 from unlearnd.cli.commands import main
 from unlearnd.security.receipts import sign, verify
 from unlearnd.security.signing import (
@@ -75,9 +77,8 @@ def _other_key(tmp_path):
     return path
 
 
-def _state(weights_sha256="ab" * 32, artifacts=()):
-    return {"model": "m", "state_version": 1, "weights_sha256": weights_sha256, "artifacts": list(artifacts),
-            "requests": []}
+def _state(model="m", weights_sha256="ab" * 32, artifacts=()):
+    return ServedState(model=model, state_version=1, weights_sha256=weights_sha256, artifacts=tuple(artifacts))
 
 
 def test_store_signs_states_and_manifests_and_refuses_edits_even_with_recomputed_hashes(settings):
@@ -85,8 +86,9 @@ def test_store_signs_states_and_manifests_and_refuses_edits_even_with_recomputed
     manifest = store.put_artifact({"delta": torch.ones(1, 4, 4)}, {
         "kind": "forget_vector", "model": "m", "weights_sha256": "ab" * 32, "request_ids": []})
     assert manifest["signature"]["algorithm"] == "Ed25519"
-    written = store.write_state("m", _state(artifacts=[manifest["id"]]))
-    assert store.read_state("m") == written and "signature" in written
+    written = store.publish_state(_state(artifacts=[manifest["id"]]))
+    assert store.read_state("m") == written and written.signature is not None
+    written = written.as_stored()
 
     # δ zeroed, file sha256 and manifest sha256 recomputed: only the signature can tell
     artifacts = settings.store_dir / "artifacts"
@@ -95,26 +97,27 @@ def test_store_signs_states_and_manifests_and_refuses_edits_even_with_recomputed
     forged = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "signature")}
     forged["file_sha256"] = sha256_bytes(data)
     forged["manifest_sha256"] = sha256_bytes(canonical_json(forged))
-    atomic_write_json(artifacts / f"{manifest['id']}.json", {**forged, "signature": manifest["signature"]})
+    rewrite_manifest(store, manifest["id"], {**forged, "signature": manifest["signature"]})
     with pytest.raises(IntegrityError, match="fails verification"):
         store.load_artifact(manifest["id"])
-    atomic_write_json(artifacts / f"{manifest['id']}.json", forged)  # the signature removed
+    rewrite_manifest(store, manifest["id"], forged)  # the signature removed
     with pytest.raises(IntegrityError, match="not signed"):
         store.get_artifact_manifest(manifest["id"])
 
     # the served state edited: nothing applied any more
-    atomic_write_json(settings.store_dir / "models" / "m" / "state.json", {**written, "artifacts": []})
+    store.publish_state(store.read_state("m").advanced(requests=["r"]))
+    rewrite_state(store, "m", {**stored_state(store, "m"), "artifacts": []})
     with pytest.raises(IntegrityError, match="fails verification"):
         store.read_state("m")
-    assert store.read_state("m", verify=False)["artifacts"] == []
-    assert store.state_history("m")[0]["artifacts"] == [manifest["id"]]  # states/1.json is intact
-    atomic_write_json(settings.store_dir / "models" / "m" / "states" / "1.json", {**written, "artifacts": []})
+    assert store.read_state("m", verify=False).artifacts == ()
+    assert store.state_history("m", verify=False)[0].artifacts == (manifest["id"],)  # state 1 is intact
+    rewrite_state(store, "m", {**written, "artifacts": []}, version=1)
     with pytest.raises(IntegrityError, match="fails verification"):
-        store.state_history("m")
-    assert store.state_history("m", verify=False)[0]["artifacts"] == []
+        store.read_state_version("m", 1)
+    assert store.state_history("m", verify=False)[0].artifacts == ()
     # another model's signed state copied over this one's
-    other = store.write_state("n", {**_state(), "model": "n"})
-    atomic_write_json(settings.store_dir / "models" / "m" / "state.json", other)
+    other = store.publish_state(_state(model="n"))
+    rewrite_state(store, "m", other.as_stored())
     with pytest.raises(IntegrityError, match="another model"):
         store.read_state("m")
 
@@ -137,7 +140,7 @@ def test_rotation_keeps_old_signatures_verifiable_and_running_signers_switch(set
     old_kid = signer.current_key_id
     old_receipt = sign({"request_id": "fr_old"}, signer)
     store = Store(settings.store_dir, signer=signer)
-    store.write_state("m", _state())
+    store.publish_state(_state())
 
     assert main(["rotate-signing-key"]) == 0
     assert keyring_path(signing_key_file(settings)).exists()
@@ -147,7 +150,7 @@ def test_rotation_keeps_old_signatures_verifiable_and_running_signers_switch(set
     fresh = load_signer(settings)
     assert fresh.current_key_id == new_receipt["signature"]["key_id"]
     assert verify(old_receipt, fresh) and verify(new_receipt, fresh)
-    assert Store(settings.store_dir, signer=fresh).read_state("m")["state_version"] == 1  # old state still valid
+    assert Store(settings.store_dir, signer=fresh).read_state("m").state_version == 1  # old state still valid
     assert [k["kid"] for k in fresh.jwks()["keys"]] == [fresh.current_key_id, old_kid]  # current first
 
     keys = tmp_path / "keys.json"

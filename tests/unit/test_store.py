@@ -1,10 +1,10 @@
-import json
 
 import pytest
 import torch
 
 from models_store import IntegrityError, NotFoundError, Store, StoreError
 from models_store.errors import AlreadyExistsError
+from tests.tamper import rewrite_manifest, stored_manifest
 
 
 def _record(name="m"):
@@ -20,7 +20,7 @@ def test_model_round_trip_creates_version_1_and_initial_state(tmp_path):
     assert store.get_model("m")["weights_sha256"] == record["weights_sha256"]
     assert torch.equal(store.load_weights("m", record["weights_sha256"])["w"], weights["w"])
     state = store.read_state("m")
-    assert state["artifacts"] == [] and state["weights_sha256"] == record["weights_sha256"]
+    assert state.artifacts == () and state.weights_sha256 == record["weights_sha256"]
     with pytest.raises(AlreadyExistsError):
         store.create_model(_record(), weights)
 
@@ -58,10 +58,7 @@ def test_edited_manifest_is_refused(tmp_path):
     store = Store(tmp_path)
     manifest = store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
         "kind": "forget_vector", "model": "m", "weights_sha256": "0" * 64, "request_ids": []})
-    path = tmp_path / "artifacts" / f"{manifest['id']}.json"
-    edited = json.loads(path.read_text())
-    edited["weights_sha256"] = "1" * 64
-    path.write_text(json.dumps(edited))
+    rewrite_manifest(store, manifest["id"], {**stored_manifest(store, manifest["id"]), "weights_sha256": "1" * 64})
     with pytest.raises(IntegrityError):
         store.get_artifact_manifest(manifest["id"])
 
@@ -80,9 +77,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     store = Store(tmp_path)
     store.create_model(_record(), {"w": torch.zeros(2)})
     for _ in range(3):
-        store.write_state("m", {**store.read_state("m"), "state_version": 7})
+        store.publish_state(store.read_state("m").advanced(requests=["r"]))
     leftovers = [p for p in tmp_path.rglob("*.tmp")]
-    assert leftovers == [] and store.read_state("m")["state_version"] == 7
+    assert leftovers == [] and store.read_state("m").state_version == 4
 
 
 def test_model_data_takes_held_out_images_from_the_test_dataset(tmp_path):

@@ -18,9 +18,10 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from models_store import Store
+from models_store import Database, Store
 from models_store.files import atomic_write_bytes, canonical_json
-from models_store.store import SIGNATURE, now_iso
+from models_store.store import now_iso
 from unlearnd.security.secret_files import read_or_create_secret_file
 from unlearnd.settings import Settings
 
 ALGORITHM = "Ed25519"
+
+log = logging.getLogger(__name__)
 
 
 class SignatureError(ValueError):
@@ -276,24 +279,49 @@ def local_verifier(settings: Settings) -> Verifier:
     return Signer(path)
 
 
-def open_store(settings: Settings) -> Store:
-    """The store every process uses: signs what it writes and verifies what it reads with the server key."""
-    return Store(settings.store_dir, signer=load_signer(settings))
+def announcer(settings: Settings) -> Callable[[str], None]:
+    """What the store calls after publishing a served state: bump the model's state counter in Redis, which every
+    API process checks before it serves (`unlearnd.state_versions`). Redis down: logged; the API then notices
+    the new state at its next periodic check (`UNLEARND_VERIFY_INTERVAL_S`)."""
+    from redis.exceptions import RedisError
+
+    from unlearnd.queue import redis_connection
+    from unlearnd.state_versions import StateVersions
+
+    versions = StateVersions(redis_connection(settings), settings.queue_name)
+
+    def announce(model: str) -> None:
+        try:
+            versions.bump(model)
+        except RedisError as exc:  # the state itself is published; only the announcement is late
+            log.error("could not announce the new state of %s to the API processes (they notice it within "
+                      "UNLEARND_VERIFY_INTERVAL_S): %s", model, exc)
+
+    return announce
 
 
-def unsigned_documents(store_root: Path) -> Iterator[Path]:
-    """The served states (state.json, states/<n>.json) and artifact manifests under `store_root` that carry no
-    signature: written before signing, refused by every load until `unlearnd adopt-store` checks and signs
-    them. Reads JSON only; a file that does not parse is not listed (the load that reads it says why)."""
-    root = Path(store_root)
-    for pattern in ("models/*/state.json", "models/*/states/*.json", "artifacts/*.json"):
-        for path in sorted(root.glob(pattern)):
-            try:
-                document = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                continue
-            if isinstance(document, dict) and SIGNATURE not in document:
-                yield path
+def open_store(settings: Settings, db: Database | None = None) -> Store:
+    """The store every process uses: signs what it writes and verifies what it reads with the server key;
+    records in the database of `UNLEARND_DATABASE_URL` (`db`, when the caller opened it already), blobs in the
+    store directory or the S3 bucket of `UNLEARND_STORE_URL`. A store directory from before the database
+    (records as files) is imported into it once (`models_store.legacy`)."""
+    from models_store.database import open_database
+    from models_store.legacy import has_file_records, import_file_records
+    from unlearnd.blobs import open_blobs
+
+    store = Store(settings.store_dir, signer=load_signer(settings), blobs=open_blobs(settings),
+                  db=db if db is not None else open_database(settings), on_publish=announcer(settings))
+    if not store.list_models() and not store.list_datasets() and has_file_records(settings.store_dir):
+        import_file_records(store)
+    return store
+
+
+def unsigned_documents(store: Store) -> Iterator[str]:
+    """The served states and artifact manifests of `store` that carry no signature, named ("artifact <id>",
+    "state <n> of model <name>"): written before signing, refused by every load until `unlearnd adopt-store`
+    checks and signs them."""
+    for kind, name, version in store.unsigned_documents():
+        yield f"artifact {name}" if kind == "artifact" else f"state {version} of model {name}"
 
 
 def rotate_signing_key(key_file: Path) -> tuple[str | None, str]:
