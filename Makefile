@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help run lint test test-unit bench-quality bench-clip bench-gate clean
+.PHONY: help run dashboard lint test test-unit bench-quality bench-clip bench-gate bench-serve clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -15,6 +15,12 @@ $(INSTALLED): pyproject.toml
 
 run: $(INSTALLED)  ## start Redis, API, workers and the demo model in the foreground
 	$(PY) -m unlearnd run
+
+DASHBOARD_PORT ?= 9181
+dashboard: $(INSTALLED)  ## rq-dashboard on 127.0.0.1:9181 (DASHBOARD_PORT) for the queue of `make run` (same UNLEARND_* settings)
+	@url=$$($(PY) -c 'from unlearnd.settings import get_settings; print(get_settings().effective_redis_url)') && \
+	echo "rq-dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  (Redis $$url; Ctrl-C stops it)" && \
+	exec $(VENV)/bin/rq-dashboard --bind 127.0.0.1 --port $(DASHBOARD_PORT) --redis-url "$$url" --json
 
 lint: $(INSTALLED)  ## ruff (rules in pyproject.toml) on the tree, mypy on unlearning/ and models_store/
 	$(PY) -m ruff check .
@@ -31,6 +37,9 @@ bench-quality: $(INSTALLED)  ## unlearning quality benchmark against retraining 
 
 bench-gate: $(INSTALLED)  ## serving cost of gated vs universal forget vectors (docs/benchmarks.md)
 	$(PY) -m bench.gate_cost
+
+bench-serve: $(INSTALLED)  ## serving speed: unlearnd vs LitServe vs the in-process limit, intake (docs/benchmarks.md)
+	$(PY) -m bench.serve
 
 bench-clip: $(INSTALLED)  ## forget vectors with and without clipping x + δ to [0, 1] (docs/benchmarks.md)
 	$(PY) -m bench.clip

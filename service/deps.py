@@ -1,6 +1,7 @@
 """FastAPI dependencies, one per resource the API process holds (built in `create_app`, kept on `app.state`),
 and the caller's role. A route's signature shows what it touches; a test overrides one piece with
-`app.dependency_overrides[get_queue] = ...`."""
+`app.dependency_overrides[get_queue] = ...`. They are `async def` (none blocks), so FastAPI runs them on the event
+loop instead of handing each request to its thread pool and back."""
 
 from __future__ import annotations
 
@@ -21,31 +22,31 @@ from unlearnd.security.secret_files import key_id
 from unlearnd.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_ledger(request: Request) -> Ledger:
+async def get_ledger(request: Request) -> Ledger:
     return request.app.state.ledger
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def get_queue(request: Request) -> Queue:
+async def get_queue(request: Request) -> Queue:
     return request.app.state.queue
 
 
-def get_runtime(request: Request) -> InferenceRuntime:
+async def get_runtime(request: Request) -> InferenceRuntime:
     return request.app.state.runtime
 
 
-def get_api_keys(request: Request) -> dict[str, str]:
+async def get_api_keys(request: Request) -> dict[str, str]:
     """API key -> role."""
     return request.app.state.api_keys
 
@@ -83,7 +84,7 @@ def role_of(api_keys: dict[str, str], presented: str) -> str | None:
 def require_roles(*roles: str):
     """A dependency that admits a valid Bearer key whose role is one of `roles` (401 / 403 otherwise)."""
 
-    def check(
+    async def check(
         api_keys: ApiKeysDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:

@@ -14,9 +14,10 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from models_store import IntegrityError, Ledger, NotFoundError, Store
-from models_store.store import now_iso
+from models_store.state import ServedState
 from service.errors import Problem
 from service.idempotency import Claim
+from service.metrics import FORGET_REQUESTS_ACCEPTED
 from service.schemas import ForgetRequestCreate, ForgetRequestPublic
 from unlearnd.queue import enqueue_request
 from unlearnd.settings import Settings
@@ -36,7 +37,7 @@ def accept_forget_request(
     An Idempotency-Key `claim` is bound to the new request in the same ledger transaction."""
     record = store.get_model(model)
     if body.classes is not None:
-        _check_classes(body.classes, record, gone=_forgotten_classes(store.read_state(model)))
+        _check_classes(body.classes, record, gone=store.read_state(model).classes_gone)
     if body.samples is not None:
         _check_samples(body.samples, record, store=store, limit=settings.max_sample_ids)
     request_id = f"fr_{uuid.uuid4().hex}"
@@ -44,16 +45,12 @@ def accept_forget_request(
         "id": request_id, "model": model, "classes": body.classes, "samples": body.samples,
         "method": body.method, "reason": body.reason, "key_id": actor, "callback_url": body.callback_url,
     }, idempotency=None if claim is None else (claim.key_id, claim.key))
+    FORGET_REQUESTS_ACCEPTED.labels(body.method).inc()
     try:
         enqueue_request(queue, ledger, request_id, settings)
     except RedisError as exc:  # the ledger row is durable; the janitor enqueues it when Redis is back
         log.warning("could not enqueue %s now, the janitor will: %s", request_id, exc)
     return ForgetRequestPublic.from_record(stored)
-
-
-def _forgotten_classes(state: dict[str, Any]) -> set[int]:
-    """Classes the served state has forgotten, by any method."""
-    return {*state.get("forgotten_classes", []), *state.get("smoothed_classes", [])}
 
 
 def _check_classes(classes: list[int], record: dict[str, Any], *, gone: set[int]) -> None:
@@ -88,7 +85,7 @@ def _check_samples(samples: list[str], record: dict[str, Any], *, store: Store, 
 def rollback_model(
     *, model: str, state_version: int, reason: str | None, actor: str, store: Store, ledger: Ledger,
     reinstate: list[str] | None = None, force: bool = False,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[ServedState, list[str]]:
     """Serve an earlier state again as a new state version, and audit it; returns the new state and the ids of
     the requests it took out of force (now `reverted`).
 
@@ -104,22 +101,19 @@ def rollback_model(
             raise Problem(409, "Model busy",
                           f"a forget job is running on {model!r}; retry when it has finished")
         current = store.read_state(model, verify=False)
-        target = next((s for s in store.state_history(model, verify=False) if s["state_version"] == state_version),
-                      None)
-        if target is None:
-            raise Problem(404, "Unknown state", f"model {model!r} has no state version {state_version}")
-        if state_version == current["state_version"]:
+        try:
+            target = store.read_state_version(model, state_version, verify=False)
+        except NotFoundError:
+            raise Problem(404, "Unknown state", f"model {model!r} has no state version {state_version}") from None
+        if state_version == current.state_version:
             raise Problem(409, "Already serving", f"state {state_version} is the current state")
-        _check_rollback_target(model, target, actor=actor, store=store, ledger=ledger)
-        undone = sorted(set(current.get("requests", [])) - set(target.get("requests", [])))
+        _check_rollback_target(model, state_version, actor=actor, store=store, ledger=ledger)
+        undone = sorted(set(current.requests) - set(target.requests))
         _check_reinstated(undone, reinstate or [], force=force, reason=reason)
-        kept = {k: v for k, v in target.items() if k != "outcome"}  # that state's job result is not this one
-        new_state = {**kept, "state_version": current["state_version"] + 1, "updated_at": now_iso(),
-                     "rolled_back_to": state_version}
-        new_state = store.write_state(model, new_state)  # signed anew
+        new_state = store.publish_state(current.rolled_back(target))  # signed anew
     ledger.audit("model.rollback", actor, model=model, detail={
-        "from_state": current["state_version"], "to_state": state_version,
-        "new_state": new_state["state_version"], "reason": reason, "reverted": undone})
+        "from_state": current.state_version, "to_state": state_version,
+        "new_state": new_state.state_version, "reason": reason, "reverted": undone})
     reverted = [i for i in undone if ledger.mark_reverted(i, actor=actor, to_state=state_version, reason=reason)]
     return new_state, reverted
 
@@ -142,12 +136,10 @@ def _check_reinstated(undone: list[str], reinstate: list[str], *, force: bool, r
         raise Problem(422, "Reason required", "a rollback that reinstates forgotten data needs a `reason`")
 
 
-def _check_rollback_target(model: str, target: dict[str, Any], *, actor: str, store: Store, ledger: Ledger) -> None:
+def _check_rollback_target(model: str, version: int, *, actor: str, store: Store, ledger: Ledger) -> None:
     """409 (audited) unless the state to serve again verifies: signature, weights and artifacts."""
-    version = target["state_version"]
     try:
-        store.verify_state(model, target, version)
-        store.verify_state_files(model, target)
+        store.verify_state_files(model, store.read_state_version(model, version))
     except (IntegrityError, NotFoundError) as exc:
         ledger.audit("model.rollback_refused", actor, model=model, detail={"to_state": version, "reason": str(exc)})
         raise Problem(409, "State fails verification",

@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StoreError
+from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StaleStateError, StoreError
 from unlearnd.ingest.errors import DatasetTooLargeError, InvalidDatasetError, InvalidModelError
 from unlearning.errors import UnlearningError
 
@@ -54,10 +54,13 @@ class ProblemDetails(BaseModel):
     instance: str | None = Field(None, description="The path that answered.")
     errors: list[ProblemFieldError] | None = Field(None, description="422 from request validation: every "
                                                    "field error (at most 20).")
+    error: str | None = Field(None, description="Only under /v2/: the detail (or title) again, the member Open "
+                                                "Inference Protocol clients read.")
 
 
 PROBLEM_REF = "#/components/schemas/Problem"
 _PROBLEM_DESCRIPTIONS = {
+    400: "The body cannot be parsed: not UTF-8 JSON, or a malformed multipart form",
     401: "No API key, or not a valid one (`WWW-Authenticate: Bearer`)",
     403: "The key's role may not call this endpoint",
     404: "No such model, request or dataset",
@@ -90,14 +93,14 @@ def _roles_in(dependant: Any) -> tuple[str, ...] | None:
 
 def document_problems(router: APIRouter, *, all_roles: Sequence[str]) -> None:
     """Make the OpenAPI say what the error handlers send, on every route of `router` (before it is
-    included): 401/403 where it needs a key (403 only when some role is refused), 404 where it has path
-    parameters, 422 where it takes input, each an application/problem+json `Problem`; an error response
-    the route documents without a body gets that body. FastAPI's `HTTPValidationError` is then never
-    used. Idempotent."""
+    included): 400 where FastAPI parses a body, 401/403 where it needs a key (403 only when some role is
+    refused), 404 where it has path parameters, 422 where it takes input, each an application/problem+json
+    `Problem`; an error response the route documents without a body gets that body. FastAPI's
+    `HTTPValidationError` is then never used. Idempotent."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             continue
-        statuses: list[int] = []
+        statuses: list[int] = [400] if route.body_field is not None else []
         roles = _roles_in(route.dependant)
         if roles is not None:
             statuses += [401] + ([403] if set(all_roles) - set(roles) else [])
@@ -140,6 +143,8 @@ def problem_response(request: Request, status: int, title: str, detail: str | No
     body = {"type": "about:blank", "title": title, "status": status, "instance": request.url.path}
     if detail:
         body["detail"] = detail
+    if f"{request.url.path}/".startswith("/v2/"):  # Open Inference Protocol clients read `error`
+        body["error"] = detail or title
     body.update(extensions)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
@@ -160,6 +165,7 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], *, limit: int = 5, pref
 _DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (NotFoundError, 404, "Not found"),
     (AlreadyExistsError, 409, "Already exists"),
+    (StaleStateError, 409, "State changed meanwhile"),
     (IntegrityError, 503, "Integrity check failed"),
     (StoreError, 422, "Invalid name or reference"),
     (InvalidDatasetError, 422, "Invalid dataset"),

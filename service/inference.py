@@ -1,29 +1,42 @@
-"""The API's inference runtime: each model's served state (weights + forget vectors), loaded lazily.
+"""The API's inference runtime: each model's served state (weights + forget vectors), loaded lazily, and the
+dynamic batching of predictions onto one inference thread (`service.batching`).
 
 A served state is loaded once, verified (the state's signature, weights and artifact hashes, signed artifact
-manifests, artifacts bound to these weights) and kept as one immutable snapshot; a prediction uses a single
-snapshot from start to end, so it never sees a mix of two states. A newer state on disk replaces the snapshot
-on the next request, no restart. Every prediction checks the signature of state.json; at most
-UNLEARND_VERIFY_INTERVAL_S after the last check, the files the snapshot was loaded from are verified again.
-Any mismatch drops the snapshot and answers 503 with the reason, counted and audited (`IntegrityRefusals`).
+manifests, artifacts bound to these weights) and kept as one immutable snapshot; one batch of predictions uses a
+single snapshot from start to end, so no prediction sees a mix of two states. Before each batch the runtime reads
+the model's state version counter in Redis (`unlearnd.state_versions`); it reads and checks the state itself (its
+signature) only when the counter moved, when UNLEARND_VERIFY_INTERVAL_S has passed since the files were last
+verified (then it also hashes them again), or on every batch while Redis does not answer or the model has no
+counter yet. A newer state replaces the snapshot, no restart. Any mismatch drops the snapshot and answers 503
+with the reason, counted and audited (`IntegrityRefusals`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from redis import Redis
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 
 from models_store import IntegrityError, Ledger, NotFoundError, Store
+from models_store.state import ServedState as StoredState
+from service.batching import Batcher
 from service.errors import Problem
-from service.metrics import INTEGRITY_REFUSALS, PREDICT_BATCH, PREDICTIONS
+from service.metrics import FORWARD_BATCH, INTEGRITY_REFUSALS, PREDICT_BATCH, PREDICTIONS
+from unlearnd.settings import Settings
+from unlearnd.state_versions import StateVersions
 
 log = logging.getLogger(__name__)
+
+VERSIONS_RETRY_S = 5.0
+"""After Redis failed to answer, the state is read for every batch for this long before Redis is asked again."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +50,24 @@ class ServedState:
     delta: Any  # torch.Tensor (C, H, W) or None
     device: Any
     input_shape: list[int]
+    num_classes: int
+    model_format: str
+    """How the model was registered: "safetensors" (an architecture and its weights) or "torchscript"."""
     gate_classes: list[int] | None = None
     """Gated forget vector: δ applies only to inputs the model assigns to these classes (None: to every input)."""
     signature: Any = None
     """The state's signature: a state re-signed under the same version is loaded again."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A snapshot and what was known when it was last checked against the store."""
+
+    snapshot: ServedState
+    counter: int | None
+    """The model's state version counter, read before the state was (None: unknown)."""
+    verified_at: float
+    """When the snapshot's weights and artifacts were last verified (time.monotonic())."""
 
 
 class IntegrityRefusals:
@@ -77,69 +104,127 @@ class IntegrityRefusals:
 
 class InferenceRuntime:
     def __init__(self, store: Store, device: str = "auto", *, ledger: Ledger | None = None,
-                 verify_interval_s: float = 60.0):
+                 verify_interval_s: float = 60.0, versions: StateVersions | None = None, batch_max_size: int = 32,
+                 batch_max_wait_ms: float = 2.0, torch_threads: int | None = None):
         self.store, self.device_preference = store, device
         self.verify_interval_s = verify_interval_s
+        self.versions = versions
+        self.torch_threads = torch_threads or len(os.sched_getaffinity(0))
         self.refusals = IntegrityRefusals(ledger)
-        self._served: dict[str, ServedState] = {}
-        self._verified_at: dict[str, float] = {}
+        self.batcher = Batcher(self._run_batch, max_size=batch_max_size, max_wait_s=batch_max_wait_ms / 1000,
+                               prepare_thread=self._prepare_inference_thread)
+        self._checked: dict[str, _Checked] = {}
         self._highest: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._versions_retry_at = 0.0
+        self._versions_down = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store, *, ledger: Ledger, redis: Redis) -> InferenceRuntime:
+        """The API's runtime: state version counters in `redis`, batching and torch threads per the settings (the
+        CPUs this process may use, shared by its UNLEARND_API_WORKERS siblings)."""
+        return cls(store, settings.device, ledger=ledger, verify_interval_s=settings.verify_interval_s,
+                   versions=StateVersions(redis, settings.queue_name), batch_max_size=settings.batch_max_size,
+                   batch_max_wait_ms=settings.batch_max_wait_ms,
+                   torch_threads=max(1, len(os.sched_getaffinity(0)) // settings.api_workers))
+
+    async def predict(self, name: str, x: np.ndarray) -> tuple[ServedState, np.ndarray]:
+        """Class probabilities (N, K) for images x (N, C, H, W) in [0, 1], with every forget vector in force
+        applied (gated when the state names `gate_classes`), computed in a batch with concurrent callers."""
+        served, probabilities = await self.batcher.submit(name, x)
+        PREDICTIONS.labels(name).inc(len(x))
+        PREDICT_BATCH.labels(name).observe(len(x))
+        return served, probabilities
+
+    async def snapshot(self, name: str) -> ServedState:
+        """The snapshot last served for `name`, unchecked (what a route needs to decode inputs: the input shape);
+        the first time, the checked one, loaded off the event loop."""
+        checked = self._checked.get(name)
+        if checked is not None:
+            return checked.snapshot
+        return await run_in_threadpool(self.served, name)
+
+    def close(self) -> None:
+        """Answer the predictions under way, then stop the inference thread."""
+        self.batcher.close()
 
     def served(self, name: str) -> ServedState:
-        """The current snapshot of `name`, reloading it if the state on disk moved on; a 503 problem (counted
-        and audited) when the state, its weights or its artifacts do not verify."""
+        """The current snapshot of `name`, reloaded if its state moved on; a 503 problem (counted and audited)
+        when the state, its weights or its artifacts do not verify."""
+        counter = self._counter(name)
+        checked = self._checked.get(name)
+        if (checked is not None and counter is not None and counter == checked.counter
+                and time.monotonic() - checked.verified_at < self.verify_interval_s):
+            return checked.snapshot
         try:
-            return self._served_verified(name)
+            with self._lock:
+                return self._check(name, counter)
         except IntegrityError as exc:
             with self._lock:
-                self._served.pop(name, None)
+                self._checked.pop(name, None)
             raise self.refusals.refuse(name, str(exc)) from None
 
-    def _served_verified(self, name: str) -> ServedState:
-        state = self.store.read_state(name)  # verifies its signature
-        version = state["state_version"]
+    def _counter(self, name: str) -> int | None:
+        """The model's state version counter; None when it has none or Redis does not answer (said once in the
+        log per outage; Redis is asked again VERSIONS_RETRY_S later)."""
+        if self.versions is None or time.monotonic() < self._versions_retry_at:
+            return None
+        try:
+            counter = self.versions.current(name)
+        except RedisError as exc:
+            self._versions_retry_at = time.monotonic() + VERSIONS_RETRY_S
+            if not self._versions_down:
+                self._versions_down = True
+                log.warning("state version counters unavailable (%s): reading the served state for every batch "
+                            "until Redis answers", exc)
+            return None
+        if self._versions_down:
+            self._versions_down = False
+            log.info("state version counters available again")
+        return counter
+
+    def _check(self, name: str, counter: int | None) -> ServedState:
+        """Read the state (its signature verified); load it when it is not the snapshot's, else verify the
+        snapshot's files again when they are due. Called under the lock."""
+        state = self.store.read_state(name)
+        version = state.state_version
         if version < self._highest.get(name, 0):  # an older signed state put back in place
             raise IntegrityError(f"served state went back from version {self._highest[name]} to {version}")
-        current = self._served.get(name)
-        if current is None or current.state_version != version or current.signature != state.get("signature"):
-            with self._lock:
-                current = self._served.get(name)
-                if (current is None or current.state_version != version
-                        or current.signature != state.get("signature")):
-                    try:
-                        current = self._load(name, state)
-                    except NotFoundError as exc:  # the state names weights, a record or an artifact not there
-                        raise IntegrityError(f"what the served state names is missing: {exc}") from None
-                    self._served[name] = current
-                    self._verified_at[name] = time.monotonic()
-                    self._highest[name] = max(version, self._highest.get(name, 0))
-        elif time.monotonic() - self._verified_at.get(name, 0.0) >= self.verify_interval_s:
+        checked = self._checked.get(name)
+        now = time.monotonic()
+        if (checked is None or checked.snapshot.state_version != version
+                or checked.snapshot.signature != state.signature):
+            try:
+                checked = _Checked(self._load(name, state), counter, now)
+            except NotFoundError as exc:  # the state names weights, a record or an artifact not there
+                raise IntegrityError(f"what the served state names is missing: {exc}") from None
+            self._highest[name] = max(version, self._highest.get(name, 0))
+        elif now - checked.verified_at >= self.verify_interval_s:
             self._reverify(name, state)
+            checked = _Checked(checked.snapshot, counter, time.monotonic())
+        else:
+            checked = replace(checked, counter=counter)
+        self._checked[name] = checked
         self.refusals.cleared(name)
-        return current
+        return checked.snapshot
 
-    def _reverify(self, name: str, state: dict) -> None:
+    def _reverify(self, name: str, state: StoredState) -> None:
         """Hash the served weights and artifacts again and check their signatures (no tensors loaded)."""
         try:
             self.store.verify_state_files(name, state)
         except NotFoundError as exc:
             raise IntegrityError(str(exc)) from None
-        self._verified_at[name] = time.monotonic()
 
-    def _load(self, name: str, state: dict) -> ServedState:
-        import torch
-
+    def _load(self, name: str, state: StoredState) -> ServedState:
         from unlearnd.runtime import load_classifier, pick_device
 
         device = pick_device(self.device_preference)
-        version = state.get("model_version", self.store.get_model(name)["version"])
-        record = self.store.get_model_version(name, version)
-        model = load_classifier(self.store, record, state["weights_sha256"], device)
+        record = self.store.get_model_version(name, state.model_version)
+        model = load_classifier(self.store, record, state.weights_sha256, device)
         delta = None
-        for artifact_id in state["artifacts"]:
+        for artifact_id in state.artifacts:
             tensors, manifest = self.store.load_artifact(artifact_id)  # signed manifest, file sha256
-            if manifest["weights_sha256"] != state["weights_sha256"] or manifest.get("model", name) != name:
+            if manifest["weights_sha256"] != state.weights_sha256 or manifest.get("model", name) != name:
                 raise IntegrityError(f"artifact {artifact_id} was computed for another model or other weights")
             if manifest["kind"] in ("forget_vector", "class_vector"):
                 d = tensors["delta"].to(device)
@@ -147,46 +232,49 @@ class InferenceRuntime:
         if delta is not None and list(delta.shape) != list(record["input_shape"]):
             raise IntegrityError(
                 f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
-        torch.set_grad_enabled(False)
-        return ServedState(name, record["version"], state["state_version"], state["weights_sha256"],
-                           tuple(state["artifacts"]), model, delta, device, list(record["input_shape"]),
-                           state.get("gate_classes"), state.get("signature"))
+        gate = None if state.gate_classes is None else list(state.gate_classes)
+        return ServedState(name=name, model_version=record["version"], state_version=state.state_version,
+                           weights_sha256=state.weights_sha256, artifacts=state.artifacts, model=model, delta=delta,
+                           device=device, input_shape=list(record["input_shape"]),
+                           num_classes=int(record["num_classes"]),
+                           model_format=record.get("format", "safetensors"), gate_classes=gate,
+                           signature=state.signature)
 
-    def predict(self, name: str, inputs: list[Any], max_batch: int) -> tuple[ServedState, np.ndarray]:
-        """Class probabilities (N, K) for images in [0, 1], with every forget vector in force applied (gated when the
-        state names `gate_classes`)."""
+    # ---- on the inference thread --------------------------------------------------------------------------
+    def _prepare_inference_thread(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.torch_threads)
+        torch.set_grad_enabled(False)
+
+    def _run_batch(self, name: str, inputs: list[np.ndarray]) -> list[tuple[ServedState, np.ndarray] | Problem]:
+        """One forward pass over every caller's images with one snapshot; each caller gets its own rows (or a 422
+        when its images do not have the snapshot's input shape, e.g. the model changed since they were decoded)."""
+        served = self.served(name)
+        shape = tuple(served.input_shape)
+        fits = [x.shape[1:] == shape for x in inputs]
+        outcomes: list[tuple[ServedState, np.ndarray] | Problem] = [
+            Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
+                    f"[N, {', '.join(map(str, shape))}]") for x in inputs]
+        if any(fits):
+            fitting = [x for x, fit in zip(inputs, fits, strict=True) if fit]
+            batch = fitting[0] if len(fitting) == 1 else np.concatenate(fitting)
+            FORWARD_BATCH.labels(name).observe(len(batch))
+            probabilities = self._forward(served, batch)
+            start = 0
+            for i, (x, fit) in enumerate(zip(inputs, fits, strict=True)):
+                if fit:
+                    outcomes[i] = (served, probabilities[start:start + len(x)])
+                    start += len(x)
+        return outcomes
+
+    @staticmethod
+    def _forward(served: ServedState, x: np.ndarray) -> np.ndarray:
         import torch
 
         from unlearning.evaluation import perturbed_logits
 
-        served = self.served(name)
-        x = validate_images(inputs, served.input_shape, max_batch)
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = perturbed_logits(served.model, torch.from_numpy(x).to(served.device), served.delta,
                                       served.gate_classes)
-            probabilities = torch.softmax(logits, dim=1).cpu().numpy()
-        PREDICTIONS.labels(name).inc(len(x))
-        PREDICT_BATCH.labels(name).observe(len(x))
-        return served, probabilities
-
-
-def validate_images(inputs: list[Any], input_shape: list[int], max_batch: int) -> np.ndarray:
-    """(N, C, H, W) float32 array, or a 422/413 problem saying what is wrong with the inputs."""
-    if len(inputs) > max_batch:
-        raise Problem(413, "Too many inputs", f"{len(inputs)} images; at most {max_batch} per call "
-                      "(UNLEARND_MAX_PREDICT_BATCH)")
-    try:
-        x = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise Problem(
-            422, "Invalid inputs", "inputs must be equally shaped nested lists of numbers") from None
-    expected = (len(inputs), *input_shape)
-    if x.shape != expected:
-        raise Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
-                      f"[N, {', '.join(map(str, input_shape))}]")
-    if not np.isfinite(x).all():
-        raise Problem(422, "Invalid inputs", "inputs contain NaN or infinite values")
-    low, high = float(x.min()), float(x.max())
-    if low < 0.0 or high > 1.0 or math.isnan(low):
-        raise Problem(422, "Invalid inputs", f"pixel values must lie in [0, 1]; got [{low:g}, {high:g}]")
-    return x
+            return torch.softmax(logits, dim=1).cpu().numpy()

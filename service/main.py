@@ -3,11 +3,12 @@ settings)."""
 
 from __future__ import annotations
 
-import logging
+import multiprocessing
 
 from fastapi import FastAPI
 
-from models_store import Ledger, Store
+from models_store import Ledger, Store, open_database
+from service.codecs import V2InferenceRequest
 from service.errors import (
     add_openapi_schemas,
     document_problems,
@@ -18,11 +19,15 @@ from service.inference import InferenceRuntime
 from service.limits import BodySizeLimit
 from service.metrics import HTTPMetrics
 from service.metrics import router as metrics_router
-from service.routes import audit, forget_requests, health, keys, models, registry
+from service.request_id import RequestContext
+from service.routes import admin, audit, forget_requests, health, keys, models, registry, reports, v2
 from service.schemas import ForgetRequestCreate
+from unlearnd.blobs import open_blobs
+from unlearnd.cli.processes import die_with_parent
+from unlearnd.logs import configure_logging
 from unlearnd.queue import forget_queue, redis_connection
 from unlearnd.security.api_keys import ROLES, load_or_create_api_keys
-from unlearnd.security.signing import load_signer
+from unlearnd.security.signing import announcer, load_signer
 from unlearnd.settings import Settings, get_settings
 
 
@@ -33,34 +38,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Make trained image classifiers forget: forget vectors and zero-shot Lipschitz "
                     "smoothing.",
+        # operationId = the route function's name, what generated clients call it (tests/service/test_openapi.py
+        # checks that they are unique)
+        generate_unique_id_function=lambda route: route.name,
     )
     # What the process holds for its lifetime; routes take each piece through its dependency (service.deps).
     app.state.settings = settings
     app.state.signer = load_signer(settings)  # signs and verifies served states, manifests (and receipts)
-    app.state.store = Store(settings.store_dir, signer=app.state.signer)
-    app.state.ledger = Ledger(settings.ledger_path)
+    database = open_database(settings)  # migrated to the newest schema
+    app.state.store = Store(settings.store_dir, signer=app.state.signer, blobs=open_blobs(settings), db=database,
+                            on_publish=announcer(settings))  # every API process hears of a new state
+    app.state.ledger = Ledger(database)
     app.state.redis = redis_connection(settings)
     app.state.queue = forget_queue(app.state.redis, settings)
     app.state.api_keys = load_or_create_api_keys(settings)
-    app.state.runtime = InferenceRuntime(app.state.store, settings.device, ledger=app.state.ledger,
-                                         verify_interval_s=settings.verify_interval_s)
+    app.state.runtime = InferenceRuntime.from_settings(settings, app.state.store, ledger=app.state.ledger,
+                                                       redis=app.state.redis)
+    app.router.on_shutdown.append(app.state.runtime.close)  # answers what is in flight, stops its thread
     register_exception_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HTTPMetrics)  # outermost: sees every answer, the body limit's 413s included
+    app.add_middleware(HTTPMetrics)  # sees every answer, the body limit's 413s included
+    app.add_middleware(RequestContext, access_log=settings.access_log)  # outermost: request id, access log
     # What models.py's rollback can refuse besides 401/403/404/422 (document_problems adds those everywhere).
     rollback = next(r for r in models.router.routes if getattr(r, "name", "") == "rollback")
     rollback.responses = {**problem_responses(409, descriptions={409: (  # type: ignore[attr-defined]
         "A forget job holds the model, the state is served already, or the rollback would take requests "
         "out of force that `reinstate` does not list")}), **rollback.responses}  # type: ignore[attr-defined]
     for router in (health.router, models.router, forget_requests.router, audit.router, registry.router,
-                   keys.router, metrics_router):
+                   keys.router, metrics_router, v2.router, admin.router, reports.router):
         document_problems(router, all_roles=ROLES)
         app.include_router(router)
-    add_openapi_schemas(app, [ForgetRequestCreate])
+    add_openapi_schemas(app, [ForgetRequestCreate, V2InferenceRequest])
     return app
 
 
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory: `uvicorn service.main:create_app_from_env --factory`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s api %(levelname)s %(message)s")
-    return create_app(get_settings())
+    settings = get_settings()
+    configure_logging(settings, "api")
+    if (supervisor := multiprocessing.parent_process()) is not None:  # a worker of `uvicorn --workers N`
+        die_with_parent(supervisor.pid)
+    return create_app(settings)

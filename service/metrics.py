@@ -45,6 +45,11 @@ PREDICTIONS = Counter("unlearnd_predictions", "Images predicted (with the unlear
                       ["model"])
 PREDICT_BATCH = Histogram("unlearnd_predict_batch_size", "Images per /predict call that was answered.",
                           ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+FORWARD_BATCH = Histogram("unlearnd_forward_batch_size",
+                          "Images per forward pass of the dynamic batcher (predictions of concurrent callers "
+                          "gathered together).", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+FORGET_REQUESTS_ACCEPTED = Counter("unlearnd_forget_requests_accepted",
+                                   "Forget requests accepted (202, durable in the ledger), by method.", ["method"])
 INTEGRITY_REFUSALS = Counter("unlearnd_integrity_refusals",
                              "Predictions refused (503) because the served weights or artifacts do not "
                              "verify against the store.", ["model"])
@@ -52,11 +57,14 @@ INTEGRITY_REFUSALS = Counter("unlearnd_integrity_refusals",
 # ---- workers --------------------------------------------------------------------------------------------
 JOB_DURATION = Histogram("unlearnd_job_duration_seconds",
                          "Compute time of one forget job (a batch of coalesced requests), by method and "
-                         "outcome (succeeded, failed, guard_refused, cancelled, error), seconds.",
+                         "outcome (succeeded, failed, guard_refused, cancelled, stale, error), seconds.",
                          ["method", "outcome"],
                          buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600))
 GUARD_REFUSALS = Counter("unlearnd_guard_refusals",
                          "Candidates refused by the utility guard (not published), by method.", ["method"])
+CALLBACK_ATTEMPTS = Counter("unlearnd_callback_attempts",
+                            "Callback delivery attempts by outcome: delivered, retried (failed, another attempt "
+                            "follows) or failed (the last attempt failed).", ["outcome"])
 
 
 def observe_job(method: str, outcome: str, started: float) -> None:

@@ -3,6 +3,11 @@ import socket
 
 import pytest
 
+pytest_plugins = [
+    "tests.s3_server",  # s3_server, s3_location, fake_aws_env: a real S3 server on loopback
+    "tests.postgres_server",  # postgres_server, postgres_url, database_url, database: SQLite and PostgreSQL
+]
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests under tests/integration are marked `integration` (real Redis, forking workers, HTTP)."""

@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from models_store import Ledger
+from models_store import Ledger, open_ledger
 from models_store.store import now_iso
+from service.metrics import CALLBACK_ATTEMPTS
 from unlearnd.security.secret_files import read_or_create_secret_file
 from unlearnd.settings import Settings
 
@@ -399,9 +400,11 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
                    "X-Unlearnd-Request-Id": request_id, **signature}
         outcome = attempt_delivery(record["callback_url"], body, headers, settings, resolver)
     if outcome.delivered:
+        CALLBACK_ATTEMPTS.labels("delivered").inc()
         ledger.set_callback(request_id, {"delivered": True, "status": outcome.status, "attempts": attempt,
                                          "message_id": message_id, "at": now_iso()})
         return outcome
+    CALLBACK_ATTEMPTS.labels("failed" if attempt >= settings.callback_attempts else "retried").inc()
     log.warning("callback of %s failed (attempt %d of %d): %s", request_id, attempt, settings.callback_attempts,
                 outcome.error)
     if attempt >= settings.callback_attempts:
@@ -421,7 +424,7 @@ def deliver_callback(request_id: str, message_id: str, payload: str) -> dict[str
     job = get_current_job()
     retries_left = (job.retries_left or 0) if job is not None else 0
     attempt = max(1, settings.callback_attempts - retries_left)
-    outcome = deliver(Ledger(settings.ledger_path), request_id, message_id, payload, settings, attempt)
+    outcome = deliver(open_ledger(settings), request_id, message_id, payload, settings, attempt)
     if not outcome.delivered and retries_left > 0:
         raise DeliveryFailed(outcome.error)
     return {"request_id": request_id, "delivered": outcome.delivered, "attempt": attempt, "error": outcome.error}

@@ -6,15 +6,16 @@ delivery attempt holds the worker for at most UNLEARND_CALLBACK_TIMEOUT_S.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from rq import Worker
 from rq.serializers import JSONSerializer
 
 import unlearning  # noqa: F401  (import torch once in the parent so each forked work-horse starts warm)
+import workers.report  # noqa: F401  (and matplotlib, which renders each succeeded request's report)
 from unlearnd.callbacks import callback_queue
 from unlearnd.cli.processes import die_with_parent
+from unlearnd.logs import configure_logging
 from unlearnd.queue import forget_queue, redis_connection
 from unlearnd.settings import get_settings
 
@@ -34,15 +35,15 @@ class _Worker(Worker):
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     settings = get_settings()
+    configure_logging(settings, "worker")
     connection = redis_connection(settings)
     worker = _Worker(
         [forget_queue(connection, settings), callback_queue(connection, settings)],
         connection=connection, serializer=JSONSerializer,
         job_monitoring_interval=JOB_MONITORING_INTERVAL_S, worker_ttl=WORKER_TTL_S,
     )
-    worker.work(logging_level="INFO")
+    worker.work(logging_level=settings.log_level.upper())
 
 
 if __name__ == "__main__":

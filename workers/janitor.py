@@ -17,9 +17,10 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from models_store import Ledger
+from models_store import Ledger, open_ledger
 from models_store.ledger import RequestStatus
 from unlearnd.callbacks import notify_terminal
+from unlearnd.logs import configure_logging
 from unlearnd.queue import enqueue_request, forget_queue, redis_connection
 from unlearnd.settings import Settings, get_settings
 
@@ -108,9 +109,9 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s janitor %(levelname)s %(message)s")
     settings = get_settings()
-    ledger = Ledger(settings.ledger_path)
+    configure_logging(settings, "janitor")
+    ledger = open_ledger(settings)
     queue = forget_queue(redis_connection(settings), settings)
     while True:
         try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import replace
 from typing import Any
 
-from models_store import Ledger, Store, StoreError
-from models_store.ledger import TERMINAL
+import structlog
+from rq import get_current_job
+
+from models_store import Ledger, Store, StoreError, open_database
+from models_store.errors import StaleStateError
+from models_store.ledger import TERMINAL, RequestStatus
 from models_store.store import now_iso
 from service.metrics import GUARD_REFUSALS, observe_job
 from unlearnd.callbacks import notify_terminal
+from unlearnd.logs import REQUEST_ID
 from unlearnd.security.receipts import sign
 from unlearnd.security.signing import load_signer, open_store
 from unlearnd.settings import Settings, get_settings
@@ -20,8 +24,9 @@ from workers.errors import MethodNotAvailable, RequestCancelled
 from workers.methods import AUTO, MethodEntry, method_plan
 from workers.progress import ProgressReporter
 from workers.publishing import Outcome, published_outcome
+from workers.report import save_report
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 MAX_COALESCED = 500
 """Most requests computed together in one job."""
@@ -71,9 +76,9 @@ def _receipt(record: dict[str, Any], outcome: Outcome, batch_ids: list[str]) -> 
     return {
         "request_id": record["id"], "model": record["model"], "method": outcome.result["method"],
         "classes": record["classes"], "samples": record["samples"],
-        "weights_sha256_before": outcome.state_before["weights_sha256"],
-        "weights_sha256_after": outcome.state_after["weights_sha256"],
-        "state_version": outcome.state_after["state_version"],
+        "weights_sha256_before": outcome.state_before.weights_sha256,
+        "weights_sha256_after": outcome.state_after.weights_sha256,
+        "state_version": outcome.state_after.state_version,
         "artifacts": [{"id": m["id"], "kind": m["kind"], "file_sha256": m["file_sha256"],
                        "manifest_sha256": m["manifest_sha256"]} for m in outcome.artifacts],
         "metrics": outcome.result.get("metrics", {}), "guard": outcome.result.get("guard"),
@@ -88,10 +93,25 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
 
     Safe to run twice: a request that already ended is skipped. Expected errors (bad forget set, missing
     data, unavailable method) end the batch `failed`; anything else propagates so that the janitor can
-    retry within `max_attempts`.
+    retry within `max_attempts`. Every line it logs carries the forget request's id and the id of the HTTP request
+    that accepted it (`request_id`, from the job's meta).
     """
+    job = get_current_job()
+    accepted_by = job.meta.get(REQUEST_ID) if job is not None else None
+    with structlog.contextvars.bound_contextvars(forget_request_id=request_id,
+                                                 **({REQUEST_ID: accepted_by} if accepted_by else {})):
+        started = time.monotonic()
+        log.info("forget job started")
+        summary = _process(request_id)
+        log.info("forget job ended", status=RequestStatus(summary["status"]).value, batch=summary.get("batch"),
+                 duration_s=round(time.monotonic() - started, 2))
+        return summary
+
+
+def _process(request_id: str) -> dict[str, Any]:
     settings = get_settings()
-    ledger, store = Ledger(settings.ledger_path), open_store(settings)
+    database = open_database(settings)
+    ledger, store = Ledger(database), open_store(settings, database)
     record = ledger.get(request_id)
     if record["status"] in TERMINAL:
         return {"request_id": request_id, "status": record["status"], "skipped": True}
@@ -110,7 +130,7 @@ def _compute_locked(ledger: Ledger, store: Store, settings: Settings,
     batch = [ledger.get(request_id)]
     earlier = published_outcome(store, record["model"], request_id)
     if earlier is not None:  # an earlier attempt published it and died before recording it: no recompute
-        return _finish(ledger, settings, batch, *earlier)
+        return _finish(ledger, store, settings, batch, *earlier)
     try:
         plan = method_plan(record)
     except MethodNotAvailable as exc:
@@ -144,6 +164,13 @@ def _compute_batch(ledger: Ledger, store: Store, settings: Settings, plan: list[
     except RequestCancelled:
         ended = "cancelled"
         return _after_cancel(ledger, batch)
+    except StaleStateError as exc:  # another host published on this model meanwhile: compute again on its state
+        ended = "stale"
+        log.warning("forget request %s computed on a stale state (%s): back in line", ids[0], exc)
+        for member in batch:
+            ledger.mark_queued(member["id"], not_before=time.time(), actor="worker", refund_attempt=True,
+                               reason="the served state changed while it was computed; computed again on the new one")
+        return {"request_id": ids[0], "status": "queued", "batch": ids}, []
     except StoreError as exc:
         ended = "failed"
         return _fail(ledger, batch, f"{type(exc).__name__}: {exc}")
@@ -155,7 +182,7 @@ def _compute_batch(ledger: Ledger, store: Store, settings: Settings, plan: list[
         raise
     finally:
         observe_job(method, ended, started)
-    return _finish(ledger, settings, batch, outcome, ids)
+    return _finish(ledger, store, settings, batch, outcome, ids)
 
 
 def _failure_text(exc: Exception) -> str:
@@ -176,9 +203,11 @@ def _fail(ledger: Ledger, batch: list[dict[str, Any]], error: str,
     return {"request_id": batch[0]["id"], "status": "failed"}, [r["id"] for r in batch]
 
 
-def _finish(ledger: Ledger, settings: Settings, batch: list[dict[str, Any]], outcome: Outcome,
+def _finish(ledger: Ledger, store: Store, settings: Settings, batch: list[dict[str, Any]], outcome: Outcome,
             ids: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """Record every member of the batch `succeeded` with the shared result and its own receipt."""
+    """Record every member of the batch `succeeded` with the shared result and its own receipt, once its report
+    is stored (a report that cannot be rendered is logged and skipped)."""
+    save_report(store, settings, outcome, batch)
     key = load_signer(settings)
     for member in batch:
         result = {**outcome.result, "coalesced_with": [i for i in ids if i != member["id"]]}

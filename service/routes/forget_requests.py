@@ -1,12 +1,15 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from rq import Queue
 from starlette.concurrency import run_in_threadpool
 
+from models_store import Ledger, Store
 from models_store.ledger import ACTIVE, TERMINAL, RequestStatus
 from service import idempotency
 from service.deps import Governance, LedgerDep, QueueDep, SettingsDep, StoreDep
@@ -15,29 +18,67 @@ from service.errors import Problem, describe_errors, problem_responses
 from service.idempotency import Answer, Claim
 from service.schemas import (
     FORGET_REQUEST_EXAMPLES,
+    STORE_NAME,
     ForgetRequestCreate,
     ForgetRequestPublic,
     ForgetRequestsPublic,
+    ModelName,
+    Receipt,
 )
 from unlearnd.callbacks import CallbackRefused, check_callback_url_at_intake, notify_terminal
+from unlearnd.settings import Settings
 
 router = APIRouter(tags=["forget requests"])
 
+_STATUS = f"(?:{'|'.join(s.value for s in RequestStatus)})"
+_STATUSES = f"^{_STATUS}(?:,{_STATUS})*$"
+
+RETRY_AFTER_DEFAULT_S = 2
+"""Retry-After of a request whose ETA is not known yet (queued, or no rate measured), seconds."""
+RETRY_AFTER_MAX_S = 60
+"""Most seconds a Retry-After asks a poller to wait, however far the ETA, so that progress stays visible."""
+
+
+def _retry_after_doc(when: str) -> dict[str, Any]:
+    """The OpenAPI description of the Retry-After header, sent `when`."""
+    return {"Retry-After": {
+        "description": f"{when}: seconds to wait before reading the request again: its `progress.eta_s` rounded "
+                       f"up (1 to {RETRY_AFTER_MAX_S}), or {RETRY_AFTER_DEFAULT_S} while no rate is measured",
+        "schema": {"type": "integer", "minimum": 1}}}
+
+
+def retry_after(request: ForgetRequestPublic) -> dict[str, str]:
+    """The Retry-After header for a request that has not finished; none for one that has."""
+    if request.status not in ACTIVE:
+        return {}
+    eta = request.progress.eta_s
+    seconds = RETRY_AFTER_DEFAULT_S if eta is None else min(RETRY_AFTER_MAX_S, max(1, math.ceil(eta)))
+    return {"Retry-After": str(seconds)}
+
+
+def _record(description: str) -> dict[str, Any]:
+    """An OpenAPI response whose body is a forget request record."""
+    return {"model": ForgetRequestPublic, "description": description}
+
 
 @router.post("/v1/models/{model}/forget-requests", status_code=202, response_model=ForgetRequestPublic,
-             responses=problem_responses(409, descriptions={
-                 409: "A retry with the same Idempotency-Key while the first is still being accepted"}),
+             responses={202: {"description": "Accepted: poll `Location`", "headers": {
+                 **_retry_after_doc("Always"), "Location": {"description": "Where to poll the request",
+                                                            "schema": {"type": "string"}}}},
+                        **problem_responses(409, descriptions={
+                            409: "A retry with the same Idempotency-Key while the first is still being accepted"})},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/ForgetRequestCreate"},
                  "examples": FORGET_REQUEST_EXAMPLES}}}})
 async def create_forget_request(
-    model: str, request: Request, principal: Governance, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
+    model: ModelName, request: Request, principal: Governance, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
     settings: SettingsDep, idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Accept a deletion request: record it durably, queue its job, answer 202 with where to poll.
 
     With an `Idempotency-Key` header, the same key and body replay the first answer, a different body
-    answers 422, and a retry while the first is still being accepted answers 409.
+    answers 422, and a retry while the first is still being accepted answers 409. `Retry-After` says when to
+    poll first.
     """
     raw = await request.body()
     try:
@@ -50,10 +91,19 @@ async def create_forget_request(
         except CallbackRefused as exc:
             raise Problem(422, "Callback refused", f"callback_url: {exc}") from None
     claim = None if idempotency_key is None else Claim.of(principal.key_id, idempotency_key, model, raw)
+    return await run_in_threadpool(_accept, model, body, claim, principal.key_id, store, ledger, queue, settings)
+
+
+def _accept(model: str, body: ForgetRequestCreate, claim: Claim | None, actor: str, store: Store, ledger: Ledger,
+            queue: Queue, settings: Settings) -> Response:
+    """The blocking part of intake: ledger transactions that are durable when they return (fsync) and the Redis
+    enqueue, on the thread pool, so that the event loop keeps serving everyone else meanwhile."""
     if claim is not None and (first_answer := idempotency.begin(ledger, claim)) is not None:
-        return idempotency.replay(first_answer)
+        replayed = idempotency.replay(first_answer)
+        replayed.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)
+        return replayed
     try:
-        accepted = accept_forget_request(model=model, body=body, actor=principal.key_id, claim=claim,
+        accepted = accept_forget_request(model=model, body=body, actor=actor, claim=claim,
                                          store=store, ledger=ledger, queue=queue, settings=settings)
     except BaseException:
         if claim is not None:
@@ -62,14 +112,15 @@ async def create_forget_request(
     answer = Answer.accepted(accepted)
     if claim is not None:
         idempotency.finish(ledger, claim, answer)
-    return answer.response()
+    return answer.response(retry_after(accepted))
 
 
 @router.get("/v1/forget-requests")
 def list_forget_requests(
-    ledger: LedgerDep, _: Governance, model: str | None = None,
-    status: Annotated[str | None, Query(max_length=200, pattern=r"^[a-z]+(,[a-z]+)*$", description=(
-        "One status or several, comma-separated (e.g. `queued,running`)"))] = None,
+    ledger: LedgerDep, _: Governance,
+    model: Annotated[str | None, Query(max_length=64, pattern=STORE_NAME, description="Only this model's")] = None,
+    status: Annotated[str | None, Query(max_length=200, json_schema_extra={"pattern": _STATUSES}, description=(
+        "One status or several, comma-separated (e.g. `queued,running`)"))] = None,  # checked by _statuses
     order: Annotated[Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first")] = "asc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of the previous page")] = None,
@@ -94,14 +145,19 @@ def _statuses(value: str | None) -> list[RequestStatus]:
     return [RequestStatus(n) for n in dict.fromkeys(names)]
 
 
-@router.get("/v1/forget-requests/{request_id}")
-def get_forget_request(request_id: str, ledger: LedgerDep, _: Governance) -> ForgetRequestPublic:
-    """Status, progress and result of one request."""
-    return ForgetRequestPublic.from_record(ledger.get(request_id))
+@router.get("/v1/forget-requests/{request_id}", response_model=ForgetRequestPublic, responses={
+    200: {"description": "The request", "headers": _retry_after_doc("While it is queued or running")}})
+def get_forget_request(request_id: str, ledger: LedgerDep, _: Governance) -> JSONResponse:
+    """Status, progress and result of one request; while it is queued or running, `Retry-After` says when to
+    read it again."""
+    record = ForgetRequestPublic.from_record(ledger.get(request_id))
+    return JSONResponse(record.model_dump(mode="json"), headers=retry_after(record))
 
 
-@router.delete("/v1/forget-requests/{request_id}", responses=problem_responses(409, descriptions={
-    409: "The request has finished already"}))
+@router.delete("/v1/forget-requests/{request_id}", responses={
+    200: _record("Cancelled: it was queued"),
+    202: _record("Cancel requested: it is running and stops at its next progress report (`cancel_requested`)"),
+    **problem_responses(409, descriptions={409: "The request has finished already"})})
 def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: SettingsDep, queue: QueueDep,
                           principal: Governance) -> JSONResponse:
     """Cancel a request that has not finished: a queued one at once (200), a running one when its worker
@@ -116,8 +172,10 @@ def cancel_forget_request(request_id: str, ledger: LedgerDep, settings: Settings
     return JSONResponse(record.model_dump(mode="json"), status_code=200 if outcome == "cancelled-now" else 202)
 
 
-@router.get("/v1/forget-requests/{request_id}/receipt", responses=problem_responses(404, 409, descriptions={
-    404: "No such request, or it ended without a receipt", 409: "The request has not finished yet"}))
+@router.get("/v1/forget-requests/{request_id}/receipt", responses={
+    200: {"model": Receipt, "description": "The signed receipt, as issued"},
+    **problem_responses(404, 409, descriptions={
+        404: "No such request, or it ended without a receipt", 409: "The request has not finished yet"})})
 def get_receipt(request_id: str, ledger: LedgerDep, _: Governance) -> JSONResponse:
     """The signed receipt of a succeeded request (verify offline with `unlearnd verify-receipt`)."""
     record = ledger.get(request_id)

@@ -3,23 +3,34 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from rq import Worker
 
 from service.deps import RedisDep, SettingsDep
-from service.errors import Problem
+from service.errors import Problem, problem_responses
 
 router = APIRouter(tags=["health"])
 
 
+class Health(BaseModel):
+    status: str = Field("ok", examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field("ready", examples=["ready"])
+    workers: int = Field(..., ge=1, description="Workers that heartbeated within UNLEARND_WORKER_STALE_S.")
+
+
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+def healthz() -> Health:
     """The process is up."""
-    return {"status": "ok"}
+    return Health()
 
 
-@router.get("/readyz")
-def readyz(redis: RedisDep, settings: SettingsDep) -> dict[str, object]:
+@router.get("/readyz", responses=problem_responses(503, descriptions={
+    503: "Not ready: Redis does not answer or no worker is alive (the detail says which)"}))
+def readyz(redis: RedisDep, settings: SettingsDep) -> Readiness:
     """Redis answers and at least one worker heartbeated within UNLEARND_WORKER_STALE_S; else 503 with the
     reason."""
     try:
@@ -35,4 +46,4 @@ def readyz(redis: RedisDep, settings: SettingsDep) -> dict[str, object]:
         raise Problem(503, "Not ready", f"Redis does not answer: {exc}") from None
     if workers == 0:
         raise Problem(503, "Not ready", "no worker is alive")
-    return {"status": "ready", "workers": workers}
+    return Readiness(workers=workers)

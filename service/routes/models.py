@@ -1,20 +1,22 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+import numpy as np
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, StrictInt
 
 from models_store import Store
+from service.codecs import predict_inputs
 from service.deps import Admin, AnyRole, Inference, LedgerDep, QueueDep, RuntimeDep, SettingsDep, StoreDep
 from service.domain import rollback_model
-from service.schemas import ModelPublic, ModelsPublic, Prediction, PredictRequest, PredictResponse
+from service.errors import problem_responses
+from service.schemas import ModelName, ModelPublic, ModelsPublic, Prediction, PredictRequest, PredictResponse
 from unlearnd.callbacks import notify_terminal
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def _public(store: Store, record: dict) -> ModelPublic:
-    state = store.read_state(record["name"])
-    return ModelPublic(**record, unlearning=state)
+    return ModelPublic(**record, unlearning=store.read_state(record["name"]).as_stored())
 
 
 @router.get("")
@@ -25,32 +27,54 @@ def list_models(store: StoreDep, _: AnyRole) -> ModelsPublic:
 
 
 @router.get("/{model}")
-def get_model(model: str, store: StoreDep, _: AnyRole) -> ModelPublic:
+def get_model(model: ModelName, store: StoreDep, _: AnyRole) -> ModelPublic:
     """One model: shapes, classes, weights sha256 and the unlearning in force."""
     return _public(store, store.get_model(model))
 
 
-@router.post("/{model}/predict")
-def predict(model: str, body: PredictRequest, runtime: RuntimeDep, settings: SettingsDep,
-            _: Inference) -> PredictResponse:
-    """Predictions with every forget vector in force added to the inputs (x + δ, clipped to [0, 1])."""
-    served, probabilities = runtime.predict(model, body.inputs, settings.max_predict_batch)
-    predictions = [Prediction(label=int(p.argmax()), probabilities=[round(float(v), 6) for v in p])
-                   for p in probabilities]
+_BINARY = {"type": "string", "format": "binary"}
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": PredictRequest.model_json_schema()},
+    "image/png": {"schema": _BINARY},
+    "image/jpeg": {"schema": _BINARY},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "items": _BINARY, "description": "One file part per image (image/png or "
+                   "image/jpeg), any field name; predictions come in the order of the parts."}}},
+        "encoding": {"images": {"contentType": "image/png, image/jpeg"}}},
+}}}
+
+
+@router.post("/{model}/predict", openapi_extra=_PREDICT_BODY, responses=problem_responses(413, 415, 503, descriptions={
+    413: "Body too large, more images than UNLEARND_MAX_PREDICT_BATCH, or an image over the pixel limit",
+    415: "A Content-Type other than JSON, PNG, JPEG or multipart of PNG/JPEG parts",
+    503: "The served state, its weights or its artifacts do not verify"}))
+async def predict(model: ModelName, request: Request, runtime: RuntimeDep, settings: SettingsDep,
+                  _: Inference) -> PredictResponse:
+    """Predictions with every forget vector in force added to the inputs (x + δ, clipped to [0, 1]).
+
+    Images come as JSON (`{"inputs": [...]}`: C×H×W nested lists of floats in [0, 1]), as one PNG or JPEG body
+    (`image/png`, `image/jpeg`), or as several in `multipart/form-data` (one file part each, in order); images are
+    converted to the model's channels and resized to its height and width (docs/operations.md, "Inference").
+    Concurrent calls are computed together, in one forward pass per batch."""
+    served = await runtime.snapshot(model)
+    x = await predict_inputs(request, served.input_shape, settings.max_predict_batch)
+    served, probabilities = await runtime.predict(model, x)
+    rounded = probabilities.astype(np.float64).round(6).tolist()
+    predictions = [Prediction(label=label, probabilities=p)
+                   for label, p in zip(probabilities.argmax(axis=1).tolist(), rounded, strict=True)]
     return PredictResponse(model=model, model_version=served.model_version,
                            state_version=served.state_version, weights_sha256=served.weights_sha256,
                            applied=list(served.artifacts), predictions=predictions)
 
 
 @router.get("/{model}/state")
-def get_state(model: str, store: StoreDep, _: AnyRole) -> dict:
+def get_state(model: ModelName, store: StoreDep, _: AnyRole) -> dict:
     """The served state: weights, artifacts applied and the requests they cover, plus earlier state
     versions."""
     state = store.read_state(model)
-    history = [{"state_version": s["state_version"], "updated_at": s.get("updated_at"),
-                "weights_sha256": s["weights_sha256"], "artifacts": s["artifacts"],
-                "requests": len(s["requests"])} for s in store.state_history(model)]
-    return {**state, "history": history}
+    history = [{"state_version": s.state_version, "updated_at": s.updated_at, "weights_sha256": s.weights_sha256,
+                "artifacts": list(s.artifacts), "requests": len(s.requests)} for s in store.state_history(model)]
+    return {**state.as_stored(), "history": history}
 
 
 class RollbackRequest(BaseModel):
@@ -62,7 +86,7 @@ class RollbackRequest(BaseModel):
 
 
 @router.post("/{model}/rollback")
-def rollback(model: str, body: RollbackRequest, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
+def rollback(model: ModelName, body: RollbackRequest, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
              settings: SettingsDep, principal: Admin) -> dict:
     """Serve an earlier state again, as a new state version; recorded in the audit log. While a forget job
     holds the model, answers 409 (retry when it is done) instead of waiting for it. A state from before some
@@ -73,4 +97,4 @@ def rollback(model: str, body: RollbackRequest, store: StoreDep, ledger: LedgerD
                                          reinstate=body.reinstate, force=body.force)
     for request_id in reverted:
         notify_terminal(ledger, request_id, settings, queue.connection)
-    return new_state
+    return new_state.as_stored()

@@ -20,7 +20,16 @@ from models_store.errors import AlreadyExistsError
 from models_store.store import check_name
 from service.deps import Admin, Governance, LedgerDep, SettingsDep, StoreDep
 from service.errors import Problem, describe_errors
-from service.schemas import DatasetSource, ModelMetadata, ModelPublic, parse_model_metadata
+from service.schemas import (
+    NAME_SCHEMA,
+    DatasetName,
+    DatasetPublic,
+    DatasetSource,
+    DatasetsPublic,
+    ModelMetadata,
+    ModelPublic,
+    parse_model_metadata,
+)
 from unlearnd.ingest.datasets import SOURCES, ParsedDataset, load_source, parse_npz, public_dataset
 from unlearnd.ingest.models import check_dataset_fits, parse_model
 
@@ -60,7 +69,7 @@ def register_model(
     principal: Admin,
     file: UploadFile = File(..., description="TorchScript archive, or a state_dict (.pt/.pth via torch.save, "
                             "or .safetensors) of the bare network when 'arch' is given."),
-    metadata: str = Form(..., description='JSON: {"name", "input_shape": [C,H,W], "num_classes", '
+    metadata: str = Form(..., min_length=1, description='JSON: {"name", "input_shape": [C,H,W], "num_classes", '
                          '"class_names"?, "mean"?, "std"?, "train_dataset", "test_dataset"?}'),
     arch: str | None = Form(None, description="small_cnn, resnet18_small or torchvision:<name>; "
                             "only with a state_dict"),
@@ -105,7 +114,7 @@ def register_model(
                      "version", "weights_sha256", "format", "arch", "torchscript_sha256",
                      "train_dataset", "test_dataset", "supersedes")})
     response.headers["Location"] = f"/v1/models/{meta.name}"
-    return {**stored, "unlearning": store.read_state(meta.name)}
+    return {**stored, "unlearning": store.read_state(meta.name).as_stored()}
 
 
 # ---- datasets -----------------------------------------------------------------------------------------
@@ -114,9 +123,10 @@ _DATASET_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {"schema": {
-                "type": "object", "required": ["name", "file"],
+                "type": "object", "required": ["name", "file"], "additionalProperties": False,
                 "properties": {
-                    "name": {"type": "string", "description": "1-64 letters, digits, '.', '_' or '-'"},
+                    "name": {"type": "string", **NAME_SCHEMA,
+                             "description": "1-64 letters, digits, '.', '_' or '-'"},
                     "file": {"type": "string", "format": "binary", "description":
                              ".npz: x_train (N,C,H,W uint8 0-255 or float 0-1), y_train (N,) ints, optional "
                              "ids_train (N,) strings or ints (default: the row index), x_test, y_test, "
@@ -135,14 +145,19 @@ def _store_dataset(store: Store, name: str, parsed: ParsedDataset) -> dict[str, 
     return public_dataset(record)
 
 
-@router.post("/v1/datasets", status_code=201, openapi_extra=_DATASET_BODY, responses={
+_DATASET_ERRORS: dict[int | str, Any] = {
+    400: {"description": "A malformed multipart form (or more fields than name and file)"},
     409: {"description": "A dataset of that name exists"},
     413: {"description": "Body (UNLEARND_MAX_BODY_BYTES) or unpacked archive (UNLEARND_MAX_DATASET_BYTES) "
                          "too large"},
     415: {"description": "Neither multipart/form-data nor application/json"},
     422: {"description": "Malformed npz, wrong shapes or dtypes, NaN/inf, values out of range, bad ids, "
                          "missing root"},
-})
+}
+
+
+@router.post("/v1/datasets", status_code=201, response_model=DatasetPublic, response_model_exclude_unset=True,
+             openapi_extra=_DATASET_BODY, responses=_DATASET_ERRORS)
 async def register_dataset(
     request: Request, response: Response, store: StoreDep, ledger: LedgerDep, settings: SettingsDep,
     principal: Admin,
@@ -191,18 +206,16 @@ def _check_new_dataset(store: Store, name: str) -> None:
         raise AlreadyExistsError(f"a dataset named {name!r} exists already")
 
 
-@router.get("/v1/datasets")
-def list_datasets(store: StoreDep, _: Governance) -> dict[str, Any]:
+@router.get("/v1/datasets", response_model_exclude_unset=True)
+def list_datasets(store: StoreDep, _: Governance) -> DatasetsPublic:
     """Every registered dataset: source, counts, shapes, classes (ids as a short preview)."""
-    root = store.root / "datasets"
-    names = sorted(p.parent.name for p in root.glob("*/dataset.json")) if root.exists() else []
-    data = [public_dataset(store.get_dataset(n)) for n in names]
-    return {"data": data, "count": len(data)}
+    data = [DatasetPublic(**public_dataset(record)) for record in store.list_datasets()]
+    return DatasetsPublic(data=data, count=len(data))
 
 
-@router.get("/v1/datasets/{name}")
+@router.get("/v1/datasets/{name}", response_model=DatasetPublic, response_model_exclude_unset=True)
 def get_dataset(
-    name: str, store: StoreDep, _: Governance,
+    name: DatasetName, store: StoreDep, _: Governance,
     include_ids: bool = Query(False, description="Include every training sample id (ids_train)"),
 ) -> dict[str, Any]:
     """One dataset; with ?include_ids=true also the full list of training sample ids."""

@@ -1,5 +1,6 @@
-"""A real installation per test session: embedded redis-server, forking RQ worker, janitor, uvicorn on a free
-port."""
+"""A real installation per test session and backend: embedded redis-server, forking RQ worker, janitor, uvicorn on
+a free port; once with the embedded default (SQLite, the local store directory) and once with PostgreSQL and an S3
+server (pgserver, moto's S3 server, both on loopback), so that every integration test runs on both."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from models_store import Ledger, Store
+from models_store import Ledger, Store, open_ledger
 from unlearnd.cli.processes import Child, api_child, janitor_child, redis_child, wait_for_redis, worker_child
 from unlearnd.demo import DEMO_MODEL, ensure_demo_model
 from unlearnd.security.signing import open_store
@@ -29,8 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BACKENDS = ["embedded", "postgresql+s3"]
+
+
 @dataclass
 class Stack:
+    backend: str
+    """'embedded' (SQLite + local store directory) or 'postgresql+s3'."""
     settings: Settings
     base_url: str
     redis: Child
@@ -68,9 +75,13 @@ class Stack:
     def store(self) -> Store:
         return open_store(self.settings)  # signed with the stack's key, as the stack's own processes
 
+    def state(self, model: str) -> dict:
+        """The model's served state as its stored document (what GET /v1/models/{model}/state shows)."""
+        return self.store.read_state(model).as_stored()
+
     @property
     def ledger(self) -> Ledger:
-        return Ledger(self.settings.ledger_path)
+        return open_ledger(self.settings)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -104,13 +115,39 @@ class Stack:
         raise TimeoutError(f"request {request_id} never reached the expected state: {record}")
 
 
-@pytest.fixture(scope="session")
-def stack():
+def shared_services(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
+    """The settings that put the records in a new PostgreSQL database and the blobs under a new prefix of the S3
+    test server (empty for the embedded default)."""
+    if backend == "embedded":
+        return {}
+    import psycopg
+
+    postgres, s3 = request.getfixturevalue("postgres_server"), request.getfixturevalue("s3_server")
+    name = f"it_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return {"database_url": postgres.get_uri(name), "store_url": f"s3://{s3.bucket}/it-{name}",
+            "s3_endpoint_url": s3.endpoint_url}
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def stack(request):
+    from tests.s3_server import FAKE_AWS_ENV
+
+    backend = request.param
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if backend != "embedded":
+            for name, value in FAKE_AWS_ENV.items():  # the children inherit them (and nothing real)
+                monkeypatch.setenv(name, value)
+        yield from _stack(backend, shared_services(request, backend))
+
+
+def _stack(backend: str, shared: dict[str, str]):
     # short: the Redis socket path must stay < 100 chars
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))
     settings = Settings(data_dir=data_dir, port=free_port(), worker_stale_s=10,
                         callback_allow="127.0.0.0/8", callback_timeout_s=2,  # test receivers live on loopback
-                        api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()))
+                        api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()), **shared)
     logs = data_dir / "logs"
     logs.mkdir()
     redis = redis_child(settings)
@@ -125,7 +162,7 @@ def stack():
             child.log_path = logs / f"{child.name}.log"
             child.start()
             children.append(child)
-        running = Stack(settings, f"http://127.0.0.1:{settings.port}", redis, worker, janitor, api)
+        running = Stack(backend, settings, f"http://127.0.0.1:{settings.port}", redis, worker, janitor, api)
         running.wait_ready()
         stop = threading.Event()
         supervisor = threading.Thread(target=running.supervise, args=(stop,), daemon=True)

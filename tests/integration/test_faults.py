@@ -37,7 +37,7 @@ def test_kill_work_horse_mid_job(stack):
     record = stack.wait_terminal(request_id)
     assert record["status"] == "succeeded" and record["attempts"] == 2, record
     assert _count(stack, model) == 1
-    assert stack.store.read_state(model)["requests"] == [request_id]
+    assert stack.state(model)["requests"] == [request_id]
 
 
 def test_kill_whole_worker_mid_job(stack):
@@ -60,7 +60,7 @@ def test_kill_and_restart_redis(stack):
     records = [stack.wait_terminal(request_id, timeout_s=150) for request_id in accepted]
     assert [r["status"] for r in records] == ["succeeded"] * 3, records
     assert _count(stack, model) == 3
-    assert sorted(stack.store.read_state(model)["forgotten_classes"]) == [1, 2]
+    assert sorted(stack.state(model)["forgotten_classes"]) == [1, 2]
 
 
 def test_redis_down_while_accepting(stack):
@@ -112,7 +112,7 @@ def test_200_concurrent_requests_are_all_accounted_for_and_coalesced(stack):
     assert _count(stack, model) == 200
     computations = {r["result"]["state_version"] for r in records}
     assert len(computations) < 50, f"{len(computations)} computations for 200 requests: not coalesced"
-    state = stack.store.read_state(model)
+    state = stack.state(model)
     assert sorted(state["forgotten_classes"]) == [0, 1, 2] and sorted(state["requests"]) == sorted(accepted)
 
 

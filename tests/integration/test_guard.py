@@ -90,7 +90,7 @@ def _submit(stack, body: dict) -> dict:
 
 def test_a_candidate_that_fails_the_guard_is_not_published_and_the_old_state_serves(stack, backdoored):
     marked_ids, marked_test = backdoored
-    state_before = stack.store.read_state(MODEL)
+    state_before = stack.state(MODEL)
     served_before = _predict(stack, marked_test)
     assert (served_before == 0).mean() > 0.9  # the backdoor works
 
@@ -103,8 +103,8 @@ def test_a_candidate_that_fails_the_guard_is_not_published_and_the_old_state_ser
     assert len(refusal["guard"]["attempts"]) == 2 and not any(a["passed"] for a in refusal["guard"]["attempts"])
     verdict = refusal["guard"]["verdict"]
     assert verdict["bound"] == 3.0 and verdict["forget_accuracy"] > verdict["forget_target"] + 5.0
-    assert stack.store.read_state(MODEL)["state_version"] == state_before["state_version"]
-    assert stack.store.read_state(MODEL)["weights_sha256"] == state_before["weights_sha256"]
+    assert stack.state(MODEL)["state_version"] == state_before["state_version"]
+    assert stack.state(MODEL)["weights_sha256"] == state_before["weights_sha256"]
     assert np.array_equal(_predict(stack, marked_test), served_before)
 
 

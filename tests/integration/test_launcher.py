@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -15,13 +16,18 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.integration.conftest import free_port
 
 
 def test_run_serves_and_ctrl_c_stops_everything(stack):
+    if stack.backend != "embedded":
+        pytest.skip("`unlearnd run` with embedded defaults: tested once, on the embedded stack")
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-run-"))
-    shutil.copytree(stack.settings.store_dir, data_dir / "store")  # reuse the trained demo model
+    shutil.copytree(stack.settings.store_dir, data_dir / "store")  # reuse the trained demo model: its blobs
+    with sqlite3.connect(stack.settings.ledger_path) as source, sqlite3.connect(data_dir / "ledger.sqlite3") as copy:
+        source.backup(copy)  # and its records
     port = free_port()
     env = {**os.environ, "UNLEARND_DATA_DIR": str(data_dir), "UNLEARND_PORT": str(port)}
     env.pop("UNLEARND_REDIS_URL", None)

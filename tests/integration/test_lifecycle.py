@@ -116,7 +116,7 @@ def test_cancel_a_queued_request(stack):
     stack.wait_ready()
     time.sleep(2)  # give the worker a chance to (wrongly) run it
     assert stack.ledger.get(request_id)["status"] == "cancelled"
-    assert stack.store.read_state(model)["requests"] == []
+    assert stack.state(model)["requests"] == []
 
 
 def test_cancel_a_running_request_publishes_nothing(stack):
@@ -127,7 +127,7 @@ def test_cancel_a_running_request_publishes_nothing(stack):
         response = c.delete(f"/v1/forget-requests/{request_id}")
     assert response.status_code == 202 and response.json()["cancel_requested"]
     assert stack.wait_terminal(request_id)["status"] == "cancelled"
-    assert stack.store.read_state(model)["artifacts"] == []
+    assert stack.state(model)["artifacts"] == []
 
 
 def test_callback_is_signed_and_recorded(stack):

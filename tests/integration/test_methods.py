@@ -41,7 +41,7 @@ def test_sample_wise_forget_vector(stack):
     # Aimed at held-out accuracy, not at zero: forget accuracy close to the original test accuracy.
     assert abs((100 - after["UA"]) / 100 - target) <= 0.05
     assert after["TA"] >= record["result"]["metrics"]["before"]["TA"] - 5
-    state = stack.store.read_state(model)
+    state = stack.state(model)
     receipt = stack.ledger.get(request_id)["receipt"]["receipt"]
     assert state["vector_samples"] == sorted(ids)
     assert state["weights_sha256"] == receipt["weights_sha256_before"] == receipt["weights_sha256_after"]
@@ -67,7 +67,7 @@ def test_zero_shot_makes_new_weights_and_recomputes_vectors_in_force(stack):
     model = stack.clone_demo_model("digits-zero-shot")
     vector = stack.wait_terminal(_submit(stack, model, {"classes": [1]}))
     assert vector["status"] == "succeeded"
-    weights_before = stack.store.read_state(model)["weights_sha256"]
+    weights_before = stack.state(model)["weights_sha256"]
     train, _ = load_image_sets(stack.store, "digits")
     samples = [i for i, label in zip(train.ids, train.y.tolist(), strict=True) if label != 1][::20]
     record = stack.wait_terminal(_submit(stack, model, {"samples": samples, "method": "zero_shot"}))
@@ -77,7 +77,7 @@ def test_zero_shot_makes_new_weights_and_recomputes_vectors_in_force(stack):
     assert result["weights_sha256"] != weights_before and result["guard"]["passed"]
     verdict = result["guard"]["verdict"]
     assert verdict["forget_accuracy"] <= verdict["forget_target"] + 5.0
-    state = stack.store.read_state(model)
+    state = stack.state(model)
     assert state["weights_sha256"] == result["weights_sha256"]
     assert state["forgotten_classes"] == [1] and result["recomputed_vectors"] == state["artifacts"]
     for artifact in state["artifacts"]:  # vectors in force are bound to the new weights
@@ -120,7 +120,7 @@ def test_client_registers_its_own_model_and_data_deletes_samples_and_predicts(st
     record = stack.wait_terminal(_submit(stack, "clinic-cnn", {"samples": forget_ids}))
     assert record["status"] == "succeeded", record
     assert record["method"] == "auto" and record["result"]["method"] == "zero_shot"
-    assert stack.store.read_state("clinic-cnn")["forgotten_samples"] == sorted(forget_ids)
+    assert stack.state("clinic-cnn")["forgotten_samples"] == sorted(forget_ids)
     predicted = _labels(stack, "clinic-cnn", test.x.numpy())
     assert (predicted == test.y.numpy()).mean() >= 0.85
 

@@ -45,7 +45,7 @@ def serve_forget_vector(store: Store, value: float, request_ids: list[str]) -> d
     """Make `tiny` serve state 2: a forget vector (δ = `value` everywhere) on its weights; returns its manifest."""
     state = store.read_state("tiny")
     manifest = store.put_artifact({"delta": torch.full((1, 8, 8), value)}, {
-        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"],
+        "kind": "forget_vector", "model": "tiny", "weights_sha256": state.weights_sha256,
         "request_ids": request_ids})
-    store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]], "requests": request_ids})
+    store.publish_state(state.advanced(artifacts=[manifest["id"]], requests=request_ids))
     return manifest

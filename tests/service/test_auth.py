@@ -16,6 +16,8 @@ ROLES = [
     ("GET", "/v1/forget-requests/{request_id}", "inference", None),
     ("DELETE", "/v1/forget-requests/{request_id}", "inference", None),
     ("GET", "/v1/forget-requests/{request_id}/receipt", "inference", None),
+    ("GET", "/v1/forget-requests/{request_id}/report.png", "inference", None),
+    ("GET", "/v1/admin/queue", "governance", None),
     ("GET", "/v1/audit", "governance", None),
     ("GET", "/v1/datasets", "inference", None),
     ("POST", "/v1/datasets", "governance", {"name": "d", "source": "builtin:digits"}),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from models_store import Ledger
+from models_store import open_ledger
 from service.main import create_app
 from tests.service.conftest import KEYS, auth
 from unlearnd.settings import Settings
@@ -36,7 +36,7 @@ def test_a_callback_url_whose_host_is_refused_is_422(client, settings, model_sto
                            headers=auth("governance"))
     assert_problem(response, 422, "callback_url")
     assert "UNLEARND_CALLBACK_ALLOW" in response.json()["detail"]
-    assert Ledger(settings.ledger_path).list() == []
+    assert open_ledger(settings).list() == []
 
 
 def test_the_allow_setting_admits_loopback_callbacks(tmp_path, model_store):
@@ -93,7 +93,7 @@ def test_classes_must_be_json_integers(client, settings, model_store, classes):
     response = client.post("/v1/models/tiny/forget-requests", json={"classes": classes},
                            headers=auth("governance"))
     assert_problem(response, 422, "classes")
-    assert Ledger(settings.ledger_path).list() == []
+    assert open_ledger(settings).list() == []
 
 
 @pytest.mark.parametrize("pixel", [True, False])

@@ -85,6 +85,8 @@ def test_an_accepted_forget_request_moves_the_ledger_and_http_series(settings, m
         after = _samples(c)
     assert _value(before, "unlearnd_forget_requests", method="forget_vector", status="queued") == 0
     assert _value(after, "unlearnd_forget_requests", method="forget_vector", status="queued") == 1
+    assert _value(after, "unlearnd_forget_requests_accepted_total", method="forget_vector") - \
+        _value(before, "unlearnd_forget_requests_accepted_total", method="forget_vector") == 1
     labels = {"method": "POST", "route": "/v1/models/{model}/forget-requests", "status": "202"}
     assert _value(after, "unlearnd_http_requests_total", **labels) - \
         _value(before, "unlearnd_http_requests_total", **labels) == 1

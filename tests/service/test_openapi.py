@@ -1,6 +1,7 @@
 """The OpenAPI says what the API does: the forget-request body, and problem+json for every error."""
 
 import json
+import re
 
 import pytest
 
@@ -87,3 +88,89 @@ def test_the_documented_422_is_what_is_sent(client, schema):
 def test_the_openapi_is_stable_across_apps(settings):
     """document_problems mutates the module-level routers: a second app documents the same."""
     assert create_app(settings).openapi() == create_app(settings).openapi()
+
+
+def test_records_are_typed_with_descriptions_examples_and_date_times(schema):
+    components = schema["components"]["schemas"]
+    record = components["ForgetRequestPublic"]
+    assert record["properties"]["progress"] == {"$ref": "#/components/schemas/Progress"}
+    for field, model in [("result", "Result"), ("callback", "Callback")]:
+        assert {"$ref": f"#/components/schemas/{model}"} in record["properties"][field]["anyOf"]
+    for field in ("created_at", "started_at", "finished_at"):
+        variants = record["properties"][field].get("anyOf", [record["properties"][field]])
+        assert {"type": "string", "format": "date-time"}.items() <= variants[0].items(), field
+    progress = components["Progress"]
+    assert progress["properties"]["stage"]["enum"][2:7] == ["loading", "calibrating", "optimising", "verifying",
+                                                           "publishing"]
+    assert "null until a rate is measured" in progress["properties"]["eta_s"]["description"]
+    assert progress["additionalProperties"] is True  # methods add their own figures
+    for name in ("Progress", "Result", "Guard", "Callback", "Receipt", "ForgetRequestPublic"):
+        assert components[name].get("examples") and components[name].get("description"), name
+    assert components["AuditEntry"]["properties"]["at"]["format"] == "date-time"
+
+
+def test_every_body_and_answer_is_declared(schema):
+    for method, path, operation in _operations(schema):
+        if method in ("POST", "PUT", "PATCH"):
+            assert operation.get("requestBody", {}).get("content"), (method, path)
+        success = [s for s in operation["responses"] if s.startswith("2")]
+        assert success, (method, path)
+    paths = schema["paths"]
+    receipt = paths["/v1/forget-requests/{request_id}/receipt"]["get"]["responses"]["200"]
+    assert receipt["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Receipt"}
+    cancel = paths["/v1/forget-requests/{request_id}"]["delete"]["responses"]
+    assert {"200", "202", "409"} <= set(cancel)
+    assert "Retry-After" in paths["/v1/models/{model}/forget-requests"]["post"]["responses"]["202"]["headers"]
+    assert "Retry-After" in paths["/v1/forget-requests/{request_id}"]["get"]["responses"]["200"]["headers"]
+
+
+def test_operation_ids_are_the_route_names_and_unique(schema):
+    ids = [operation["operationId"] for _, _, operation in _operations(schema)]
+    assert len(ids) == len(set(ids))
+    assert schema["paths"]["/v1/models/{model}/forget-requests"]["post"]["operationId"] == "create_forget_request"
+
+
+@pytest.mark.parametrize("name", ["a", "digits-cnn", "v1.2_x", "a.", "A" * 64, "", ".a", "a..b", "a/b", "é",
+                                  "-a", "A" * 65])
+def test_the_documented_name_pattern_is_the_store_rule(name):
+    from models_store.errors import StoreError
+    from models_store.store import check_name
+    from service.schemas import NAME_SCHEMA
+
+    try:
+        check_name(name)
+        valid = True
+    except StoreError:
+        valid = False
+    documented = bool(re.match(NAME_SCHEMA["pattern"], name)) and len(name) <= NAME_SCHEMA["maxLength"]
+    assert documented == valid
+
+
+def test_retry_after_follows_the_eta_while_a_request_is_active(client, model_store):
+    accepted = client.post("/v1/models/tiny/forget-requests", json={"classes": [3]}, headers=auth("governance"))
+    assert accepted.status_code == 202 and accepted.headers["Retry-After"] == "2"  # nothing measured yet
+    request_id = accepted.json()["id"]
+    ledger = client.app.state.ledger
+
+    def retry_after():
+        response = client.get(f"/v1/forget-requests/{request_id}", headers=auth("governance"))
+        assert response.status_code == 200
+        return response.headers.get("Retry-After")
+
+    assert retry_after() == "2"
+    assert ledger.mark_running(request_id)
+    for eta, expected in [(None, "2"), (7.2, "8"), (0.1, "1"), (5000.0, "60")]:
+        ledger.set_progress(request_id, {"stage": "optimising", "stage_fraction": 0.5, "fraction": 0.4,
+                                         "elapsed_s": 3.0, "eta_s": eta, "epoch": 4})
+        assert retry_after() == expected, eta
+    ledger.mark_cancelled(request_id, actor="test")
+    assert retry_after() is None  # finished: nothing to wait for
+
+
+def test_progress_from_older_workers_reads_as_a_stage():
+    from service.schemas import Progress
+
+    assert Progress.model_validate({"fraction": 0.3, "stage": "class vector 3", "epoch": 2}).model_dump() == {
+        "stage": "optimising", "stage_fraction": None, "fraction": 0.3, "elapsed_s": None, "eta_s": None,
+        "attempt": None, "epoch": 2, "step": "class vector 3"}
+    assert Progress.model_validate({"fraction": 0.9, "stage": "evaluating"}).stage == "verifying"

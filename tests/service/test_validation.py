@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from models_store import Ledger
+from models_store import open_ledger
 from tests.service.conftest import KEYS, auth
 
 
@@ -27,13 +27,12 @@ def test_bad_forget_requests_are_422_and_record_nothing(client, settings, model_
     problem = response.json()
     assert response.headers["content-type"] == "application/problem+json"
     assert problem["status"] == 422 and needle in (problem.get("detail", "") + str(problem.get("errors")))
-    assert Ledger(settings.ledger_path).list() == []
+    assert open_ledger(settings).list() == []
 
 
 def test_a_request_that_would_forget_the_last_remaining_classes_is_422(client, settings, model_store):
     state = model_store.read_state("tiny")
-    model_store.write_state("tiny", {**state, "state_version": state["state_version"] + 1,
-                                     "forgotten_classes": [0, 1, 2, 3], "smoothed_classes": [4, 5, 6]})
+    model_store.publish_state(state.advanced(forgotten_classes=[0, 1, 2, 3], smoothed_classes=[4, 5, 6]))
     refused = client.post("/v1/models/tiny/forget-requests", json={"classes": [7, 8, 9]}, headers=auth("governance"))
     assert refused.status_code == 422 and "7 already forgotten" in refused.json()["detail"]
     accepted = client.post("/v1/models/tiny/forget-requests", json={"classes": [7, 8]}, headers=auth("governance"))
@@ -52,7 +51,7 @@ def test_accepted_even_when_redis_is_down(client, settings, model_store):
         response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("admin"))
         assert response.status_code == 202, response.text
         assert response.headers["location"] == f"/v1/forget-requests/{response.json()['id']}"
-    records = Ledger(settings.ledger_path).list()
+    records = open_ledger(settings).list()
     assert [r["status"] for r in records] == ["queued"] * 3 and all(r["job_id"] for r in records)
 
 
@@ -64,7 +63,7 @@ def test_unknown_sample_ids_are_listed(client, settings, model_store):
     everything = client.post("/v1/models/tiny/forget-requests", json={"samples": ["a", "b", "c"]},
                              headers=auth("governance"))
     assert everything.status_code == 422 and "every training sample" in everything.json()["detail"]
-    assert Ledger(settings.ledger_path).list() == []
+    assert open_ledger(settings).list() == []
 
 
 def test_malformed_json_is_a_problem(client, model_store):
@@ -139,9 +138,9 @@ def test_oversized_chunked_body_is_413(settings, model_store):
 def test_tampered_artifact_is_refused_not_served(client, settings, model_store):
     state = model_store.read_state("tiny")
     manifest = model_store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
-        "kind": "forget_vector", "model": "tiny", "weights_sha256": state["weights_sha256"],
+        "kind": "forget_vector", "model": "tiny", "weights_sha256": state.weights_sha256,
         "request_ids": []})
-    model_store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]]})
+    model_store.publish_state(state.advanced(artifacts=[manifest["id"]]))
     path = settings.store_dir / "artifacts" / f"{manifest['id']}.safetensors"
     data = bytearray(path.read_bytes())
     data[-4:] = b"\x00\x00\x80\x3f"  # one element of δ becomes 1.0
@@ -155,7 +154,7 @@ def test_artifact_bound_to_other_weights_is_refused(client, model_store):
     state = model_store.read_state("tiny")
     manifest = model_store.put_artifact({"delta": torch.zeros(1, 8, 8)}, {
         "kind": "forget_vector", "model": "tiny", "weights_sha256": "f" * 64, "request_ids": []})
-    model_store.write_state("tiny", {**state, "state_version": 2, "artifacts": [manifest["id"]]})
+    model_store.publish_state(state.advanced(artifacts=[manifest["id"]]))
     response = client.post("/v1/models/tiny/predict", json={"inputs": [[[[0.0] * 8] * 8]]},
                            headers=auth("inference"))
     assert response.status_code == 503 and "other weights" in response.json()["detail"]
@@ -185,7 +184,7 @@ def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it
     """The first process claimed the key and committed the request, then died before storing its answer."""
     from unlearnd.security.secret_files import key_id
 
-    ledger, gov = Ledger(settings.ledger_path), key_id(KEYS["governance"])
+    ledger, gov = open_ledger(settings), key_id(KEYS["governance"])
     assert ledger.idempotency_begin(gov, "k1", BODY_DIGEST) is None
     ledger.create({"id": "fr_first", "model": "tiny", "classes": [1], "method": "auto", "key_id": gov},
                   idempotency=(gov, "k1"))
@@ -202,7 +201,7 @@ def test_stale_idempotency_claim_with_no_request_is_taken_over(client, settings,
 
     from unlearnd.security.secret_files import key_id
 
-    ledger, gov = Ledger(settings.ledger_path), key_id(KEYS["governance"])
+    ledger, gov = open_ledger(settings), key_id(KEYS["governance"])
     assert ledger.idempotency_begin(gov, "k2", BODY_DIGEST) is None
     assert _idempotent_post(client, "k2").status_code == 409  # fresh claim: the first may still be accepting
     with sqlite3.connect(settings.ledger_path) as db:
@@ -222,7 +221,7 @@ def test_idempotency_key_of_a_refused_request_is_released(client, settings, mode
     assert refused.status_code == 422 and "outside" in refused.json()["detail"]
     accepted = client.post("/v1/models/tiny/forget-requests", content=b'{"classes": [4]}', headers=headers)
     assert accepted.status_code == 202, accepted.text
-    assert "Idempotent-Replayed" not in accepted.headers and Ledger(settings.ledger_path).count() == 1
+    assert "Idempotent-Replayed" not in accepted.headers and open_ledger(settings).count() == 1
 
 def test_rollback_of_an_unknown_model_is_404_and_writes_nothing(client, settings):
     response = client.post("/v1/models/nope/rollback", json={"state_version": 1}, headers=auth("admin"))
@@ -232,23 +231,23 @@ def test_rollback_of_an_unknown_model_is_404_and_writes_nothing(client, settings
 
 def test_rollback_while_a_job_holds_the_model_is_409(client, model_store):
     state = model_store.read_state("tiny")
-    model_store.write_state("tiny", {**state, "state_version": 2})
+    model_store.publish_state(state.advanced())
     with model_store.model_lock("tiny"):  # what a running forget job holds
         response = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert response.status_code == 409 and "retry" in response.json()["detail"]
-    assert model_store.read_state("tiny")["state_version"] == 2
+    assert model_store.read_state("tiny").state_version == 2
     response = client.post("/v1/models/tiny/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert response.status_code == 200 and response.json()["rolled_back_to"] == 1
 
 
 def test_rollback_that_would_un_forget_names_the_requests_and_needs_them_listed_with_a_reason(
         client, settings, model_store):
-    ledger = Ledger(settings.ledger_path)
+    ledger = open_ledger(settings)
     ledger.create({"id": "fr_done", "model": "tiny", "classes": [1], "method": "auto"})
     ledger.mark_running("fr_done")
     ledger.mark_succeeded("fr_done", {"artifact_id": "a"})
     state = model_store.read_state("tiny")
-    model_store.write_state("tiny", {**state, "state_version": 2, "requests": ["fr_done"]})
+    model_store.publish_state(state.advanced(requests=["fr_done"]))
     admin = auth("admin")
 
     refused = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "reason": "r"}, headers=admin)
@@ -258,7 +257,7 @@ def test_rollback_that_would_un_forget_names_the_requests_and_needs_them_listed_
     assert stray.status_code == 422 and "fr_other" in stray.json()["detail"]
     no_reason = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "force": True}, headers=admin)
     assert no_reason.status_code == 422 and "reason" in no_reason.json()["detail"]
-    assert model_store.read_state("tiny")["state_version"] == 2 and ledger.get("fr_done")["status"] == "succeeded"
+    assert model_store.read_state("tiny").state_version == 2 and ledger.get("fr_done")["status"] == "succeeded"
 
     done = client.post("/v1/models/tiny/rollback", json={"state_version": 1, "reason": "court order",
                                                         "reinstate": ["fr_done"]}, headers=admin)
@@ -290,7 +289,7 @@ def test_an_accepted_request_is_enqueued_carrying_only_its_id(settings, model_st
     request_id = response.json()["id"]
     [(function, args, job_id)] = enqueued
     assert function == "workers.jobs.process_forget_request" and args == (request_id,)
-    assert Ledger(settings.ledger_path).get(request_id)["job_id"] == job_id
+    assert open_ledger(settings).get(request_id)["job_id"] == job_id
 
 
 @pytest.mark.parametrize(("options", "expected"), [
@@ -307,7 +306,7 @@ def test_validation_errors_read_as_one_line(options, expected):
 
 
 def test_list_takes_several_statuses_and_newest_first_and_names_an_unknown_status(client, settings, model_store):
-    ledger = Ledger(settings.ledger_path)
+    ledger = open_ledger(settings)
     for i in range(3):
         ledger.create({"id": f"fr_{i}", "model": "tiny", "classes": [1], "method": "auto"})
     ledger.mark_running("fr_1")

@@ -16,8 +16,9 @@ import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
-from models_store import Ledger
+from models_store import Ledger, open_ledger
 from unlearnd.callbacks import (
     AllowList,
     CallbackRefused,
@@ -292,13 +293,18 @@ def _ended_request(ledger: Ledger, url: str) -> str:
 def test_deliver_signs_and_records_the_final_outcome(tmp_path, receiver_factory):
     receiver = receiver_factory(answer(500))
     settings = loopback_settings(tmp_path, callback_attempts=2)
-    ledger = Ledger(settings.ledger_path)
+    ledger = open_ledger(settings)
     request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
     payload = json.dumps({"id": request_id, "status": "failed"})
+    def attempts(outcome: str) -> float:
+        return REGISTRY.get_sample_value("unlearnd_callback_attempts_total", {"outcome": outcome}) or 0.0
+
+    counted = {o: attempts(o) for o in ("retried", "failed")}
     first = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=1)
     assert not first.delivered and ledger.get(request_id)["callback"] is None  # RQ will retry it
     last = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=2)
     assert not last.delivered
+    assert {o: attempts(o) - n for o, n in counted.items()} == {"retried": 1, "failed": 1}
     recorded = ledger.get(request_id)["callback"]
     assert recorded["delivered"] is False and recorded["attempts"] == 2 and "500" in recorded["error"]
     assert [e["action"] for e in ledger.audit_entries(request_id=request_id)][-1] == "callback.failed"
@@ -326,7 +332,7 @@ def test_callbacks_go_to_their_own_queue_and_rq_retries_them(tmp_path, receiver_
     settings = loopback_settings(tmp_path, callback_attempts=3)
     monkeypatch.setattr(unlearnd.settings, "get_settings", lambda: settings)
     monkeypatch.setattr("unlearnd.callbacks.BACKOFF_S", 0.01)
-    ledger = Ledger(settings.ledger_path)
+    ledger = open_ledger(settings)
     request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
     connection = fakeredis.FakeStrictRedis()
 
@@ -341,8 +347,8 @@ def test_callbacks_go_to_their_own_queue_and_rq_retries_them(tmp_path, receiver_
     assert len(receiver.requests) == 3 and ids == {message_id}  # one message, three attempts
 
 
-def test_a_request_without_callback_url_queues_nothing(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+def test_a_request_without_callback_url_queues_nothing(tmp_path, database):
+    ledger = Ledger(database)
     request_id = f"fr_{uuid.uuid4().hex[:12]}"
     ledger.create({"id": request_id, "model": "m", "method": "auto", "classes": [1]})
     assert notify_terminal(ledger, request_id, Settings(data_dir=tmp_path), connection=object()) is None

@@ -1,4 +1,5 @@
-"""The `unlearnd` command.
+"""The `unlearnd` command (Typer): the service's own commands, which read the `UNLEARND_*` settings, and the
+client commands of `unlearnd.cli.remote`, which talk to a running API at `--url` with `--api-key`.
 
   unlearnd run        start the service with embedded defaults (Redis unless UNLEARND_REDIS_URL, API, workers)
   unlearnd bootstrap  create the API keys and the demo model in the data directory, then exit
@@ -11,12 +12,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
+import typer
+from typer.main import get_command
+
+from unlearnd.cli.remote import Remote
+from unlearnd.cli.remote import app as client_commands
+from unlearnd.client import DEFAULT_URL
 from unlearnd.settings import Settings
 
 
@@ -127,104 +133,49 @@ def rotate_key(settings: Settings) -> int:
 def adopt_store(settings: Settings) -> int:
     """Sign, with the current key, what a data directory from before signing holds unsigned, after checking it
     as every load would, except the missing signature: each artifact manifest against its own sha256 and its
-    tensor file's; each served state (state.json and every states/<n>.json) against its model and version, its
-    weights file and each artifact it serves (bound to the model and those weights). What does not match is
-    listed and left unsigned; what is signed already is left alone (one whose signature does not verify is
-    listed too). Audited as `store.adopted` when anything was signed or refused.
+    tensor blob's; each served state against its model and version, its weights and each artifact it serves
+    (bound to the model and those weights; `Store.adopt_manifest`, `Store.adopt_state`). What does not match is
+    listed and left unsigned; what is signed already is left alone. Audited as `store.adopted` when anything was
+    signed or refused.
 
     0 when nothing is left unadopted, 1 when something was refused, 2 when the key or the ledger cannot be used.
-    It certifies the files as they are now: run it only on a data directory you trust (see the README).
+    It certifies the records as they are now: run it only on a data directory you trust (see the README).
     """
-    from models_store import IntegrityError, Ledger, Store, StoreError
-    from models_store.files import atomic_write_json, canonical_json, read_json, sha256_bytes
-    from models_store.store import SIGNATURE, check_name
-    from unlearnd.security.signing import KeyFileError, load_signer
+    from models_store import StoreError, open_ledger
+    from unlearnd.security.signing import KeyFileError, load_signer, open_store
 
-    root = settings.store_dir
-    if not root.is_dir():
-        print(f"no store at {root}: nothing to adopt")
-        return 0
     try:
-        signer = load_signer(settings)
+        kid = load_signer(settings).current_key_id
     except (KeyFileError, OSError) as exc:
         print(f"cannot load the signing key: {exc}", file=sys.stderr)
         return 2
-    kid = signer.current_key_id
-    signed = Store(root, signer=signer)  # verifies as the service does
-    plain = Store(root)  # the same files, hashes checked, signatures not
+    store = open_store(settings)
     problems = (StoreError, KeyError, TypeError, ValueError, AttributeError, OSError)
     refused: list[str] = []
-    already = 0
-
-    def with_signature(document: dict[str, Any]) -> dict[str, Any]:
-        return {**document, SIGNATURE: signer.sign(canonical_json(document))}
-
-    def read_object(path: Path) -> dict[str, Any]:
-        document = read_json(path)
-        if not isinstance(document, dict):
-            raise ValueError("not a JSON object")
-        return document
-
-    # Artifact manifests first: a state is adopted only when every artifact it serves verifies, signed.
     artifacts: list[str] = []
-    for path in sorted((root / "artifacts").glob("*.json")):
-        artifact_id = path.stem
+    states: dict[str, list[int]] = {}
+    # Artifact manifests first: a state is adopted only when every artifact it serves verifies, signed.
+    for kind, name, version in list(store.unsigned_documents()):
         try:
-            if SIGNATURE in read_object(path):
-                signed.get_artifact_manifest(artifact_id)
-                already += 1
-                continue
-            manifest = plain.get_artifact_manifest(artifact_id)  # its id and its own sha256
-            tensors = root / "artifacts" / f"{artifact_id}.safetensors"
-            if not tensors.exists() or sha256_bytes(tensors.read_bytes()) != manifest["file_sha256"]:
-                raise IntegrityError(f"tensor file of artifact {artifact_id!r} is missing or does not match "
-                                     "the manifest's file_sha256")
+            if kind == "artifact":
+                store.adopt_manifest(name)
+                artifacts.append(name)
+            else:
+                assert version is not None
+                with store.model_lock(name):  # no state is written by a worker or a rollback meanwhile
+                    store.adopt_state(name, version)
+                states.setdefault(name, []).append(version)
         except problems as exc:
-            refused.append(f"{path.relative_to(root)}: {exc}")
-            continue
-        atomic_write_json(path, with_signature(manifest))
-        artifacts.append(artifact_id)
-
-    states: dict[str, list[str]] = {}
-    models_dir = root / "models"
-    for model_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []:
-        name = model_dir.name
-        try:
-            check_name(name)
-        except StoreError:
-            continue  # not a directory the store ever reads
-        history = sorted((model_dir / "states").glob("*.json"),
-                         key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
-        files = [(p, int(p.stem) if p.stem.isdigit() else None) for p in history]
-        files.append((model_dir / "state.json", None))
-        with signed.model_lock(name):  # no state is written by a worker or a rollback meanwhile
-            for path, version in files:
-                if not path.exists():
-                    continue
-                try:
-                    state = read_object(path)
-                    if SIGNATURE in state:
-                        signed.verify_state(name, state, version)
-                        already += 1
-                        continue
-                    candidate = with_signature(state)
-                    signed.verify_state(name, candidate, version)  # names this model (and version)
-                    signed.verify_state_files(name, candidate)  # weights, artifacts: hashes and signatures
-                except problems as exc:
-                    refused.append(f"{path.relative_to(root)}: {exc}")
-                    continue
-                atomic_write_json(path, candidate)
-                states.setdefault(name, []).append(str(path.relative_to(model_dir)))
+            refused.append(f"{kind} {name}{'' if version is None else f' state {version}'}: {exc}")
 
     adopted = sum(len(v) for v in states.values())
-    print(f"signed with key {kid}: {adopted} served state file(s) of {len(states)} model(s), "
-          f"{len(artifacts)} artifact manifest(s); {already} already signed, left alone")
+    print(f"signed with key {kid}: {adopted} served state(s) of {len(states)} model(s), "
+          f"{len(artifacts)} artifact manifest(s)")
     if adopted or artifacts or refused:
         try:
-            Ledger(settings.ledger_path).audit("store.adopted", "cli", detail={
-                "key_id": kid, "states": states, "artifacts": artifacts, "already_signed": already,
-                "refused": refused})
-        except Exception as exc:  # sqlite3 errors, an unwritable data directory: say so, never a traceback
+            open_ledger(settings).audit("store.adopted", "cli", detail={
+                "key_id": kid, "states": states, "artifacts": artifacts, "refused": refused})
+        except Exception as exc:  # database errors, an unwritable data directory: say so, never a traceback
             print(f"signed, but the audit entry store.adopted could not be written: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
             return 2
@@ -237,44 +188,95 @@ def adopt_store(settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="unlearnd", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="start Redis (unless UNLEARND_REDIS_URL), API, workers and janitor")
-    commands.add_parser("bootstrap", help="create API keys and the demo model, then exit")
-    verify_cmd = commands.add_parser(
-        "verify-receipt", help="verify a receipt file offline (exit 0 valid, 1 invalid, 2 usage or missing file)")
-    verify_cmd.add_argument("file", type=Path)
-    verify_cmd.add_argument("--public-key", type=Path, default=None,
-                            help="a PEM Ed25519 public key, or a JSON file with the answer of GET /v1/keys "
-                                 "(default: the server's keys in this data directory, read-only)")
-    verify_cmd.add_argument("--key-file", type=Path, default=None,
-                            help="the HMAC receipt key, only for receipts issued before Ed25519 signing")
-    commands.add_parser("rotate-signing-key",
-                        help="retire the signing key into its keyring and generate a new one")
-    commands.add_parser("adopt-store",
-                        help="check the unsigned states and artifact manifests of a data directory from before "
-                             "signing against their sha256 and sign them (exit 0 all adopted, 1 some refused)")
-    args = parser.parse_args(argv)
+# ---- the command line ---------------------------------------------------------------------------------------
+app = typer.Typer(name="unlearnd", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Make trained image classifiers forget: run the service, or talk to one.")
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="UNLEARND_URL", help="The API the client commands talk to.")]
+    = DEFAULT_URL,
+    api_key: Annotated[str | None, typer.Option(envvar="UNLEARND_API_KEY", show_default=False,
+                                                help="API key the client commands send (its role decides what "
+                                                     "they may do).")] = None,
+) -> None:
+    """Make trained image classifiers forget: run the service (`run`, `bootstrap`, ...), or talk to one
+    (`submit`, `wait`, `receipt`, ...)."""
+    ctx.obj = Remote(url, api_key)
+
+
+def _settings() -> Settings:
+    """The UNLEARND_* settings; exit 2 when one does not parse."""
     try:
-        settings = Settings()
+        return Settings()
     except ValueError as exc:  # pydantic's ValidationError: an UNLEARND_* variable that does not parse
         print(f"invalid settings: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@app.command("run")
+def run_command() -> int:
+    """Start Redis (unless UNLEARND_REDIS_URL), the API, workers and the janitor, supervised; Ctrl-C stops
+    everything."""
+    from unlearnd.cli.launcher import run
+
+    return run(_settings())
+
+
+@app.command("bootstrap")
+def bootstrap_command() -> int:
+    """Create the API keys, the signing key and the demo model in the data directory, then exit."""
+    return bootstrap(_settings())
+
+
+@app.command("verify-receipt")
+def verify_receipt_command(
+    file: Annotated[Path, typer.Argument(help="The receipt (the JSON of GET /v1/forget-requests/{id}/receipt).",
+                                         show_default=False)],
+    public_key: Annotated[Path | None, typer.Option(help="A PEM Ed25519 public key, or a JSON file with the "
+                                                         "answer of GET /v1/keys (default: the server's keys "
+                                                         "in this data directory, read-only).")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="The HMAC receipt key, only for receipts issued before "
+                                                       "Ed25519 signing.")] = None,
+) -> int:
+    """Verify a receipt offline: exit 0 valid, 1 invalid, 2 usage error or a missing or unreadable file. Never
+    creates a key."""
+    settings = _settings()
+    try:
+        return verify_receipt(file, public_key, key_file, settings)
+    except Exception as exc:  # never a traceback: whatever was not foreseen is a file we cannot use
+        print(f"cannot verify {file}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    if args.command == "run":
-        from unlearnd.cli.launcher import run
 
-        return run(settings)
-    if args.command == "verify-receipt":
-        try:
-            return verify_receipt(args.file, args.public_key, args.key_file, settings)
-        except Exception as exc:  # never a traceback: whatever was not foreseen is a file we cannot use
-            print(f"cannot verify {args.file}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "rotate-signing-key":
-        return rotate_key(settings)
-    if args.command == "adopt-store":
-        return adopt_store(settings)
-    return bootstrap(settings)
 
+@app.command("rotate-signing-key")
+def rotate_signing_key_command() -> int:
+    """Retire the signing key into its keyring (what it signed still verifies) and generate a new one."""
+    return rotate_key(_settings())
+
+
+@app.command("adopt-store")
+def adopt_store_command() -> int:
+    """Check the unsigned states and artifact manifests of a data directory from before signing against their
+    sha256 and sign them: exit 0 all adopted, 1 some refused, 2 key or ledger unusable."""
+    return adopt_store(_settings())
+
+
+app.add_typer(client_commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`unlearnd`: the exit status of the command. A usage error (an unknown command or option, a missing
+    argument) is shown with the usage and raises SystemExit(2), as command-line parsers do."""
+    command = get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="unlearnd", standalone_mode=False)
+    except typer.TyperException as exc:  # click's ClickException: a usage error
+        exc.show()  # type: ignore[attr-defined]
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0

@@ -7,6 +7,8 @@ import signal
 import sys
 import time
 
+import structlog
+
 from unlearnd.cli.processes import (
     Child,
     DataDirInUse,
@@ -18,12 +20,15 @@ from unlearnd.cli.processes import (
     wait_for_redis,
     worker_child,
 )
+from unlearnd.logs import configure_logging
 from unlearnd.security.api_keys import load_or_create_api_keys
 from unlearnd.security.signing import open_store, unsigned_documents
 from unlearnd.settings import Settings
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
 """Wait before restarting a child that died: grows with consecutive quick deaths, capped at the last value."""
+
+log = structlog.stdlib.get_logger(__name__)
 
 
 def _banner(settings: Settings, keys: dict[str, str], model: str | None) -> str:
@@ -33,6 +38,9 @@ def _banner(settings: Settings, keys: dict[str, str], model: str | None) -> str:
         "", f"unlearnd is up: API {base}  (docs: {base}/docs)",
         f"  data directory: {settings.data_dir.resolve()}",
         f"  redis: {settings.effective_redis_url}" + ("" if settings.redis_url else " (embedded)"),
+        f"  logs ({settings.log_format}, one line per event): {(settings.data_dir / 'logs').resolve()}/"
+        "{api,worker-N,janitor,redis}.log",
+        "  queue: `make dashboard` (rq-dashboard), GET /v1/admin/queue (admin key)",
         "  API keys (Authorization: Bearer <key>):",
         *[f"    {role:<10} {key}" for role, key in sorted(by_role.items())],
     ]
@@ -55,17 +63,18 @@ def _banner(settings: Settings, keys: dict[str, str], model: str | None) -> str:
 def unsigned_store_notice(settings: Settings) -> str | None:
     """One line telling to run `unlearnd adopt-store` when the store holds states or manifests written before
     signing (the service refuses them); None otherwise. Never adopts: that would sign whatever is there."""
-    first = next(unsigned_documents(settings.store_dir), None)
+    first = next(unsigned_documents(open_store(settings)), None)
     if first is None:
         return None
     return (f"unlearnd run: the store holds unsigned served states or artifact manifests (written before signing, "
-            f"e.g. {first.relative_to(settings.store_dir)}), which the service refuses (503 \"not signed\"): "
+            f"e.g. {first}), which the service refuses (503 \"not signed\"): "
             "check and sign them with `unlearnd adopt-store` (same UNLEARND_* settings)")
 
 
 def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM; 0 then. 1 when another launcher holds the data directory. Every child
     dies with the launcher, even when it is killed with -9."""
+    configure_logging(settings, "launcher")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock_fd = lock_data_dir(settings.data_dir)
@@ -102,16 +111,14 @@ def _run_locked(settings: Settings) -> int:
         wait_for_redis(settings)
         model_name = None
         if settings.demo_model:
-            from unlearnd.demo import DEMO_MODEL, ensure_demo_model
+            from unlearnd.demo import ensure_demo_model
 
             store = open_store(settings)  # signed with the server key, as every process's store
-            if not store.has_model(DEMO_MODEL):
-                print("training the demo model on scikit-learn digits (once, a few seconds)...", flush=True)
-            model_name = ensure_demo_model(store)["name"]
+            model_name = ensure_demo_model(store, say=lambda line: print(line, flush=True))["name"]
         children = [janitor_child(settings), *(worker_child(settings, i) for i in range(settings.workers)),
                     api_child(settings)]
         for child in children:
-            child.log_path = log_dir / f"{child.name}.log" if child.name != "api" else None
+            child.log_path = log_dir / f"{child.name}.log"
             child.start()
         print(_banner(settings, keys, model_name), flush=True)
         if notice:
@@ -127,8 +134,8 @@ def _run_locked(settings: Settings) -> int:
                     quick = now - child.started_at < 10
                     child.restarts = child.restarts + 1 if quick else 1
                     wait = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S)) - 1]
-                    print(f"{child.name} exited ({child.process.returncode}); restarting in {wait} s",
-                          flush=True)
+                    log.warning("child exited; restarting", child=child.name, returncode=child.process.returncode,
+                                restart_in_s=wait)
                     restart_at[child.name] = now + wait
                 elif now >= restart_at[child.name]:
                     del restart_at[child.name]

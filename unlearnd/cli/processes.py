@@ -172,8 +172,11 @@ def redis_child(settings: Settings) -> Child:
 
 
 def api_child(settings: Settings) -> Child:
+    """uvicorn with `api_workers` processes. The app logs its own lines, the access log included
+    (unlearnd.logs); `--log-level warning` is for what uvicorn's supervisor of several workers says."""
     argv = [sys.executable, "-m", "uvicorn", "service.main:create_app_from_env", "--factory",
-            "--host", settings.host, "--port", str(settings.port), "--log-level", "warning"]
+            "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.api_workers),
+            "--no-access-log", "--log-level", "warning"]
     return Child("api", argv, child_env(settings))
 
 

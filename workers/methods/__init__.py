@@ -23,7 +23,8 @@ class Method(Protocol):
     """What a forget method does for one batch of requests of one model, under the model's lock.
 
     Receives: the store, the batch's ledger records (same model, same forget kind: all `classes` or all
-    `samples`), the settings, and `progress(fraction, stage, force=False, **extra)`, which records progress for
+    `samples`), the settings, and `progress(stage_fraction, stage, force=False, **extra)` (stages in
+    `workers.progress.STAGES` order, each from 0 to 1), which records progress for
     every request of the batch and raises `RequestCancelled` if one was cancelled: call it often, and publish
     nothing after it raised.
     Must: write its artifacts (and any new weights) to the store, then publish the next served state exactly

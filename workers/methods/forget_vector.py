@@ -9,11 +9,13 @@ Every candidate passes the utility guard (`unlearning.guarded`) before it is sto
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from models_store import Store
+from models_store.state import ServedState
 from unlearnd.settings import Settings
 from unlearning import InvalidForgetSetError
 from unlearning.guard import Candidate, GuardConfig, hold_out_retain, judge, retained_test
@@ -35,7 +37,7 @@ from workers.publishing import Outcome
 
 
 def class_vectors(
-    store: Store, loaded: ModelUnderEdit, state: dict[str, Any], bank: dict[int, str], classes: list[int],
+    store: Store, loaded: ModelUnderEdit, state: ServedState, bank: dict[int, str], classes: list[int],
     request_ids: list[str], progress: Progress, low: float, high: float, settings: Settings,
     before: Candidate | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]], dict[int, str], dict[str, Any]]:
@@ -55,7 +57,7 @@ def class_vectors(
     checks: dict[str, Any] = {}
     computed: dict[int, Guarded] = {}
     for i, cls in enumerate(missing):
-        split = forget_split(loaded.train, {**state, "forgotten_classes": classes}, classes=[cls])
+        split = forget_split(loaded.train, replace(state, forgotten_classes=tuple(classes)), classes=[cls])
         guarded = guarded_forget_vector(
             loaded.model, split, loaded.test, classes=[cls], guard=guard, gate=gate,
             progress=progress_span(progress, low + i * step, low + (i + 1) * step, f"class vector {cls}"))
@@ -108,7 +110,7 @@ def _judge_reused(loaded: ModelUnderEdit, split: Any, classes: list[int], delta:
 
 
 def sample_vector(
-    store: Store, loaded: ModelUnderEdit, state: dict[str, Any], samples: list[str], request_ids: list[str],
+    store: Store, loaded: ModelUnderEdit, state: ServedState, samples: list[str], request_ids: list[str],
     progress: Progress, low: float, high: float, settings: Settings, before: Candidate | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
     """A sample-wise forget vector aimed at what a retrained model does: forget-set accuracy ≈ held-out accuracy;
@@ -116,7 +118,7 @@ def sample_vector(
     split = forget_split(loaded.train, state, samples=samples)
     guarded = guarded_forget_vector(loaded.model, split, loaded.test, classes=None,
                                     guard=GuardConfig(max_drop=settings.guard_max_drop), before=before,
-                                    progress=progress_span(progress, low, high, "optimising"))
+                                    progress=progress_span(progress, low, high, "sample vector"))
     if not guarded.passed:
         raise rejected("the sample-wise forget vector", guarded)
     target = guarded.info["target_forget_accuracy"]
@@ -136,57 +138,61 @@ def run(store: Store, records: list[dict[str, Any]], settings: Settings, progres
     state = store.read_state(records[0]["model"])
     request_ids = covered_request_ids(state, records)
     by_class = records[0]["classes"] is not None
-    if by_class and state.get("vector_samples"):
+    if by_class and state.vector_samples:
         raise InvalidForgetSetError("a sample-wise forget vector is in force on this model; forget these "
                                     "classes with method zero_shot instead")
-    if not by_class and state.get("forgotten_classes"):
+    if not by_class and state.forgotten_classes:
         raise InvalidForgetSetError("a class forget vector is in force on this model; forget these samples "
                                     "with method zero_shot (or auto) instead")
     if by_class:
-        classes = sorted(set(state.get("forgotten_classes", [])).union(*(r["classes"] for r in records)))
-        if classes == sorted(state.get("forgotten_classes", [])) and state["artifacts"]:
+        classes = sorted(set(state.forgotten_classes).union(*(r["classes"] for r in records)))
+        if classes == sorted(state.forgotten_classes) and state.artifacts:
             return already_covered(store, state, settings, classes, request_ids, started)
-    progress(0.02, "loading", force=True)
+    progress(0.0, "loading", force=True)
     loaded = load_under_edit(store, state, settings)
-    current = applied_delta(store, state["artifacts"])
+    progress(0.0, "calibrating", force=True)
+    current = applied_delta(store, state.artifacts)
     served = served_candidate(loaded, state, current)
     if by_class:
         split = forget_split(loaded.train, state, classes=classes)
-        before = measure(loaded, split, classes, current, state.get("gate_classes"))
-        bank = {int(k): v for k, v in state.get("bank", {}).items()}
+        before = measure(loaded, split, classes, current, _listed(state.gate_classes))
+        bank = dict(state.bank)
         delta, applied, bank, info = class_vectors(store, loaded, state, bank, classes, request_ids, progress,
-                                                   0.05, 0.9, settings, before=served)
+                                                   0.0, 1.0, settings, before=served)
         gate_classes = classes if settings.gated_vectors else None
-        progress(0.92, "evaluating", force=True)
+        progress(0.0, "verifying", force=True)
         after = measure(loaded, split, classes, delta, gate_classes)
-        changes = {"forgotten_classes": classes, "bank": {str(c): a for c, a in bank.items()},
-                   "gate_classes": gate_classes}
+        changes = {"forgotten_classes": classes, "bank": bank, "gate_classes": gate_classes}
     else:
-        samples = sorted(set(state.get("vector_samples", [])).union(*(r["samples"] for r in records)))
+        samples = sorted(set(state.vector_samples).union(*(r["samples"] for r in records)))
         split = forget_split(loaded.train, state, samples=samples)
         before = measure(loaded, split, None, current)
-        delta, applied, info = sample_vector(store, loaded, state, samples, request_ids, progress, 0.05, 0.9,
+        delta, applied, info = sample_vector(store, loaded, state, samples, request_ids, progress, 0.0, 1.0,
                                              settings, before=served)
-        progress(0.92, "evaluating", force=True)
+        progress(0.0, "verifying", force=True)
         after = measure(loaded, split, None, delta)
         changes = {"vector_samples": samples, "gate_classes": None,
-                   "forgotten_samples": sorted(set(state.get("forgotten_samples", [])) | set(samples))}
-    progress(0.97, "publishing", force=True)
+                   "forgotten_samples": sorted(set(state.forgotten_samples) | set(samples))}
+    progress(0.0, "publishing", force=True)
     result = {"artifact_id": applied[0]["id"], "metrics": {"before": before, "after": after},
               "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector", **info}
     return publish_outcome(store, state, result, applied, artifacts=[m["id"] for m in applied],
                            requests=request_ids, **changes)
 
 
-def already_covered(store: Store, state: dict[str, Any], settings: Settings, classes: list[int],
+def _listed(classes: tuple[int, ...] | None) -> list[int] | None:
+    return None if classes is None else list(classes)
+
+
+def already_covered(store: Store, state: ServedState, settings: Settings, classes: list[int],
                      request_ids: list[str], started: float) -> Outcome:
     """Every requested class is already forgotten by the vector in force: record the requests and measure the
     served state (before = after: nothing is recomputed)."""
-    manifests = [store.get_artifact_manifest(a) for a in state["artifacts"]]
+    manifests = [store.get_artifact_manifest(a) for a in state.artifacts]
     loaded = load_under_edit(store, state, settings)
     served = measure(loaded, forget_split(loaded.train, state, classes=classes), classes,
-                     applied_delta(store, state["artifacts"]), state.get("gate_classes"))
-    result = {"artifact_id": state["artifacts"][0], "metrics": {"before": served, "after": served},
+                     applied_delta(store, state.artifacts), _listed(state.gate_classes))
+    result = {"artifact_id": state.artifacts[0], "metrics": {"before": served, "after": served},
               "duration_s": round(time.monotonic() - started, 2), "method": "forget_vector",
               "strategy": "already_in_force"}
     return publish_outcome(store, state, result, manifests, requests=request_ids)

@@ -1,0 +1,212 @@
+"""The load generator of `bench.serve`: request bodies encoded once (JSON, Open Inference Protocol V2 binary, PNG)
+and a closed loop of concurrent HTTP/1.1 keep-alive calls on loopback, timed per request."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+V2_DATATYPES = {np.dtype("float32"): "FP32", np.dtype("uint8"): "UINT8"}
+"""numpy dtypes the benchmark sends as V2 tensors, with their protocol names."""
+
+MISSING = (404, 405)
+"""Statuses that mean the server has no such endpoint (the cell is reported as n/a, not as a failure)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One prepared request: sent as is, again and again."""
+
+    path: str
+    body: bytes
+    headers: Mapping[str, str]
+    images: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What one measurement saw: requests completed, images per second over the whole run, latencies."""
+
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"images_per_s": round(self.images_per_s, 1), "p50_ms": round(self.p50_ms, 3),
+                "p99_ms": round(self.p99_ms, 3), "requests": self.requests}
+
+
+class EndpointMissing(Exception):
+    """The server answers 404/405 on this path: it does not offer the endpoint (yet)."""
+
+
+class RequestFailed(RuntimeError):
+    """A request got an error status, the wrong number of predictions, or no answer (`status` None)."""
+
+    def __init__(self, path: str, status: int | None, detail: str):
+        super().__init__(f"{path} answered {status}: {detail[:500]}")
+        self.status, self.detail = status, detail[:500]
+
+    @property
+    def summary(self) -> str:
+        return f"HTTP {self.status}" if self.status is not None else self.detail.split(":")[0]
+
+
+async def _post(client: httpx.AsyncClient, call: Call) -> httpx.Response:
+    """The answer to `call`; RequestFailed when none comes (connection refused or reset, timeout)."""
+    try:
+        return await client.post(call.path, content=call.body, headers=call.headers)
+    except httpx.HTTPError as exc:
+        raise RequestFailed(call.path, None, f"{type(exc).__name__}: {exc}") from None
+
+
+def timing(latencies_s: Sequence[float], images: int, elapsed_s: float) -> Timing:
+    """Throughput and latency percentiles (linear interpolation between order statistics, numpy's default)."""
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    return Timing(images / elapsed_s, float(p50), float(p99), len(ms))
+
+
+# ---- request bodies ------------------------------------------------------------------------------------------
+def json_predict_call(model: str, x: np.ndarray) -> Call:
+    """`POST /v1/models/{model}/predict` with the images as nested JSON float lists."""
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    return Call(f"/v1/models/{model}/predict", body, {"Content-Type": "application/json"}, len(x))
+
+
+def v2_binary_body(x: np.ndarray, input_name: str) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of an Open Inference Protocol V2 inference request carrying `x` as one tensor in the
+    binary tensor data extension: the JSON inference header (whose length `Inference-Header-Content-Length`
+    gives), then the tensor's raw little-endian bytes, row-major. Outputs come back as JSON (the default)."""
+    datatype = V2_DATATYPES[x.dtype]
+    raw = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).tobytes()
+    header = json.dumps({"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return header + raw, {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(header))}
+
+
+def v2_binary_call(model: str, x: np.ndarray, input_name: str) -> Call:
+    body, headers = v2_binary_body(x, input_name)
+    return Call(f"/v2/models/{model}/infer", body, headers, len(x))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """One (C, H, W) uint8 image as PNG: greyscale for one channel, RGB for three."""
+    from PIL import Image
+
+    channels = image.shape[0]
+    if channels not in (1, 3):
+        raise ValueError(f"PNG carries 1 or 3 channels here, not {channels}")
+    pixels = image[0] if channels == 1 else image.transpose(1, 2, 0)
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), mode="L" if channels == 1 else "RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+def png_predict_call(model: str, images: np.ndarray) -> Call:
+    """`POST /v1/models/{model}/predict` with PNG images: the PNG itself as the body for one image
+    (`Content-Type: image/png`), multipart/form-data with one `images` part per image for several."""
+    path = f"/v1/models/{model}/predict"
+    if len(images) == 1:
+        return Call(path, png_bytes(images[0]), {"Content-Type": "image/png"}, 1)
+    files = [("images", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(images)]
+    request = httpx.Request("POST", "http://unused" + path, files=files)
+    return Call(path, request.read(), {"Content-Type": request.headers["Content-Type"]}, len(images))
+
+
+def answered_rows(answer: Mapping) -> int:
+    """How many images an answer classifies: `predictions` (v1, LitServe) or the first V2 output's shape."""
+    if "predictions" in answer:
+        return len(answer["predictions"])
+    return int(answer["outputs"][0]["shape"][0])
+
+
+# ---- load ------------------------------------------------------------------------------------------------------
+def new_client(base_url: str, concurrency: int, headers: Mapping[str, str] | None = None) -> httpx.AsyncClient:
+    """HTTP/1.1 keep-alive client with one connection per concurrent caller. Idle connections are dropped after
+    2 s, before the servers' own keep-alive timeout (uvicorn: 5 s) can close one under a request being sent."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
+    return httpx.AsyncClient(base_url=base_url, headers=dict(headers or {}), limits=limits, timeout=300)
+
+
+async def check(client: httpx.AsyncClient, call: Call) -> None:
+    """Send `call` once, untimed (warms connections and caches): EndpointMissing on 404/405, RequestFailed on any
+    other error status or when the answer does not classify every image sent."""
+    response = await _post(client, call)
+    if response.status_code in MISSING:
+        raise EndpointMissing(f"{response.status_code} on {call.path}")
+    if response.status_code != 200:
+        raise RequestFailed(call.path, response.status_code, response.text)
+    rows = answered_rows(response.json())
+    if rows != call.images:
+        raise RequestFailed(call.path, response.status_code, f"classified {rows} images of {call.images}")
+
+
+async def closed_loop(client: httpx.AsyncClient, call: Call, concurrency: int, duration_s: float,
+                      min_requests: int) -> Timing:
+    """`concurrency` callers each send `call` again as soon as their previous answer is in, until `duration_s`
+    has passed and at least `min_requests` were sent; throughput over the time until the last answer.
+    RequestFailed (once every caller has stopped) when an answer is not 200."""
+    latencies: list[float] = []
+    failures: list[RequestFailed] = []
+    sent = 0
+    start = time.perf_counter()
+    stop_at = start + duration_s
+
+    async def caller() -> None:
+        nonlocal sent
+        while not failures and (time.perf_counter() < stop_at or sent < min_requests):
+            sent += 1
+            began = time.perf_counter()
+            try:
+                response = await _post(client, call)
+            except RequestFailed as exc:
+                failures.append(exc)
+                return
+            latencies.append(time.perf_counter() - began)
+            if response.status_code != 200:
+                failures.append(RequestFailed(call.path, response.status_code, response.text))
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    if failures:
+        raise failures[0]
+    return timing(latencies, len(latencies) * call.images, time.perf_counter() - start)
+
+
+async def intake_burst(client: httpx.AsyncClient, path: str, bodies: Sequence[bytes], concurrency: int,
+                       headers: Sequence[Mapping[str, str]]) -> tuple[Timing, list[str], list[str]]:
+    """POST each JSON body once (the i-th with `headers[i]`), `concurrency` at a time; the timing (one "image" per
+    request accepted), the ids of the requests answered 202, and what each other one got ("HTTP 503",
+    "ReadTimeout")."""
+    accepted: list[str] = []
+    refused: list[str] = []
+    latencies: list[float] = []
+    queue = iter(range(len(bodies)))
+
+    async def caller() -> None:
+        for i in queue:
+            call = Call(path, bodies[i], {**headers[i], "Content-Type": "application/json"}, 1)
+            began = time.perf_counter()
+            try:
+                response = await _post(client, call)
+            except RequestFailed as exc:
+                refused.append(exc.summary)
+                continue
+            latencies.append(time.perf_counter() - began)
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+            else:
+                refused.append(f"HTTP {response.status_code}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return timing(latencies, len(accepted), time.perf_counter() - start), accepted, refused

@@ -1,0 +1,315 @@
+"""Request bodies into image batches, and batches of results into Open Inference Protocol (V2) answers.
+
+Every decoder returns (N, C, H, W) float32 pixels in [0, 1] for the model's input shape [C, H, W], or raises a
+4xx `Problem` saying what is wrong:
+- JSON `{"inputs": [...]}`: C×H×W nested lists of floats in [0, 1];
+- PNG or JPEG (`image/png`, `image/jpeg`, alone or as the file parts of `multipart/form-data`), decoded with
+  Pillow: EXIF orientation applied, converted to greyscale (C = 1) or RGB (C = 3; an alpha channel is dropped,
+  16-bit greyscale keeps its high byte), resized to H×W with bilinear interpolation when its size differs (the
+  aspect ratio is not kept), pixels divided by 255. An image over MAX_IMAGE_PIXELS pixels is refused before it is
+  decoded;
+- V2 tensors (JSON `data` or the binary tensor data extension): FP32 in [0, 1], or UINT8 divided by 255.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import Problem, describe_errors
+from service.schemas import PredictRequest
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Most pixels (width × height) of one uploaded image: larger ones are refused with 413 before decoding, so a
+small file that would decode to gigabytes (a decompression bomb) costs nothing."""
+IMAGE_TYPES = ("image/png", "image/jpeg")
+PREDICT_TYPES = ("application/json", *IMAGE_TYPES, "multipart/form-data")
+
+V2_INPUT = "input"
+V2_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+"""Input datatypes of the V2 endpoint, with their wire formats (little-endian)."""
+V2_OUTPUTS = {"probabilities": "FP32", "label": "INT64"}
+"""Output name -> datatype: class probabilities [N, classes] and the most probable class [N]."""
+
+
+def media_type(content_type: str | None) -> str:
+    """'image/png' from 'Image/PNG; charset=...'; '' when there is none."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+# ---- checks shared by every input form ---------------------------------------------------------------------
+def check_images(x: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
+    """`x` when it is (N, C, H, W) float32 pixels in [0, 1] for this input shape, with 1 <= N <= max_batch;
+    otherwise a 413 (too many) or 422 problem."""
+    if len(x) > max_batch:
+        raise Problem(413, "Too many inputs", f"{len(x)} images; at most {max_batch} per call "
+                      "(UNLEARND_MAX_PREDICT_BATCH)")
+    expected = (len(x), *input_shape)
+    if x.shape != expected or len(x) == 0:
+        raise Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
+                      f"[N, {', '.join(map(str, input_shape))}] with N >= 1")
+    low, high = float(x.min()), float(x.max())
+    if not (low >= 0.0 and high <= 1.0):  # also false for NaN
+        if not np.isfinite(x).all():
+            raise Problem(422, "Invalid inputs", "inputs contain NaN or infinite values")
+        raise Problem(422, "Invalid inputs", f"pixel values must lie in [0, 1]; got [{low:g}, {high:g}]")
+    return x
+
+
+def from_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1] (divided by 255, as registered datasets are)."""
+    return np.divide(pixels, np.float32(255.0), dtype=np.float32)
+
+
+# ---- /v1/models/{model}/predict ----------------------------------------------------------------------------
+async def predict_inputs(request: Request, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
+    """The images of a predict call, by its Content-Type (JSON when it has none)."""
+    media = media_type(request.headers.get("content-type"))
+    if media in ("", "application/json"):
+        return images_from_json(await request.body(), input_shape, max_batch)
+    if media in IMAGE_TYPES:
+        return from_uint8(decode_image(await request.body(), input_shape)[None])
+    if media == "multipart/form-data":
+        images = await multipart_images(request, max_batch)
+        return from_uint8(np.stack([decode_image(image, input_shape) for image in images]))
+    raise Problem(415, "Unsupported Media Type", f"send {', '.join(PREDICT_TYPES)}; not {media}")
+
+
+def images_from_json(raw: bytes, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
+    try:
+        inputs = PredictRequest.model_validate_json(raw).inputs
+    except ValidationError as exc:
+        raise Problem(422, "Invalid request", describe_errors(exc.errors(), prefix="body")) from None
+    if len(inputs) > max_batch:  # before converting what will be refused anyway
+        raise Problem(413, "Too many inputs", f"{len(inputs)} images; at most {max_batch} per call "
+                      "(UNLEARND_MAX_PREDICT_BATCH)")
+    try:
+        x = np.asarray(inputs, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise Problem(422, "Invalid inputs", "inputs must be equally shaped nested lists of numbers") from None
+    return check_images(x, input_shape, max_batch)
+
+
+async def multipart_images(request: Request, max_batch: int) -> list[bytes]:
+    """The bytes of every file part, in order: each must be image/png or image/jpeg."""
+    try:
+        form = await request.form(max_files=max_batch, max_fields=max_batch)
+    except StarletteHTTPException as exc:  # the multipart parser's 400
+        detail = str(exc.detail)
+        if detail.startswith("Too many files"):
+            raise Problem(413, "Too many inputs", f"at most {max_batch} images per call "
+                          "(UNLEARND_MAX_PREDICT_BATCH)") from None
+        raise Problem(422, "Invalid multipart body", detail) from None
+    try:
+        images = []
+        for name, part in form.multi_items():
+            if not isinstance(part, UploadFile):
+                raise Problem(422, "Invalid multipart body", f"part {name!r} is not a file: send each image as "
+                              "a file part (Content-Disposition with a filename)")
+            if media_type(part.content_type) not in IMAGE_TYPES:
+                raise Problem(415, "Unsupported Media Type", f"part {name!r} is {part.content_type!r}; each "
+                              f"part must be one of {', '.join(IMAGE_TYPES)}")
+            images.append(await part.read())
+    finally:
+        await form.close()
+    if not images:
+        raise Problem(422, "Invalid multipart body", "no image part")
+    return images
+
+
+def decode_image(data: bytes, input_shape: Sequence[int]) -> np.ndarray:
+    """One PNG or JPEG as (C, H, W) uint8 for the model's [C, H, W] (the module's rule)."""
+    channels, height, width = input_shape
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise Problem(415, "Unsupported Media Type", f"images feed models with 1 or 3 input channels; this one "
+                      f"takes {channels}: send the inputs as JSON or V2 tensors")
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise Problem(413, "Image too large", f"{image.width}×{image.height} pixels; at most "
+                              f"{MAX_IMAGE_PIXELS} per image")
+            image.draft(mode, (width, height))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when still >= H×W
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            converted = _converted(image, mode)
+            if converted.size != (width, height):
+                converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(converted, dtype=np.uint8)
+    except Problem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Problem(413, "Image too large", str(exc)) from None
+    except UnidentifiedImageError:
+        raise Problem(422, "Invalid image", "not a PNG or JPEG image") from None
+    except Exception as exc:  # Pillow reports a malformed file in many ways (OSError, SyntaxError, ValueError...)
+        raise Problem(422, "Invalid image", f"not a PNG or JPEG image that decodes: {exc}") from None
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _converted(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode.startswith("I"):  # 16-bit (or 32-bit integer) greyscale: keep the high byte of 16 bits
+        high = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        image = Image.fromarray(high, mode="L")
+    return image if image.mode == mode else image.convert(mode)
+
+
+# ---- the Open Inference Protocol (V2) ----------------------------------------------------------------------
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[StrictInt] = Field(..., max_length=8)
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2InferenceRequest(BaseModel):
+    """The JSON of `POST /v2/models/{model}/infer` (the inference header when binary data follows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[V2Tensor] = Field(..., min_length=1, max_length=16)
+    outputs: list[V2RequestedOutput] | None = Field(None, max_length=16)
+
+
+def _bad(detail: str) -> Problem:
+    return Problem(422, "Invalid inference request", detail)
+
+
+def parse_v2_request(body: bytes, header_length: int | None, input_shape: Sequence[int],
+                     max_batch: int) -> tuple[V2InferenceRequest, np.ndarray]:
+    """The request and its images. With `header_length` (Inference-Header-Content-Length), the body is that many
+    bytes of JSON followed by the binary tensor data of every input that names its `binary_data_size`."""
+    if header_length is not None and header_length > len(body):
+        raise _bad(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
+    header = body if header_length is None else body[:header_length]
+    binary = memoryview(body)[len(header):]
+    try:
+        request = V2InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        raise _bad(describe_errors(exc.errors(), prefix="body")) from None
+    if len(request.inputs) != 1 or request.inputs[0].name != V2_INPUT:
+        names = [tensor.name for tensor in request.inputs]
+        raise _bad(f"this model takes one input, {V2_INPUT!r}; got {names}")
+    for output in request.outputs or ():
+        if output.name not in V2_OUTPUTS:
+            raise _bad(f"unknown output {output.name!r}; outputs are {list(V2_OUTPUTS)}")
+        if "classification" in output.parameters:
+            raise _bad("the classification extension is not supported: ask for the 'label' output")
+    tensor = request.inputs[0]
+    size = tensor.parameters.get("binary_data_size")
+    if size is None:
+        if len(binary):
+            raise _bad(f"{len(binary)} bytes follow the inference header, but no input names a binary_data_size")
+        pixels = _json_tensor(tensor)
+    else:
+        if type(size) is not int or size != len(binary):
+            raise _bad(f"binary_data_size is {size!r}; {len(binary)} bytes follow the inference header")
+        pixels = _binary_tensor(tensor, binary)
+    x = from_uint8(pixels) if pixels.dtype == np.uint8 else np.array(pixels, dtype=np.float32)
+    return request, check_images(x, input_shape, max_batch)
+
+
+def _element_count(tensor: V2Tensor) -> int:
+    if any(dim < 0 for dim in tensor.shape):
+        raise _bad(f"shape {tensor.shape} has a negative dimension")
+    return math.prod(tensor.shape)
+
+
+def _datatype(tensor: V2Tensor) -> np.dtype:
+    dtype = V2_DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise _bad(f"datatype {tensor.datatype!r}; send {' or '.join(V2_DATATYPES)}")
+    return dtype
+
+
+def _binary_tensor(tensor: V2Tensor, binary: memoryview) -> np.ndarray:
+    dtype = _datatype(tensor)
+    if tensor.data is not None:
+        raise _bad("an input carries either `data` or a binary_data_size, not both")
+    count = _element_count(tensor)
+    if count * dtype.itemsize != len(binary):
+        raise _bad(f"shape {tensor.shape} of {tensor.datatype} needs {count * dtype.itemsize} bytes; "
+                   f"binary_data_size is {len(binary)}")
+    return np.frombuffer(binary, dtype=dtype).reshape(tensor.shape)
+
+
+def _json_tensor(tensor: V2Tensor) -> np.ndarray:
+    dtype = _datatype(tensor)
+    if tensor.data is None:
+        raise _bad("the input has neither `data` nor a binary_data_size")
+    if _has_booleans(tensor.data):
+        raise _bad("data must be numbers; true/false are not pixel values")
+    try:
+        values = np.asarray(tensor.data, dtype=np.float64 if dtype == np.float32 else None)
+    except (ValueError, TypeError):
+        raise _bad("data must be numbers, as a flat list or nested lists of equal lengths") from None
+    if dtype == np.uint8 and (values.dtype.kind not in "iu" or (values.size and not
+                                                               0 <= values.min() <= values.max() <= 255)):
+        raise _bad("UINT8 data must be integers from 0 to 255")
+    count = _element_count(tensor)
+    if values.size != count:
+        raise _bad(f"data has {values.size} values; shape {tensor.shape} needs {count}")
+    return values.astype(dtype).reshape(tensor.shape)
+
+
+def _has_booleans(data: list[Any]) -> bool:
+    stack = [data]
+    while stack:
+        items = stack.pop()
+        types = set(map(type, items))
+        if bool in types:
+            return True
+        if list in types:
+            stack.extend(item for item in items if type(item) is list)
+    return False
+
+
+def v2_response(request: V2InferenceRequest, probabilities: np.ndarray, header: dict[str, Any]) -> \
+        tuple[bytes, dict[str, str]]:
+    """Body and headers of the answer: `header` (model_name, model_version, parameters) with the outputs asked
+    for (all by default), each as JSON `data` or, when asked (`binary_data`, or `binary_data_output` for every
+    output), as raw little-endian bytes after the JSON (Inference-Header-Content-Length)."""
+    tensors = {"probabilities": probabilities.astype("<f4", copy=False),
+               "label": probabilities.argmax(axis=1).astype("<i8")}
+    every_binary = request.parameters.get("binary_data_output") is True
+    wanted = request.outputs or [V2RequestedOutput(name=name) for name in V2_OUTPUTS]
+    outputs, chunks = [], []
+    for output in wanted:
+        array = tensors[output.name]
+        described: dict[str, Any] = {"name": output.name, "datatype": V2_OUTPUTS[output.name],
+                                     "shape": list(array.shape)}
+        if output.parameters.get("binary_data", every_binary) is True:
+            raw = array.tobytes()
+            described["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            described["data"] = array.ravel().tolist()
+        outputs.append(described)
+    answer = {**header, **({"id": request.id} if request.id is not None else {}), "outputs": outputs}
+    text = json.dumps(answer, separators=(",", ":")).encode()
+    if not chunks:
+        return text, {"Content-Type": "application/json"}
+    return b"".join([text, *chunks]), {"Content-Type": "application/octet-stream",
+                                       "Inference-Header-Content-Length": str(len(text))}

@@ -1,0 +1,182 @@
+"""Dynamic batching: each caller gets exactly its own rows, a batch holds at most `max_size` images of one model,
+errors reach the callers they concern, and (with the real runtime and store) a state published while predictions
+stream in never mixes into a batch: every batch is computed with one snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import fakeredis
+import numpy as np
+import pytest
+import torch
+
+from models_store import Store
+from service.batching import Batcher
+from service.errors import Problem
+from service.inference import InferenceRuntime
+from tests.service.conftest import serve_forget_vector
+from unlearnd.security.signing import open_store
+from unlearnd.settings import Settings
+from unlearnd.state_versions import StateVersions
+from unlearning import NormalizedClassifier, build_model
+from unlearning.evaluation import perturbed_logits
+
+
+class TimesTen:
+    """`run` for a Batcher: rows × 10 computed on the whole batch, then split per caller; records every batch as
+    (key, rows per caller). The first batch waits for `release`, so the calls made meanwhile queue up."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.threads: list[threading.Thread] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, key: str, inputs: list[np.ndarray]) -> list:
+        self.batches.append((key, [len(x) for x in inputs]))
+        self.threads.append(threading.current_thread())
+        if len(self.batches) == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        if key == "broken":
+            raise RuntimeError("the model does not load")
+        out = np.concatenate(inputs) * 10
+        results, start = [], 0
+        for x in inputs:
+            results.append(ValueError("negative") if (x < 0).any() else (key, out[start:start + len(x)]))
+            start += len(x)
+        return results
+
+
+def rows(first: int, n: int) -> np.ndarray:
+    return np.arange(first, first + n, dtype=np.float32)[:, None]
+
+
+async def _while_held(batcher: Batcher, run: TimesTen, calls: list[tuple[str, np.ndarray]]) -> list:
+    """Hold the first batch, submit `calls` meanwhile, release; every outcome (or exception), in call order."""
+    first = asyncio.ensure_future(batcher.submit("m", rows(-100, 1) * -1))
+    assert await asyncio.to_thread(run.entered.wait, 10)
+    tasks = [asyncio.ensure_future(batcher.submit(key, x)) for key, x in calls]
+    await asyncio.sleep(0.05)  # every call is queued
+    run.release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    await first
+    batcher.close()
+    return outcomes
+
+
+def test_each_caller_gets_its_own_rows_in_batches_of_at_most_max_size():
+    run = TimesTen()
+    batcher = Batcher(run, max_size=4, max_wait_s=0.05)
+    sizes = [1, 2, 1, 3, 1, 1, 6, 2, 1]  # 6 > max_size: runs alone, unsplit
+    calls, first = [], 0
+    for n in sizes:
+        calls.append(("m", rows(first, n)))
+        first += n
+    outcomes = asyncio.run(_while_held(batcher, run, calls))
+    for (_, x), (key, y) in zip(calls, outcomes, strict=True):
+        assert key == "m" and np.array_equal(y, x * 10)
+    later = run.batches[1:]
+    assert sorted(n for _, batch in later for n in batch) == sorted(sizes)
+    assert all(sum(batch) <= 4 or batch == [6] for _, batch in later), later
+    assert any(len(batch) > 1 for _, batch in later), later  # callers were gathered
+
+
+def test_models_never_share_a_batch_and_errors_reach_only_their_callers():
+    run = TimesTen()
+    batcher = Batcher(run, max_size=8, max_wait_s=0.0)
+    calls = [("a", rows(0, 1)), ("b", rows(1, 2)), ("a", -rows(3, 1)), ("broken", rows(4, 1)), ("b", rows(5, 1)),
+             ("a", rows(6, 1))]
+    outcomes = asyncio.run(_while_held(batcher, run, calls))
+    for (key, x), outcome in zip(calls, outcomes, strict=True):
+        if key == "broken":
+            assert isinstance(outcome, RuntimeError)
+        elif (x < 0).any():
+            assert isinstance(outcome, ValueError)  # its own failure; the others of its batch are served
+        else:
+            assert outcome[0] == key and np.array_equal(outcome[1], x * 10)
+    assert sorted(key for key, _ in run.batches[1:]) == ["a", "b", "broken"]  # one batch per model
+
+
+def test_close_answers_what_was_submitted_and_a_later_call_starts_a_new_thread():
+    run = TimesTen()
+    run.release.set()
+    batcher = Batcher(run, max_size=4, max_wait_s=0.0)
+
+    async def scenario() -> None:
+        pending = [asyncio.ensure_future(batcher.submit("m", rows(i, 1))) for i in range(3)]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(batcher.close)
+        assert [float(y[0, 0]) for _, y in await asyncio.gather(*pending)] == [0.0, 10.0, 20.0]
+        first = run.threads[-1]
+        assert not first.is_alive() and first is not threading.current_thread()
+        _, again = await batcher.submit("m", rows(7, 1))
+        assert float(again[0, 0]) == 70.0 and run.threads[-1] is not first
+        await asyncio.to_thread(batcher.close)
+        assert not run.threads[-1].is_alive()
+
+    asyncio.run(scenario())
+
+
+# ---- the runtime: one snapshot per batch while a state is published ------------------------------------------
+def tiny_store(data_dir) -> Store:
+    """Model `tiny` (1×8×8, 10 classes) in a signed store."""
+    store = open_store(Settings(data_dir=data_dir))
+    torch.manual_seed(0)
+    net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
+    store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
+                      {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
+    store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
+                        "mean": [0.5], "std": [0.25], "train_dataset": "tinyset"}, net.state_dict())
+    return store
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return tiny_store(tmp_path)
+
+
+def test_a_state_published_mid_stream_never_mixes_into_a_batch(store):
+    versions = StateVersions(fakeredis.FakeRedis())
+    versions.bump("tiny")
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600, batch_max_size=8,
+                               batch_max_wait_ms=20)
+    batches: list[list[int]] = []
+    computed = threading.Event()
+    run = runtime.batcher._run
+
+    def recording(key, inputs):
+        outcomes = run(key, inputs)
+        batches.append([id(served) for served, _ in outcomes])
+        computed.set()
+        return outcomes
+
+    runtime.batcher._run = recording
+    x = np.random.default_rng(0).random((60, 1, 8, 8), dtype=np.float32)
+
+    async def scenario():
+        before = [asyncio.ensure_future(runtime.predict("tiny", x[i:i + 1 + i % 2])) for i in range(30)]
+        assert await asyncio.to_thread(computed.wait, 30)  # a first batch was computed with state 1
+        serve_forget_vector(store, 0.4, ["r"])
+        versions.bump("tiny")
+        after = [asyncio.ensure_future(runtime.predict("tiny", x[i:i + 1 + i % 2])) for i in range(30, 59)]
+        return await asyncio.gather(*before), await asyncio.gather(*after)
+
+    before, after = asyncio.run(scenario())
+    runtime.close()
+    assert all(len(set(batch)) == 1 for batch in batches), batches  # one snapshot per batch
+    assert any(len(batch) > 1 for batch in batches) and {s.state_version for s, _ in before + after} == {1, 2}
+    assert all(served.state_version == 2 for served, _ in after)  # started after the bump: sees the new state
+    for i, (served, probabilities) in enumerate(before + after):
+        assert (served.delta is None) == (served.state_version == 1)
+        own = torch.from_numpy(x[i:i + 1 + i % 2])
+        expected = torch.softmax(perturbed_logits(served.model, own, served.delta), dim=1).numpy()
+        assert probabilities.shape == expected.shape and np.allclose(probabilities, expected, atol=1e-6)
+
+
+def test_a_caller_whose_images_do_not_fit_the_snapshot_gets_422_alone(store):
+    runtime = InferenceRuntime(store, "cpu", batch_max_size=8, batch_max_wait_ms=0)
+    outcomes = runtime._run_batch("tiny", [np.zeros((1, 1, 8, 8), np.float32), np.zeros((2, 3, 8, 8), np.float32)])
+    assert outcomes[0][1].shape == (1, 10)
+    assert isinstance(outcomes[1], Problem) and outcomes[1].status == 422

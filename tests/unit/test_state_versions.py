@@ -1,0 +1,131 @@
+"""State version counters (unlearnd.state_versions) and how the inference runtime uses them: no read of the served
+state while a model's counter stands still, the new state as soon as the counter moves, and today's behaviour (a
+read per batch) while the model has no counter or Redis does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import fakeredis
+import numpy as np
+import pytest
+
+from service.inference import InferenceRuntime
+from tests.service.conftest import serve_forget_vector
+from tests.unit.test_batching import tiny_store
+from unlearnd.state_versions import StateVersions
+
+
+@pytest.fixture
+def store(tmp_path):
+    return tiny_store(tmp_path)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def versions(server) -> StateVersions:
+    return StateVersions(fakeredis.FakeRedis(server=server))
+
+
+class ReadCounter:
+    """Wraps `store.read_state` and counts the reads."""
+
+    def __init__(self, store):
+        self.reads, self._read = 0, store.read_state
+
+    def __call__(self, *args, **kwargs):
+        self.reads += 1
+        return self._read(*args, **kwargs)
+
+
+@pytest.fixture
+def reads(store, monkeypatch) -> ReadCounter:
+    counter = ReadCounter(store)
+    monkeypatch.setattr(store, "read_state", counter)
+    return counter
+
+
+def test_bump_counts_per_model_and_namespace(server):
+    one, other = StateVersions(fakeredis.FakeRedis(server=server)), StateVersions(
+        fakeredis.FakeRedis(server=server), namespace="elsewhere")
+    assert one.current("m") is None
+    assert [one.bump("m"), one.bump("m"), one.bump("n")] == [1, 2, 1]
+    assert one.current("m") == 2 and other.current("m") is None and one.key("m") == "unlearnd:state-version:m"
+
+
+def test_the_state_is_read_only_when_the_counter_moves(store, versions, reads):
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
+    versions.bump("tiny")
+    assert runtime.served("tiny").state_version == 1 and reads.reads == 1
+    for _ in range(5):
+        runtime.served("tiny")
+    assert reads.reads == 1  # counter unchanged: no file or database read
+
+    manifest = serve_forget_vector(store, 0.5, ["r"])  # published (reading the state), not yet announced
+    published = reads.reads
+    assert runtime.served("tiny").state_version == 1 and reads.reads == published
+    versions.bump("tiny")
+    served = runtime.served("tiny")
+    assert served.state_version == 2 and served.artifacts == (manifest["id"],) and reads.reads == published + 1
+    runtime.served("tiny")
+    assert reads.reads == published + 1
+
+
+def test_a_prediction_that_starts_after_the_bump_sees_the_new_state(store, versions):
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
+    versions.bump("tiny")
+    x = np.full((2, 1, 8, 8), 0.3, dtype=np.float32)
+
+    async def scenario():
+        first, _ = await runtime.predict("tiny", x)
+        serve_forget_vector(store, 0.5, ["r"])
+        versions.bump("tiny")  # what every publisher does before the request is marked succeeded
+        second, _ = await runtime.predict("tiny", x)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    runtime.close()
+    assert (first.state_version, second.state_version) == (1, 2)
+
+
+def test_without_a_counter_the_state_is_read_for_every_batch(store, versions, reads):
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
+    runtime.served("tiny")
+    runtime.served("tiny")
+    assert reads.reads == 2
+    serve_forget_vector(store, 0.5, ["r"])
+    assert runtime.served("tiny").state_version == 2  # seen at once, as before counters existed
+
+
+def test_the_periodic_verification_also_rereads_the_state(store, versions):
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=0.2)
+    versions.bump("tiny")
+    assert runtime.served("tiny").state_version == 1
+    serve_forget_vector(store, 0.5, ["r"])  # a publisher that does not bump
+    time.sleep(0.25)
+    assert runtime.served("tiny").state_version == 2
+
+
+def test_redis_down_means_reading_the_state_said_once(store, server, versions, reads, caplog, monkeypatch):
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
+    versions.bump("tiny")
+    runtime.served("tiny")
+    server.connected = False
+    with caplog.at_level(logging.INFO, logger="service.inference"):
+        for _ in range(3):
+            assert runtime.served("tiny").state_version == 1
+        assert reads.reads == 4
+        serve_forget_vector(store, 0.5, ["r"])
+        assert runtime.served("tiny").state_version == 2  # no counter to wait for: read at once
+        server.connected = True
+        monkeypatch.setattr(runtime, "_versions_retry_at", 0.0)  # VERSIONS_RETRY_S have passed
+        runtime.served("tiny")
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    assert sum("available again" in m for m in messages) == 1, messages
