@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from bench import methods
+from bench.docs_block import replace_block
 from bench.zoo import NUM_CLASSES, RECIPES, ZOO, Recipe
 from unlearning.baselines import GradientAscentConfig, fine_tune, gradient_ascent
 from unlearning.data import ForgetSplit, ImageSet, split_by_classes, split_by_ids
@@ -46,8 +47,6 @@ from unlearning.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
-MARK_START, MARK_END = "<!-- bench-quality:start -->", "<!-- bench-quality:end -->"
 FINE_TUNE = TrainConfig(epochs=3, lr=0.01)
 RANDOM_SHARE = 0.1
 RETAIN_LOSS = (CLASS_RETAIN_LOSS, SAMPLE_RETAIN_LOSS)
@@ -442,17 +441,6 @@ def report_text(report: dict) -> str:
     return "\n".join(text) + "\n"
 
 
-def write_docs(text: str) -> None:
-    """Replace the generated block of docs/benchmarks.md (between the markers) with `text`."""
-    doc = DOCS.read_text()
-    if MARK_START not in doc or MARK_END not in doc:
-        print(f"{DOCS} has no {MARK_START} … {MARK_END} block; tables left in bench/results only")
-        return
-    head, rest = doc.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    DOCS.write_text(f"{head}{MARK_START}\n\n{text}\n{MARK_END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: seed 0, every pair but ResNet-18")
@@ -472,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         text = report_text(report)
         args.render.with_suffix(".md").write_text(text)
         if args.render.stem == "quality":
-            write_docs(text)
+            replace_block("bench-quality", text)
         print(text)
         return 0
     seeds = [0] if args.quick else args.seeds
@@ -506,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report_text(report)
     (RESULTS / f"{stem}.md").write_text(text)
     if full:
-        write_docs(text)
+        replace_block("bench-quality", text)
     print(text)
     return 0
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from bench.docs_block import replace_block
 from bench.serve_client import (
     Call,
     EndpointMissing,
@@ -76,8 +77,6 @@ from workers.publishing import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
-MARK_START, MARK_END = "<!-- bench-serve:start -->", "<!-- bench-serve:end -->"
 KEYS = {"admin": "bench-admin", "governance": "bench-governance", "inference": "bench-inference"}
 CELLS = ((1, 1), (1, 32), (32, 1), (32, 32))
 """(images per request, concurrent callers)."""
@@ -558,17 +557,6 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
     return results
 
 
-def write_docs(text: str) -> None:
-    """Replace the generated block of docs/benchmarks.md (between the markers) with `text`."""
-    doc = DOCS.read_text()
-    if MARK_START not in doc or MARK_END not in doc:
-        print(f"{DOCS} has no {MARK_START} … {MARK_END} block; the table is in bench/results only")
-        return
-    head, rest = doc.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    DOCS.write_text(f"{head}{MARK_START}\n\n{text}\n{MARK_END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: one round, short measurements")
@@ -595,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results)
     print(text)
     if results["meta"]["full"]:
-        write_docs(text)
+        replace_block("bench-serve", text)
     return 0
 
 
