@@ -125,7 +125,12 @@ class Metrics(BaseModel):
     TA: float | None = Field(None, description="Test accuracy (for class requests: on the remaining classes).")
     TA_forgotten: float | None = Field(None, description="Test accuracy on the forgotten classes.")
     MIA: float | None = Field(None, description="MIA-efficacy: share of the forget set a membership attack "
-                              "calls non-member.")
+                              "calls non-member (the OPTML SVC attack on one shadow sample; comparable with the "
+                              "papers, but it can flip with the shadow seed: read MIA_mean and MIA_thr too).")
+    MIA_min: float | None = Field(None, description="The same attack's lowest MIA-efficacy over 3 shadow seeds.")
+    MIA_mean: float | None = Field(None, description="The same attack's mean MIA-efficacy over 3 shadow seeds.")
+    MIA_scale: float | None = Field(None, description="The SVC attack with gamma='scale', mean over the shadow seeds.")
+    MIA_thr: float | None = Field(None, description="A per-class confidence-threshold attack's MIA-efficacy.")
 
 
 class BeforeAfter(BaseModel):

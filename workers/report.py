@@ -185,9 +185,12 @@ def _title(model: str, batch: list[dict[str, Any]], result: dict[str, Any], befo
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
     before, after = metrics.get("before") or {}, metrics.get("after") or {}
-    parts = [f"{name} {before[name]:.1f} → {after[name]:.1f}" for name in ("UA", "RA", "TA", "TA_forgotten", "MIA")
-             if before.get(name) is not None and after.get(name) is not None]
-    return "  ·  ".join(parts) + ("   (%, as served)" if parts else "")
+    lines = []
+    for names in (("UA", "RA", "TA", "TA_forgotten"), ("MIA", "MIA_mean", "MIA_thr")):  # which MIA: benchmarks.md
+        parts = [f"{name} {before[name]:.1f} → {after[name]:.1f}" for name in names
+                 if before.get(name) is not None and after.get(name) is not None]
+        lines += ["  ·  ".join(parts)] if parts else []
+    return "\n".join(lines) + ("   (%, as served)" if lines else "")
 
 
 def _delta_note(result: dict[str, Any], before: ServedState, after: ServedState, served: Served) -> str:
