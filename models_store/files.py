@@ -38,10 +38,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         os.close(dir_fd)
 
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from models_store import IntegrityError, Ledger, NotFoundError, Store
-from models_store.state import ServedState as StoredState
+from models_store.state import ServedState
 from service.batching import Batcher
 from service.errors import Problem
 from service.metrics import FORWARD_BATCH, INTEGRITY_REFUSALS, PREDICT_BATCH, PREDICTIONS
@@ -40,7 +40,7 @@ VERSIONS_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
-class ServedState:
+class LoadedState:
     name: str
     model_version: int
     state_version: int
@@ -63,7 +63,7 @@ class ServedState:
 class _Checked:
     """A snapshot and what was known when it was last checked against the store."""
 
-    snapshot: ServedState
+    snapshot: LoadedState
     counter: int | None
     """The model's state version counter, read before the state was (None: unknown)."""
     verified_at: float
@@ -128,7 +128,7 @@ class InferenceRuntime:
                    batch_max_wait_ms=settings.batch_max_wait_ms,
                    torch_threads=max(1, len(os.sched_getaffinity(0)) // settings.api_workers))
 
-    async def predict(self, name: str, x: np.ndarray) -> tuple[ServedState, np.ndarray]:
+    async def predict(self, name: str, x: np.ndarray) -> tuple[LoadedState, np.ndarray]:
         """Class probabilities (N, K) for images x (N, C, H, W) in [0, 1], with every forget vector in force
         applied (gated when the state names `gate_classes`), computed in a batch with concurrent callers."""
         served, probabilities = await self.batcher.submit(name, x)
@@ -136,7 +136,7 @@ class InferenceRuntime:
         PREDICT_BATCH.labels(name).observe(len(x))
         return served, probabilities
 
-    async def snapshot(self, name: str) -> ServedState:
+    async def snapshot(self, name: str) -> LoadedState:
         """The snapshot last served for `name`, unchecked (what a route needs to decode inputs: the input shape);
         the first time, the checked one, loaded off the event loop."""
         checked = self._checked.get(name)
@@ -148,7 +148,7 @@ class InferenceRuntime:
         """Answer the predictions under way, then stop the inference thread."""
         self.batcher.close()
 
-    def served(self, name: str) -> ServedState:
+    def served(self, name: str) -> LoadedState:
         """The current snapshot of `name`, reloaded if its state moved on; a 503 problem (counted and audited)
         when the state, its weights or its artifacts do not verify."""
         counter = self._counter(name)
@@ -183,7 +183,7 @@ class InferenceRuntime:
             log.info("state version counters available again")
         return counter
 
-    def _check(self, name: str, counter: int | None) -> ServedState:
+    def _check(self, name: str, counter: int | None) -> LoadedState:
         """Read the state (its signature verified); load it when it is not the snapshot's, else verify the
         snapshot's files again when they are due. Called under the lock."""
         state = self.store.read_state(name)
@@ -208,14 +208,14 @@ class InferenceRuntime:
         self.refusals.cleared(name)
         return checked.snapshot
 
-    def _reverify(self, name: str, state: StoredState) -> None:
+    def _reverify(self, name: str, state: ServedState) -> None:
         """Hash the served weights and artifacts again and check their signatures (no tensors loaded)."""
         try:
             self.store.verify_state_files(name, state)
         except NotFoundError as exc:
             raise IntegrityError(str(exc)) from None
 
-    def _load(self, name: str, state: StoredState) -> ServedState:
+    def _load(self, name: str, state: ServedState) -> LoadedState:
         from unlearnd.runtime import load_classifier, pick_device
 
         device = pick_device(self.device_preference)
@@ -233,7 +233,7 @@ class InferenceRuntime:
             raise IntegrityError(
                 f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
         gate = None if state.gate_classes is None else list(state.gate_classes)
-        return ServedState(name=name, model_version=record["version"], state_version=state.state_version,
+        return LoadedState(name=name, model_version=record["version"], state_version=state.state_version,
                            weights_sha256=state.weights_sha256, artifacts=state.artifacts, model=model, delta=delta,
                            device=device, input_shape=list(record["input_shape"]),
                            num_classes=int(record["num_classes"]),
@@ -247,13 +247,13 @@ class InferenceRuntime:
         torch.set_num_threads(self.torch_threads)
         torch.set_grad_enabled(False)
 
-    def _run_batch(self, name: str, inputs: list[np.ndarray]) -> list[tuple[ServedState, np.ndarray] | Problem]:
+    def _run_batch(self, name: str, inputs: list[np.ndarray]) -> list[tuple[LoadedState, np.ndarray] | Problem]:
         """One forward pass over every caller's images with one snapshot; each caller gets its own rows (or a 422
         when its images do not have the snapshot's input shape, e.g. the model changed since they were decoded)."""
         served = self.served(name)
         shape = tuple(served.input_shape)
         fits = [x.shape[1:] == shape for x in inputs]
-        outcomes: list[tuple[ServedState, np.ndarray] | Problem] = [
+        outcomes: list[tuple[LoadedState, np.ndarray] | Problem] = [
             Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
                     f"[N, {', '.join(map(str, shape))}]") for x in inputs]
         if any(fits):
@@ -269,7 +269,7 @@ class InferenceRuntime:
         return outcomes
 
     @staticmethod
-    def _forward(served: ServedState, x: np.ndarray) -> np.ndarray:
+    def _forward(served: LoadedState, x: np.ndarray) -> np.ndarray:
         import torch
 
         from unlearning.evaluation import perturbed_logits

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from service.codecs import V2_INPUT, V2_OUTPUTS, parse_v2_request, v2_response
 from service.deps import AnyRole, Inference, RuntimeDep, SettingsDep
 from service.errors import Problem, problem_responses
-from service.inference import ServedState
+from service.inference import LoadedState
 from service.schemas import ModelName
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -38,7 +38,7 @@ async def server_metadata(_: AnyRole) -> dict[str, Any]:
     return {"name": "unlearnd", "version": "0.1.0", "extensions": EXTENSIONS}
 
 
-def _metadata(served: ServedState) -> dict[str, Any]:
+def _metadata(served: LoadedState) -> dict[str, Any]:
     return {"name": served.name, "versions": [str(served.model_version)],
             "platform": f"pytorch_{served.model_format}",
             "inputs": [{"name": V2_INPUT, "datatype": "FP32", "shape": [-1, *served.input_shape]}],

@@ -34,6 +34,19 @@ def free_port() -> int:
 BACKENDS = ["embedded", "postgresql+s3"]
 
 
+def wait_ready(base_url: str, timeout_s: float = 60) -> None:
+    """Until the API at `base_url` answers /readyz with 200 (TimeoutError after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the API at {base_url} did not become ready")
+
+
 @dataclass
 class Stack:
     backend: str
@@ -84,15 +97,7 @@ class Stack:
         return open_ledger(self.settings)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("the stack did not become ready")
+        wait_ready(self.base_url, timeout_s)
 
     def wait_terminal(self, request_id: str, timeout_s: float = 150) -> dict:
         deadline = time.monotonic() + timeout_s

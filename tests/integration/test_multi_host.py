@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import KEYS, free_port
+from tests.integration.conftest import KEYS, free_port, wait_ready
 from tests.s3_server import FAKE_AWS_ENV
 from unlearnd.cli.processes import Child, api_child, janitor_child, redis_server_binary, worker_child
 from unlearnd.demo import DEMO_MODEL, ensure_demo_model
@@ -81,23 +81,11 @@ def hosts(postgres_url, s3_location, monkeypatch):
         deployment.start("worker-a", worker_child(deployment.settings("worker-a"), 0))
         deployment.start("worker-b", worker_child(deployment.settings("worker-b"), 0))
         deployment.start("janitor", janitor_child(deployment.settings("janitor")))
-        _wait_ready(deployment.base_url)
+        wait_ready(deployment.base_url, timeout_s=90)
         yield deployment
     finally:
         deployment.stop_all()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_ready(base_url: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("the API did not become ready")
 
 
 def _client(hosts: Hosts, role: str) -> httpx.Client:

@@ -32,7 +32,11 @@ def client(settings) -> TestClient:
 def model_store(settings) -> Store:
     """Model `tiny` (a small CNN, 10 classes, 1×8×8) trained on dataset `tinyset` (ids a, b, c), in a store
     signed with the key the app uses."""
-    store = open_store(settings)
+    return register_tiny(open_store(settings))
+
+
+def register_tiny(store: Store) -> Store:
+    """Register model `tiny` (a small CNN, 10 classes, 1×8×8, untrained) and its dataset `tinyset` in `store`."""
     net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
     store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
                       {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})

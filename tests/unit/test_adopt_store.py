@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save
 
 from models_store import IntegrityError, Store, open_database, open_ledger
-from models_store.files import atomic_write_json, canonical_json, sha256_bytes
+from models_store.files import canonical_json, sha256_bytes
 from tests.tamper import rewrite_state, stored_state
 from unlearnd.cli.commands import adopt_store
 from unlearnd.cli.launcher import unsigned_store_notice
@@ -119,11 +119,12 @@ def test_a_store_directory_from_before_the_database_is_imported_then_adopted(set
     weights_sha = sha256_bytes(weights)
     (root / "models/m/weights").mkdir(parents=True)
     (root / f"models/m/weights/{weights_sha}.safetensors").write_bytes(weights)
-    atomic_write_json(root / "models/m/model.json", {"name": "m", "arch": "small_cnn", "version": 1,
-                                                     "weights_sha256": weights_sha})
+    (root / "models/m/states").mkdir()
+    (root / "models/m/model.json").write_bytes(canonical_json({"name": "m", "arch": "small_cnn", "version": 1,
+                                                               "weights_sha256": weights_sha}))
     state = {"model": "m", "state_version": 1, "weights_sha256": weights_sha, "artifacts": [], "requests": []}
-    atomic_write_json(root / "models/m/states/1.json", state)
-    atomic_write_json(root / "models/m/state.json", state)
+    (root / "models/m/states/1.json").write_bytes(canonical_json(state))
+    (root / "models/m/state.json").write_bytes(canonical_json(state))
     data = save({"x_train": torch.zeros(2, 1, 2, 2), "y_train": torch.tensor([0, 1])})
     (root / "datasets/d").mkdir(parents=True)
     (root / "datasets/d/data.safetensors").write_bytes(data)

@@ -16,11 +16,10 @@ from models_store import Store
 from service.batching import Batcher
 from service.errors import Problem
 from service.inference import InferenceRuntime
-from tests.service.conftest import serve_forget_vector
+from tests.service.conftest import register_tiny, serve_forget_vector
 from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
 from unlearnd.state_versions import StateVersions
-from unlearning import NormalizedClassifier, build_model
 from unlearning.evaluation import perturbed_logits
 
 
@@ -122,14 +121,8 @@ def test_close_answers_what_was_submitted_and_a_later_call_starts_a_new_thread()
 # ---- the runtime: one snapshot per batch while a state is published ------------------------------------------
 def tiny_store(data_dir) -> Store:
     """Model `tiny` (1×8×8, 10 classes) in a signed store."""
-    store = open_store(Settings(data_dir=data_dir))
     torch.manual_seed(0)
-    net = NormalizedClassifier(build_model("small_cnn", 1, 10), [0.5], [0.25])
-    store.put_dataset({"name": "tinyset", "ids_train": ["a", "b", "c"], "num_classes": 10},
-                      {"x_train": torch.zeros(3, 1, 8, 8), "y_train": torch.tensor([0, 1, 2])})
-    store.create_model({"name": "tiny", "arch": "small_cnn", "input_shape": [1, 8, 8], "num_classes": 10,
-                        "mean": [0.5], "std": [0.25], "train_dataset": "tinyset"}, net.state_dict())
-    return store
+    return register_tiny(open_store(Settings(data_dir=data_dir)))
 
 
 @pytest.fixture

@@ -311,7 +311,7 @@ def open_store(settings: Settings, db: Database | None = None) -> Store:
 
     store = Store(settings.store_dir, signer=load_signer(settings), blobs=open_blobs(settings),
                   db=db if db is not None else open_database(settings), on_publish=announcer(settings))
-    if not store.list_models() and not store.list_datasets() and has_file_records(settings.store_dir):
+    if has_file_records(settings.store_dir) and not store.list_models() and not store.list_datasets():
         import_file_records(store)
     return store
 
