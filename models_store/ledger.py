@@ -8,9 +8,11 @@ PostgreSQL), so a row committed before the API answers 202 survives a crash of a
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -68,6 +70,56 @@ def _to_dict(row: Row[Any]) -> dict[str, Any]:
             record[key] = json.loads(record[key])
     return record
 
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """A caller's Idempotency-Key, with a digest of what the request sends (its model and raw body)."""
+
+    key_id: str
+    key: str
+    body_sha256: str
+
+    @classmethod
+    def of(cls, key_id: str, key: str, model: str, body: bytes) -> IdempotencyClaim:
+        return cls(key_id, key, hashlib.sha256(model.encode() + b"\0" + body).hexdigest())
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A forget request to insert (`Ledger.accept`): the record as the API builds it, the id of the job that will
+    carry it, and its Idempotency-Key claim."""
+
+    record: dict[str, Any]
+    job_id: str | None = None
+    claim: IdempotencyClaim | None = None
+
+
+@dataclass(frozen=True)
+class KeyInUse:
+    """The Idempotency-Key of a new request was claimed before: its row (with the answer to replay, or a claim
+    bound to a request whose answer is missing, or a fresh claim bound to none)."""
+
+    row: dict[str, Any]
+
+
+StoredAnswer = tuple[int | None, str | None, dict[str, str] | None]
+"""What a retry with the same Idempotency-Key replays: status code, body, headers."""
+
+
+def _this_key(claim: IdempotencyClaim) -> tuple[Any, Any]:
+    return _idempotency.c.key_id == claim.key_id, _idempotency.c.key == claim.key
+
+
+def _claim_row(conn: Connection, claim: IdempotencyClaim) -> dict[str, Any] | None:
+    row = conn.execute(select(_idempotency).where(*_this_key(claim))).mappings().first()
+    return None if row is None else dict(row)
+
+
+def _abandoned(row: dict[str, Any], stale_claim_s: float) -> bool:
+    """A claim bound to no request and older than `stale_claim_s`."""
+    cutoff = datetime.fromtimestamp(time.time() - stale_claim_s, timezone.utc).isoformat(timespec="milliseconds")
+    return row["request_id"] is None and row["status_code"] is None and row["created_at"] < cutoff
+
+
 
 class Ledger:
     """Forget requests, the audit log and idempotency keys in a (migrated) `Database`; see `open_ledger`."""
@@ -75,32 +127,66 @@ class Ledger:
     def __init__(self, db: Database):
         self.db = db
 
-    def create(self, record: dict[str, Any], idempotency: tuple[str, str] | None = None) -> dict[str, Any]:
-        """Insert a new request in status `queued`; returns the stored record.
+    def create(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Insert one new request in status `queued` (see `accept`); returns the stored record."""
+        outcome = self.accept([NewRequest(record)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, dict)  # no claim, so no KeyInUse
+        return outcome
 
-        `idempotency` = (key_id, key) of a claimed Idempotency-Key: the claim is bound to this request in
-        the same transaction, so a retry after a crash finds the request instead of a claim that never
-        finishes."""
-        row = {
-            "id": record["id"], "model": record["model"], "method": record["method"],
-            "classes": json.dumps(record.get("classes")) if record.get("classes") is not None else None,
-            "samples": json.dumps(record.get("samples")) if record.get("samples") is not None else None,
-            "reason": record.get("reason"), "status": RequestStatus.QUEUED.value,
-            "progress": json.dumps({"fraction": 0.0, "stage": "queued"}),
-            "created_at": now_iso(), "key_id": record.get("key_id"),
-            "callback_url": record.get("callback_url"),
-        }
+    def accept(self, requests: Sequence[NewRequest], answer: Callable[[dict[str, Any]], StoredAnswer] | None = None,
+               stale_claim_s: float = 60.0) -> builtins.list[dict[str, Any] | KeyInUse | Exception]:
+        """Insert new requests in status `queued`, all in one transaction (group commit: one durable commit for
+        many requests); one outcome per request, in order: its stored record, `KeyInUse`, or the exception that
+        refused it alone (each request has its own savepoint).
+
+        A request with an Idempotency-Key `claim` binds the key to itself in the same savepoint, with the answer
+        that `answer(record)` gives (what a retry with the key replays). A key claimed before gives `KeyInUse`,
+        except a claim bound to no request and older than `stale_claim_s` (left by a process that died while
+        accepting, before claims were written with their request), which this request takes over."""
+        outcomes: builtins.list[dict[str, Any] | KeyInUse | Exception] = []
         with self.db.transaction() as conn:
-            conn.execute(insert(_requests).values(**row))
-            _audit(conn, "request.accepted", row["key_id"] or "system", row["id"], row["model"],
-                   {"classes": record.get("classes"), "samples": len(record.get("samples") or []) or None,
-                    "method": row["method"]})
-            if idempotency is not None:
-                key_id, key = idempotency
-                conn.execute(update(_idempotency)
-                             .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key)
-                             .values(request_id=row["id"]))
-        return self.get(record["id"])
+            for new in requests:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append(self._insert(conn, new, answer, stale_claim_s))
+                except IntegrityError as exc:  # another process claimed the key since our read: its row
+                    row = None if new.claim is None else _claim_row(conn, new.claim)
+                    outcomes.append(exc if row is None else KeyInUse(row))
+                except Exception as exc:  # refuses this request only; the others go on
+                    outcomes.append(exc)
+        return outcomes
+
+    @staticmethod
+    def _insert(conn: Connection, new: NewRequest, answer: Callable[[dict[str, Any]], StoredAnswer] | None,
+                stale_claim_s: float) -> dict[str, Any] | KeyInUse:
+        record, claim = new.record, new.claim
+        if claim is not None:
+            row = _claim_row(conn, claim)
+            if row is not None and not _abandoned(row, stale_claim_s):
+                return KeyInUse(row)
+            if row is not None:
+                conn.execute(delete(_idempotency).where(*_this_key(claim)))
+            conn.execute(insert(_idempotency).values(key=claim.key, key_id=claim.key_id,
+                                                     body_sha256=claim.body_sha256, created_at=now_iso()))
+        conn.execute(insert(_requests).values(
+            id=record["id"], model=record["model"], method=record["method"],
+            classes=json.dumps(record.get("classes")) if record.get("classes") is not None else None,
+            samples=json.dumps(record.get("samples")) if record.get("samples") is not None else None,
+            reason=record.get("reason"), status=RequestStatus.QUEUED.value,
+            progress=json.dumps({"fraction": 0.0, "stage": "queued"}), created_at=now_iso(),
+            key_id=record.get("key_id"), callback_url=record.get("callback_url"), job_id=new.job_id))
+        _audit(conn, "request.accepted", record.get("key_id") or "system", record["id"], record["model"],
+               {"classes": record.get("classes"), "samples": len(record.get("samples") or []) or None,
+                "method": record["method"]})
+        stored = _to_dict(conn.execute(select(_requests).where(_requests.c.id == record["id"])).one())
+        if claim is not None:
+            status_code, response, headers = answer(stored) if answer is not None else (None, None, None)
+            conn.execute(update(_idempotency).where(*_this_key(claim)).values(
+                request_id=record["id"], status_code=status_code, response=response,
+                headers=None if headers is None else json.dumps(headers)))
+        return stored
 
     def get(self, request_id: str) -> dict[str, Any]:
         with self.db.connect() as conn:
@@ -302,47 +388,18 @@ class Ledger:
         return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
     # ---- idempotency keys (draft-ietf-httpapi-idempotency-key-header) -------------------------------------
-    def idempotency_begin(self, key_id: str, key: str, body_sha256: str) -> dict[str, Any] | None:
-        """Claim an idempotency key. None = claimed now, go ahead; else the existing row (pending or done)."""
-        this_key = (_idempotency.c.key_id == key_id, _idempotency.c.key == key)
-        while True:
-            try:
-                with self.db.transaction() as conn:
-                    row = conn.execute(select(_idempotency).where(*this_key)).mappings().first()
-                    if row is not None:
-                        return dict(row)
-                    conn.execute(insert(_idempotency).values(key=key, key_id=key_id, body_sha256=body_sha256,
-                                                             created_at=now_iso()))
-                return None
-            except IntegrityError:  # another process claimed it between our read and our insert: read its claim
-                continue
+    def idempotency_row(self, claim: IdempotencyClaim) -> dict[str, Any] | None:
+        """The row of an Idempotency-Key, or None when it was never claimed."""
+        with self.db.connect() as conn:
+            return _claim_row(conn, claim)
 
     def idempotency_finish(self, key_id: str, key: str, status_code: int, response: str,
                            headers: dict[str, str]) -> None:
+        """Store the answer of a claim bound to a request whose process died before storing it."""
         with self.db.transaction() as conn:
             conn.execute(update(_idempotency)
                          .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key)
                          .values(status_code=status_code, response=response, headers=json.dumps(headers)))
-
-    def idempotency_take_over(self, key_id: str, key: str, older_than_s: float) -> bool:
-        """Take over a pending claim bound to no request and older than `older_than_s` (its API process died
-        before accepting): True if the caller now holds it."""
-        cutoff = datetime.fromtimestamp(time.time() - older_than_s, timezone.utc)
-        cutoff_iso = cutoff.isoformat(timespec="milliseconds")
-        with self.db.transaction() as conn:
-            return conn.execute(
-                update(_idempotency)
-                .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key,
-                       _idempotency.c.status_code.is_(None), _idempotency.c.request_id.is_(None),
-                       _idempotency.c.created_at < cutoff_iso)
-                .values(created_at=now_iso())
-            ).rowcount == 1
-
-    def idempotency_release(self, key_id: str, key: str) -> None:
-        """Forget a claim whose request was refused, so the client may retry with the same key."""
-        with self.db.transaction() as conn:
-            conn.execute(delete(_idempotency).where(_idempotency.c.key_id == key_id, _idempotency.c.key == key,
-                                                    _idempotency.c.status_code.is_(None)))
 
 
 def open_ledger(settings: DatabaseSettings) -> Ledger:

@@ -18,6 +18,7 @@ from rq import Queue
 from models_store import Ledger, Store
 from service.errors import Problem
 from service.inference import InferenceRuntime
+from service.intake import Intake
 from unlearnd.security.secret_files import key_id
 from unlearnd.settings import Settings
 
@@ -42,6 +43,10 @@ async def get_queue(request: Request) -> Queue:
     return request.app.state.queue
 
 
+async def get_intake(request: Request) -> Intake:
+    return request.app.state.intake
+
+
 async def get_runtime(request: Request) -> InferenceRuntime:
     return request.app.state.runtime
 
@@ -56,6 +61,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 QueueDep = Annotated[Queue, Depends(get_queue)]
+IntakeDep = Annotated[Intake, Depends(get_intake)]
 RuntimeDep = Annotated[InferenceRuntime, Depends(get_runtime)]
 ApiKeysDep = Annotated[dict[str, str], Depends(get_api_keys)]
 

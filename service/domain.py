@@ -1,4 +1,4 @@
-"""What the API decides and writes, apart from HTTP: accepting a forget request and rolling a model back.
+"""What the API decides and writes, apart from HTTP: checking a forget request and rolling a model back.
 
 The routes parse, authorize and shape answers; these functions take what they act on as keyword arguments
 and raise `Problem` for what they refuse.
@@ -6,51 +6,39 @@ and raise `Problem` for what they refuse.
 
 from __future__ import annotations
 
-import logging
-import uuid
+from collections.abc import Callable
 from typing import Any
-
-from redis.exceptions import RedisError
-from rq import Queue
 
 from models_store import IntegrityError, Ledger, NotFoundError, Store
 from models_store.state import ServedState
 from service.errors import Problem
-from service.idempotency import Claim
-from service.metrics import FORGET_REQUESTS_ACCEPTED
-from service.schemas import ForgetRequestCreate, ForgetRequestPublic
-from unlearnd.queue import enqueue_request
+from service.schemas import ForgetRequestCreate
 from unlearnd.settings import Settings
-
-log = logging.getLogger(__name__)
 
 MAX_LISTED_IDS = 20
 """How many unknown sample ids a 422 lists."""
 
 
-def accept_forget_request(
-    *, model: str, body: ForgetRequestCreate, actor: str, claim: Claim | None,
-    store: Store, ledger: Ledger, queue: Queue, settings: Settings,
-) -> ForgetRequestPublic:
-    """Check the forget set against the model, record the request durably and queue its job.
+def check_forget_request(*, model: str, body: ForgetRequestCreate, store: Store, settings: Settings,
+                         reads: dict[tuple[str, str], Any] | None = None) -> None:
+    """Refuse (404, 422) a forget set that does not fit the model; `service.intake` records the ones that do.
 
-    An Idempotency-Key `claim` is bound to the new request in the same ledger transaction."""
-    record = store.get_model(model)
+    `reads` keeps what was read from the store for the next check of the same group (a model's record, its
+    served state, its training ids), so that a burst of requests for one model reads each once."""
+    reads = {} if reads is None else reads
+
+    def read(what: str, name: str, load: Callable[[str], Any]) -> Any:
+        if (what, name) not in reads:
+            reads[what, name] = load(name)
+        return reads[what, name]
+
+    record = read("model", model, store.get_model)
     if body.classes is not None:
-        _check_classes(body.classes, record, gone=store.read_state(model).classes_gone)
+        gone = read("classes_gone", model, lambda name: store.read_state(name).classes_gone)
+        _check_classes(body.classes, record, gone=gone)
     if body.samples is not None:
-        _check_samples(body.samples, record, store=store, limit=settings.max_sample_ids)
-    request_id = f"fr_{uuid.uuid4().hex}"
-    stored = ledger.create({
-        "id": request_id, "model": model, "classes": body.classes, "samples": body.samples,
-        "method": body.method, "reason": body.reason, "key_id": actor, "callback_url": body.callback_url,
-    }, idempotency=None if claim is None else (claim.key_id, claim.key))
-    FORGET_REQUESTS_ACCEPTED.labels(body.method).inc()
-    try:
-        enqueue_request(queue, ledger, request_id, settings)
-    except RedisError as exc:  # the ledger row is durable; the janitor enqueues it when Redis is back
-        log.warning("could not enqueue %s now, the janitor will: %s", request_id, exc)
-    return ForgetRequestPublic.from_record(stored)
+        known = read("ids_train", record["train_dataset"], lambda name: set(store.get_dataset(name)["ids_train"]))
+        _check_samples(body.samples, record, known=known, limit=settings.max_sample_ids)
 
 
 def _check_classes(classes: list[int], record: dict[str, Any], *, gone: set[int]) -> None:
@@ -66,12 +54,11 @@ def _check_classes(classes: list[int], record: dict[str, Any], *, gone: set[int]
                       f"{record['num_classes']} classes{already}")
 
 
-def _check_samples(samples: list[str], record: dict[str, Any], *, store: Store, limit: int) -> None:
+def _check_samples(samples: list[str], record: dict[str, Any], *, known: set[str], limit: int) -> None:
     """Sample ids must name training samples of the model's training set, and not all of them."""
     if len(samples) > limit:
         raise Problem(422, "Too many samples", f"{len(samples)} sample ids; at most {limit} per request "
                       "(UNLEARND_MAX_SAMPLE_IDS)")
-    known = set(store.get_dataset(record["train_dataset"])["ids_train"])
     unknown = [s for s in samples if s not in known]
     if unknown:
         shown = ", ".join(repr(s) for s in unknown[:MAX_LISTED_IDS])

@@ -16,6 +16,7 @@ from service.errors import (
     register_exception_handlers,
 )
 from service.inference import InferenceRuntime
+from service.intake import Intake
 from service.limits import BodySizeLimit
 from service.metrics import HTTPMetrics
 from service.metrics import router as metrics_router
@@ -55,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = InferenceRuntime.from_settings(settings, app.state.store, ledger=app.state.ledger,
                                                        redis=app.state.redis)
     app.router.on_shutdown.append(app.state.runtime.close)  # answers what is in flight, stops its thread
+    app.state.intake = Intake(store=app.state.store, ledger=app.state.ledger, queue=app.state.queue,
+                              settings=settings)  # group commit of forget requests
+    app.router.on_shutdown.append(app.state.intake.close)
     register_exception_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HTTPMetrics)  # sees every answer, the body limit's 413s included

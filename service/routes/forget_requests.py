@@ -6,16 +6,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from rq import Queue
 from starlette.concurrency import run_in_threadpool
 
-from models_store import Ledger, Store
-from models_store.ledger import ACTIVE, TERMINAL, RequestStatus
-from service import idempotency
-from service.deps import Governance, LedgerDep, QueueDep, SettingsDep, StoreDep
-from service.domain import accept_forget_request
+from models_store.ledger import ACTIVE, TERMINAL, IdempotencyClaim, RequestStatus
+from service.deps import Governance, IntakeDep, LedgerDep, QueueDep, SettingsDep
 from service.errors import Problem, describe_errors, problem_responses
-from service.idempotency import Answer, Claim
 from service.schemas import (
     FORGET_REQUEST_EXAMPLES,
     STORE_NAME,
@@ -26,7 +21,6 @@ from service.schemas import (
     Receipt,
 )
 from unlearnd.callbacks import CallbackRefused, check_callback_url_at_intake, notify_terminal
-from unlearnd.settings import Settings
 
 router = APIRouter(tags=["forget requests"])
 
@@ -66,19 +60,18 @@ def _record(description: str) -> dict[str, Any]:
                  **_retry_after_doc("Always"), "Location": {"description": "Where to poll the request",
                                                             "schema": {"type": "string"}}}},
                         **problem_responses(409, descriptions={
-                            409: "A retry with the same Idempotency-Key while the first is still being accepted"})},
+                            409: "The Idempotency-Key holds a claim an older version left while accepting (60 s)"})},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/ForgetRequestCreate"},
                  "examples": FORGET_REQUEST_EXAMPLES}}}})
 async def create_forget_request(
-    model: ModelName, request: Request, principal: Governance, store: StoreDep, ledger: LedgerDep, queue: QueueDep,
-    settings: SettingsDep, idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    model: ModelName, request: Request, principal: Governance, intake: IntakeDep, settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Accept a deletion request: record it durably, queue its job, answer 202 with where to poll.
 
-    With an `Idempotency-Key` header, the same key and body replay the first answer, a different body
-    answers 422, and a retry while the first is still being accepted answers 409. `Retry-After` says when to
-    poll first.
+    With an `Idempotency-Key` header, the same key and body replay the first answer, and a different body
+    answers 422. `Retry-After` says when to poll first.
     """
     raw = await request.body()
     try:
@@ -90,29 +83,10 @@ async def create_forget_request(
             await run_in_threadpool(check_callback_url_at_intake, body.callback_url, settings)
         except CallbackRefused as exc:
             raise Problem(422, "Callback refused", f"callback_url: {exc}") from None
-    claim = None if idempotency_key is None else Claim.of(principal.key_id, idempotency_key, model, raw)
-    return await run_in_threadpool(_accept, model, body, claim, principal.key_id, store, ledger, queue, settings)
-
-
-def _accept(model: str, body: ForgetRequestCreate, claim: Claim | None, actor: str, store: Store, ledger: Ledger,
-            queue: Queue, settings: Settings) -> Response:
-    """The blocking part of intake: ledger transactions that are durable when they return (fsync) and the Redis
-    enqueue, on the thread pool, so that the event loop keeps serving everyone else meanwhile."""
-    if claim is not None and (first_answer := idempotency.begin(ledger, claim)) is not None:
-        replayed = idempotency.replay(first_answer)
-        replayed.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)
-        return replayed
-    try:
-        accepted = accept_forget_request(model=model, body=body, actor=actor, claim=claim,
-                                         store=store, ledger=ledger, queue=queue, settings=settings)
-    except BaseException:
-        if claim is not None:
-            idempotency.release(ledger, claim)
-        raise
-    answer = Answer.accepted(accepted)
-    if claim is not None:
-        idempotency.finish(ledger, claim, answer)
-    return answer.response(retry_after(accepted))
+    claim = None if idempotency_key is None else IdempotencyClaim.of(principal.key_id, idempotency_key, model, raw)
+    response = await intake.submit(model, body, claim, principal.key_id)
+    response.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)  # just queued: no rate measured yet
+    return response
 
 
 @router.get("/v1/forget-requests")

@@ -87,6 +87,43 @@ def test_kill_api_right_after_202(stack):
     assert _count(stack, model) == 1
 
 
+def test_kill_api_during_a_burst_loses_no_202(stack):
+    """kill -9 the API while 16 callers post: every request answered 202 is a row of the ledger (each group of
+    requests is committed before any of them is answered)."""
+    import httpx
+
+    model = stack.clone_demo_model("digits-kill-burst")
+    answered: list[str] = []
+    killed = threading.Event()
+
+    def caller() -> None:
+        with stack.client("governance") as c:
+            while not killed.is_set():
+                try:
+                    response = c.post(f"/v1/models/{model}/forget-requests", json={"classes": [1]})
+                except httpx.HTTPError:  # the API went down mid-request: no answer, no promise
+                    continue
+                if response.status_code == 202:
+                    answered.append(response.json()["id"])
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(answered) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(stack.api.process.pid, signal.SIGKILL)  # the supervisor restarts it
+    killed.set()
+    for t in threads:
+        t.join()
+    stack.wait_ready()
+    assert len(answered) >= 40
+    recorded = {r["id"] for r in stack.ledger.list(model=model, limit=10_000)}
+    assert set(answered) <= recorded, sorted(set(answered) - recorded)[:5]
+    for request_id in sorted(recorded):  # leave nothing running for the next test
+        stack.wait_terminal(request_id, timeout_s=300)
+
+
 def test_200_concurrent_requests_are_all_accounted_for_and_coalesced(stack):
     model = stack.clone_demo_model("digits-concurrent")
     accepted: list[str] = []

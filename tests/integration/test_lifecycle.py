@@ -12,8 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from sqlalchemy import insert
+
+from models_store import schema
+from models_store.store import now_iso
 from tests.integration.conftest import KEYS
 from unlearnd.security.secret_files import key_id
 
@@ -63,16 +68,25 @@ def test_idempotency_replay_mismatch_and_conflict(stack):
     assert replay.headers["location"] == first.headers["location"]
     mismatch = _submit(stack, model, {"classes": [2]}, headers)
     assert mismatch.status_code == 422 and "another body" in mismatch.json()["detail"]
-    # A first request with this key that is still being accepted: claim it the way the API does.
+    # Concurrent retries with one key: one request is recorded, every answer is its 202.
+    burst_headers = {"Idempotency-Key": "burst"}
+    with ThreadPoolExecutor(8) as pool:
+        burst = list(pool.map(lambda _: _submit(stack, model, {"classes": [3]}, burst_headers), range(16)))
+    assert {r.status_code for r in burst} == {202} and len({r.json()["id"] for r in burst}) == 1
+    assert sum("idempotent-replayed" not in r.headers for r in burst) == 1
+    # A claim bound to no request, as versions before group commit wrote it while accepting: 409 while fresh.
     body = json.dumps({"classes": [1]}).encode()
-    stack.ledger.idempotency_begin(key_id(KEYS["governance"]), "in-flight",
-                                   hashlib.sha256(model.encode() + b"\0" + body).hexdigest())
+    with stack.ledger.db.transaction() as conn:
+        conn.execute(insert(schema.idempotency).values(
+            key="in-flight", key_id=key_id(KEYS["governance"]), created_at=now_iso(),
+            body_sha256=hashlib.sha256(model.encode() + b"\0" + body).hexdigest()))
     with stack.client("governance") as c:
         conflict = c.post(f"/v1/models/{model}/forget-requests", content=body,
                           headers={"Idempotency-Key": "in-flight", "Content-Type": "application/json"})
     assert conflict.status_code == 409
-    assert len(stack.ledger.list(model=model)) == 1
+    assert len(stack.ledger.list(model=model)) == 2
     stack.wait_terminal(first.json()["id"])
+    stack.wait_terminal(burst[0].json()["id"])
 
 
 @contextlib.contextmanager

@@ -68,15 +68,14 @@ def test_an_accepted_forget_request_moves_the_ledger_and_http_series(settings, m
     """A queue that records instead of Redis (as in test_validation): the request is accepted for real."""
     from fastapi.testclient import TestClient
 
-    from service.deps import get_queue
     from service.main import create_app
 
     class RecordingQueue:
-        def enqueue(self, function, *args, **kwargs):
+        def enqueue_many(self, job_datas):
             pass
 
     app = create_app(settings)
-    app.dependency_overrides[get_queue] = RecordingQueue
+    app.state.intake.queue = RecordingQueue()
     with TestClient(app) as c:
         before = _samples(c)
         response = c.post("/v1/models/tiny/forget-requests", json={"classes": [1], "method": "forget_vector"},

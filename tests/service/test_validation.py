@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models_store import open_ledger
+from models_store.store import now_iso
 from tests.service.conftest import KEYS, auth
 
 
@@ -178,16 +179,25 @@ def _idempotent_post(client, key):
                                 "Content-Type": "application/json"})
 
 
+def _claim_left_by_older_version(settings, key_id, key, request_id=None):
+    """A claim as versions before group commit wrote it: before its request, its answer stored last."""
+    import sqlite3
+
+    with sqlite3.connect(settings.ledger_path) as db:
+        db.execute("INSERT INTO idempotency (key, key_id, body_sha256, created_at, request_id) "
+                   "VALUES (?, ?, ?, ?, ?)", (key, key_id, BODY_DIGEST, now_iso(), request_id))
+
+
 def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it(
     client, settings, model_store
 ):
-    """The first process claimed the key and committed the request, then died before storing its answer."""
+    """An older version's process claimed the key and committed the request, then died before storing its
+    answer."""
     from unlearnd.security.secret_files import key_id
 
     ledger, gov = open_ledger(settings), key_id(KEYS["governance"])
-    assert ledger.idempotency_begin(gov, "k1", BODY_DIGEST) is None
-    ledger.create({"id": "fr_first", "model": "tiny", "classes": [1], "method": "auto", "key_id": gov},
-                  idempotency=(gov, "k1"))
+    ledger.create({"id": "fr_first", "model": "tiny", "classes": [1], "method": "auto", "key_id": gov})
+    _claim_left_by_older_version(settings, gov, "k1", request_id="fr_first")
     replay = _idempotent_post(client, "k1")
     assert replay.status_code == 202, replay.text
     assert replay.json()["id"] == "fr_first" and replay.headers["Idempotent-Replayed"] == "true"
@@ -196,13 +206,13 @@ def test_idempotency_key_of_a_request_accepted_by_a_process_that_died_replays_it
 
 
 def test_stale_idempotency_claim_with_no_request_is_taken_over(client, settings, model_store):
-    """The first process claimed the key and died before accepting: after a while a retry goes ahead."""
+    """An older version's process claimed the key and died before accepting: after a while a retry goes ahead."""
     import sqlite3
 
     from unlearnd.security.secret_files import key_id
 
     ledger, gov = open_ledger(settings), key_id(KEYS["governance"])
-    assert ledger.idempotency_begin(gov, "k2", BODY_DIGEST) is None
+    _claim_left_by_older_version(settings, gov, "k2")
     assert _idempotent_post(client, "k2").status_code == 409  # fresh claim: the first may still be accepting
     with sqlite3.connect(settings.ledger_path) as db:
         db.execute("UPDATE idempotency SET created_at = '2000-01-01T00:00:00.000+00:00' WHERE key = 'k2'")
@@ -268,20 +278,19 @@ def test_rollback_that_would_un_forget_names_the_requests_and_needs_them_listed_
 
 
 def test_an_accepted_request_is_enqueued_carrying_only_its_id(settings, model_store):
-    """One dependency overridden: a queue that records what the API enqueues instead of Redis."""
+    """The intake's queue replaced by one that records what the API enqueues instead of Redis."""
     from fastapi.testclient import TestClient
 
-    from service.deps import get_queue
     from service.main import create_app
 
     enqueued = []
 
     class RecordingQueue:
-        def enqueue(self, function, *args, **kwargs):
-            enqueued.append((function, args, kwargs["job_id"]))
+        def enqueue_many(self, job_datas):
+            enqueued.extend((data.func, data.args, data.job_id) for data in job_datas)
 
     app = create_app(settings)
-    app.dependency_overrides[get_queue] = RecordingQueue
+    app.state.intake.queue = RecordingQueue()
     with TestClient(app) as c:
         response = c.post("/v1/models/tiny/forget-requests", json={"classes": [1]},
                           headers=auth("governance"))

@@ -3,8 +3,12 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
-from models_store import Database, Ledger, NotFoundError, open_ledger
+from models_store import Database, Ledger, NotFoundError, open_ledger, schema
+from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest
+from models_store.store import now_iso
 from unlearnd.settings import Settings
 
 
@@ -142,22 +146,47 @@ def test_audit_entries_filter_and_page(ledger):
     assert len(ledger.audit_entries(limit=2)) == 2
 
 
-def test_idempotency_claim_finish_replay_release_and_take_over(ledger):
-    assert ledger.idempotency_begin("kid", "k1", "body") is None
-    claim = ledger.idempotency_begin("kid", "k1", "body")
-    assert claim["status_code"] is None and claim["body_sha256"] == "body"
-    ledger.create({"id": "r1", "model": "m", "classes": [3], "method": "auto"}, idempotency=("kid", "k1"))
-    ledger.idempotency_finish("kid", "k1", 202, '{"id": "r1"}', {"Location": "/r1"})
-    done = ledger.idempotency_begin("kid", "k1", "body")
-    assert (done["status_code"], done["request_id"], done["headers"]) == (202, "r1", '{"Location": "/r1"}')
-    ledger.idempotency_release("kid", "k1")  # a finished claim is kept
-    assert ledger.idempotency_begin("kid", "k1", "body")["status_code"] == 202
+def _new(request_id, key=None, body="body"):
+    claim = None if key is None else IdempotencyClaim("kid", key, body)
+    record = {"id": request_id, "model": "m", "classes": [3], "method": "auto"}
+    return NewRequest(record, job_id=f"{request_id}-job", claim=claim)
 
-    assert ledger.idempotency_begin("kid", "k2", "body") is None
-    assert not ledger.idempotency_take_over("kid", "k2", older_than_s=60)  # fresh: its API may still be accepting
-    assert ledger.idempotency_take_over("kid", "k2", older_than_s=-1)
-    ledger.idempotency_release("kid", "k2")
-    assert ledger.idempotency_begin("kid", "k2", "other body") is None
+
+def _answer(record):
+    return 202, f'{{"id": "{record["id"]}"}}', {"Location": f"/{record['id']}"}
+
+
+def test_accept_records_a_group_in_one_transaction_each_request_alone(ledger):
+    _create(ledger, "taken")
+    outcomes = ledger.accept([_new("r1", key="k1"), _new("taken"), _new("r2", key="k1"), _new("r3")],
+                             answer=_answer)
+    first, clash, again, plain = outcomes
+    assert first["id"] == "r1" and first["job_id"] == "r1-job" and first["status"] == "queued"
+    assert isinstance(clash, IntegrityError)  # refused alone: the others are recorded
+    assert isinstance(again, KeyInUse) and again.row["request_id"] == "r1"  # the same key later in the group
+    assert (again.row["status_code"], again.row["response"], again.row["headers"]) == (
+        202, '{"id": "r1"}', '{"Location": "/r1"}')
+    assert plain["id"] == "r3"
+    assert {r["id"] for r in ledger.list()} == {"taken", "r1", "r3"}
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k1", "body"))["request_id"] == "r1"
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k2", "body")) is None
+    accepted = [e["request_id"] for e in ledger.audit_entries() if e["action"] == "request.accepted"]
+    assert sorted(accepted) == ["r1", "r3", "taken"]
+
+
+def test_a_claim_bound_to_no_request_is_in_use_while_fresh_and_taken_over_when_stale(ledger):
+    """Claims that older versions wrote before their request (their process died while accepting)."""
+    with ledger.db.transaction() as conn:
+        conn.execute(insert(schema.idempotency).values(key="k", key_id="kid", body_sha256="old",
+                                                       created_at=now_iso()))
+    [fresh] = ledger.accept([_new("r1", key="k")], answer=_answer, stale_claim_s=60)
+    assert isinstance(fresh, KeyInUse) and fresh.row["request_id"] is None
+    [taken] = ledger.accept([_new("r1", key="k")], answer=_answer, stale_claim_s=-1)
+    assert taken["id"] == "r1"
+    row = ledger.idempotency_row(IdempotencyClaim("kid", "k", "body"))
+    assert (row["request_id"], row["body_sha256"], row["status_code"]) == ("r1", "body", 202)
+    ledger.idempotency_finish("kid", "k", 200, "{}", {})
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k", "body"))["status_code"] == 200
 
 
 def test_concurrent_claims_and_endings_each_happen_once(ledger):
@@ -169,9 +198,11 @@ def test_concurrent_claims_and_endings_each_happen_once(ledger):
         return ledger.mark_succeeded("r1", {"by": i}) if i % 2 else ledger.mark_cancelled("r1", f"admin-{i}")
 
     with ThreadPoolExecutor(8) as pool:
-        claims = list(pool.map(lambda _: ledger.idempotency_begin("kid", "k", "body"), range(16)))
+        claims = [outcome for [outcome] in pool.map(
+            lambda i: ledger.accept([_new(f"c{i}", key="k")], answer=_answer), range(16))]
         ended = list(pool.map(end, range(16)))
-    assert claims.count(None) == 1 and all(c["key"] == "k" for c in claims if c is not None)
+    [winner] = [c for c in claims if isinstance(c, dict)]
+    assert all(isinstance(c, KeyInUse) and c.row["request_id"] == winner["id"] for c in claims if c is not winner)
     assert ended.count(True) == 1
     endings = [e for e in ledger.audit_entries(request_id="r1") if e["action"] in ("request.succeeded",
                                                                                     "request.cancelled")]

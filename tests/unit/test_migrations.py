@@ -13,6 +13,7 @@ from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from models_store import Database, Ledger, open_database
+from models_store.ledger import IdempotencyClaim, NewRequest
 from models_store.schema import metadata, served_states
 from unlearnd.settings import Settings
 
@@ -102,12 +103,15 @@ def test_upgrading_from_the_first_revision_keeps_every_row(database_url):
     ledger.create({"id": "r1", "model": "m", "classes": [1], "method": "auto"})
     ledger.create({"id": "r2", "model": "m", "samples": [4, 5], "method": "auto"})
     ledger.mark_running("r1")
-    assert ledger.idempotency_begin("kid", "k", "body") is None
-    before = (_ledger_rows(ledger), ledger.audit_entries(), ledger.idempotency_begin("kid", "k", "body"))
+    claim = IdempotencyClaim("kid", "k", "body")
+    [accepted] = ledger.accept([NewRequest({"id": "r3", "model": "m", "classes": [2], "method": "auto"}, claim=claim)],
+                               answer=lambda record: (202, record["id"], {}))
+    assert accepted["id"] == "r3"
+    before = (_ledger_rows(ledger), ledger.audit_entries(), ledger.idempotency_row(claim))
 
     database.migrate()
     assert database.current_revision() == HEAD
-    assert (_ledger_rows(ledger), ledger.audit_entries(), ledger.idempotency_begin("kid", "k", "body")) == before
+    assert (_ledger_rows(ledger), ledger.audit_entries(), ledger.idempotency_row(claim)) == before
     row = {"model": "m", "state_version": 2, "document": '{"b":1,"a":2}', "created_at": "now"}
     with database.transaction() as conn:  # the new tables are there
         conn.execute(insert(served_states).values(row))
@@ -138,9 +142,10 @@ def test_a_sqlite_ledger_written_before_migrations_is_stamped_and_upgraded(tmp_p
     ledger = Ledger(database)
     assert _ledger_rows(ledger) == [("old", "succeeded", [7], 0)]
     assert [e["action"] for e in ledger.audit_entries(request_id="old")] == ["request.accepted"]
-    ledger.create({"id": "new", "model": "m", "classes": [1], "method": "auto"}, idempotency=("kid", "k"))
-    assert ledger.list()[-1]["seq"] > ledger.get("old")["seq"]
-    assert ledger.idempotency_begin("kid", "k", "body")["request_id"] == "new"
+    claim = IdempotencyClaim("kid", "k", "body")  # its old claim, bound to no request since 2024: taken over
+    [accepted] = ledger.accept([NewRequest({"id": "new", "model": "m", "classes": [1], "method": "auto"}, claim=claim)])
+    assert accepted["id"] == "new" and ledger.list()[-1]["seq"] > ledger.get("old")["seq"]
+    assert ledger.idempotency_row(claim)["request_id"] == "new"
     with database.connect() as conn:
         assert {"models", "served_states", "reports"} <= set(inspect(conn).get_table_names())
 

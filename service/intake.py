@@ -1,0 +1,171 @@
+"""Deletion-request intake with group commit: one thread per API process records every forget request.
+
+A route parses and authorizes its request, then awaits `Intake.submit`. The intake thread takes every submission
+waiting (at most `max_group`), checks each against the store (`service.domain.check_forget_request`), inserts the
+ones that pass in one ledger transaction (`Ledger.accept`: one durable commit for the whole group instead of
+three per request, each request in its own savepoint), enqueues their jobs in one Redis pipeline and answers each
+caller through its event loop. While one group commits, the next gathers: the busier the intake, the larger the
+groups. A 202 still means the request's row is committed; a failed enqueue is left to the janitor, which sees
+the row's job missing from Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from fastapi import Response
+from redis.exceptions import RedisError
+from rq import Queue
+
+from models_store import Ledger, Store
+from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest
+from service.domain import check_forget_request
+from service.idempotency import STALE_CLAIM_S, Answer, answer_key_in_use
+from service.metrics import FORGET_REQUESTS_ACCEPTED
+from service.schemas import ForgetRequestCreate
+from unlearnd.logs import current_request_id
+from unlearnd.queue import JobToEnqueue, enqueue_jobs, new_job_id
+from unlearnd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 128
+"""Most requests one transaction records (a bound on how long the first of them waits for the others)."""
+
+
+@dataclass(eq=False)
+class _Submission:
+    model: str
+    body: ForgetRequestCreate
+    claim: IdempotencyClaim | None
+    actor: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    accepted_by: str | None = field(default_factory=current_request_id)
+    request_id: str = field(default_factory=lambda: f"fr_{uuid.uuid4().hex}")
+    job_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.job_id = new_job_id(self.request_id)
+
+    def settle(self, outcome: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits for this answer
+            self.loop.call_soon_threadsafe(_settle, self.future, outcome)
+
+    def new_request(self) -> NewRequest:
+        body = self.body
+        record = {"id": self.request_id, "model": self.model, "classes": body.classes, "samples": body.samples,
+                  "method": body.method, "reason": body.reason, "key_id": self.actor,
+                  "callback_url": body.callback_url}
+        return NewRequest(record, job_id=self.job_id, claim=self.claim)
+
+
+def _settle(future: asyncio.Future, outcome: Any) -> None:
+    if future.done():  # the caller went away; what was recorded stays recorded (a retry with its key replays it)
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class Intake:
+    """The intake thread (started by the first submission) and what it writes to."""
+
+    def __init__(self, *, store: Store, ledger: Ledger, queue: Queue, settings: Settings,
+                 max_group: int = MAX_GROUP):
+        self.store, self.ledger, self.queue, self.settings, self.max_group = store, ledger, queue, settings, max_group
+        self._waiting: SimpleQueue[_Submission | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    async def submit(self, model: str, body: ForgetRequestCreate, claim: IdempotencyClaim | None,
+                     actor: str) -> Response:
+        """Record and enqueue one forget request: its 202 (or the replay of its Idempotency-Key's first answer).
+        Raises what refused it (`Problem`, NotFoundError, a database error)."""
+        loop = asyncio.get_running_loop()
+        submission = _Submission(model, body, claim, actor, loop, loop.create_future())
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="intake", daemon=True)
+                self._thread.start()
+            self._waiting.put(submission)
+        return await submission.future
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Answer what was submitted, then stop the thread (a later submission starts a new one)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._waiting.put(None)
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _serve(self) -> None:
+        while True:
+            first = self._waiting.get()
+            if first is None:
+                return
+            group, stop = [first], False
+            while len(group) < self.max_group:
+                try:
+                    submission = self._waiting.get_nowait()
+                except Empty:
+                    break
+                if submission is None:
+                    stop = True
+                    break
+                group.append(submission)
+            try:
+                self._record(group)
+            except Exception as exc:  # e.g. the database is unreachable: every caller of the group gets it
+                for submission in group:
+                    submission.settle(exc)
+            if stop:
+                return
+
+    def _record(self, group: list[_Submission]) -> None:
+        checked: list[_Submission] = []
+        reads: dict[tuple[str, str], Any] = {}  # what the group's checks read from the store, read once
+        for submission in group:
+            try:
+                check_forget_request(model=submission.model, body=submission.body, store=self.store,
+                                     settings=self.settings, reads=reads)
+            except Exception as exc:
+                submission.settle(exc)
+            else:
+                checked.append(submission)
+        if not checked:
+            return
+        outcomes = self.ledger.accept([submission.new_request() for submission in checked],
+                                      answer=lambda record: Answer.accepted_record(record).stored(),
+                                      stale_claim_s=STALE_CLAIM_S)
+        jobs = [JobToEnqueue(submission.request_id, submission.job_id, submission.accepted_by)
+                for submission, outcome in zip(checked, outcomes, strict=True) if isinstance(outcome, dict)]
+        if jobs:
+            try:
+                enqueue_jobs(self.queue, jobs, self.settings)
+            except RedisError as exc:  # the rows are durable; the janitor enqueues them when Redis is back
+                log.warning("could not enqueue %d accepted requests now, the janitor will: %s", len(jobs), exc)
+        for submission, outcome in zip(checked, outcomes, strict=True):
+            submission.settle(self._answer(submission, outcome))
+
+    def _answer(self, submission: _Submission, outcome: dict[str, Any] | KeyInUse | Exception) -> Any:
+        """What the caller gets: its 202, the replay of its key's first answer, or the exception that refused it."""
+        if isinstance(outcome, dict):
+            FORGET_REQUESTS_ACCEPTED.labels(submission.body.method).inc()
+            return Answer.accepted_record(outcome).response()
+        if isinstance(outcome, KeyInUse):
+            assert submission.claim is not None
+            try:
+                return answer_key_in_use(self.ledger, submission.claim, outcome.row)
+            except Exception as exc:
+                return exc
+        return outcome
