@@ -58,8 +58,9 @@ def enqueue_jobs(queue: Queue, jobs: Sequence[JobToEnqueue], settings: Settings)
         failure_ttl=FAILURE_TTL_S, description=f"forget request {job.request_id}",
         meta={REQUEST_ID: job.accepted_by} if job.accepted_by else None,
     ) for job in jobs])
-    for job in jobs:
-        log.info("forget request enqueued", forget_request_id=job.request_id, job_id=job.job_id)
+    for job in jobs:  # with the accepting request's id, also when logged by another thread than its handler
+        traced = {REQUEST_ID: job.accepted_by} if job.accepted_by else {}
+        log.info("forget request enqueued", forget_request_id=job.request_id, job_id=job.job_id, **traced)
 
 
 def enqueue_request(queue: Queue, ledger: Ledger, request_id: str, settings: Settings) -> str:
