@@ -11,10 +11,11 @@ Then, in interleaved rounds (the systems' order rotates every round; medians ove
 each cell (batch 1 or 32 images per request × concurrency 1 or 32): unlearnd with JSON (`/v1/.../predict`), Open
 Inference Protocol V2 binary tensors (`/v2/models/{m}/infer`) and PNG uploads; LitServe with the same JSON; and
 the limit: the same network's batched forward in this process (batch min(batch × concurrency, 32)) with the same
-δ, clip and softmax, no HTTP. The load generator is httpx (HTTP/1.1 keep-alive) in this process. Also the δ
-overhead (no δ, universal δ, gated δ) and deletion-request intake at concurrency 50, whose accepted requests are
-counted in the ledger afterwards. Writes bench/results/serve.json and, for a full run, the generated block of
-docs/benchmarks.md ("Serving"); reduced runs go to bench/results/serve-quick.json.
+δ, clip and softmax, no HTTP. The load generator is h11 over asyncio streams (HTTP/1.1 keep-alive, one connection
+per concurrent caller; `bench.serve_client`) in this process. Also the δ overhead (no δ, universal δ, gated δ) and
+deletion-request intake at concurrency 50, whose accepted requests are counted in the ledger afterwards. Writes
+bench/results/serve.json and, for a full run, the generated block of docs/benchmarks.md ("Serving"); reduced runs
+go to bench/results/serve-quick.json.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from bench.serve_client import (
     Call,
     EndpointMissing,
     RequestFailed,
+    alternating,
     check,
     closed_loop,
     intake_burst,
@@ -88,9 +90,10 @@ STOP_RESERVE_S = 30
 """Time kept for what follows the last round: stopping the servers, counting the ledger, writing results."""
 MEAN, STD = 0.5, 0.25
 """Normalisation inside every model (per channel)."""
-DELTA_SLICES = 5
-"""The δ overhead's share of a round is cut into this many slices, the three served states alternating in each
-(differences of a few per cent need finer interleaving than the machine's load drifts)."""
+DELTA_SHARE = 3
+"""The δ overhead's share of a round, in measurement durations: one caller alternates between the three served
+states request by request (differences of a few per cent need finer interleaving than the machine's load
+drifts)."""
 SYSTEMS = (("unlearnd", "json"), ("unlearnd", "v2"), ("unlearnd", "png"), ("litserve", "json"), ("limit", None))
 
 
@@ -349,21 +352,22 @@ class Bench:
     overhead: list[dict[str, Any]] = field(default_factory=list)
     decoding: list[dict[str, Any]] = field(default_factory=list)
     intake: dict[str, Any] = field(default_factory=dict)
-    clients: dict[tuple[str, int], httpx.AsyncClient] = field(default_factory=dict)
+    clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     calls: dict[tuple[str, str, str, int], Call | str] = field(default_factory=dict)
     rounds_done: int = 0
 
-    def client(self, system: str, concurrency: int) -> httpx.AsyncClient:
-        """One client per server and concurrency level, kept for the whole run."""
-        key = (system, concurrency)
-        if key not in self.clients:
-            if system == "litserve":
-                self.clients[key] = new_client(self.litserve_url, concurrency)
-            else:
-                role = "governance" if system == "intake" else "inference"
-                self.clients[key] = new_client(self.unlearnd_url, concurrency,
-                                               {"Authorization": f"Bearer {KEYS[role]}"})
-        return self.clients[key]
+    def target(self, system: str) -> tuple[str, dict[str, str]]:
+        """Base URL and headers (the API key) of a system's requests."""
+        if system == "litserve":
+            return self.litserve_url, {}
+        role = "governance" if system == "intake" else "inference"
+        return self.unlearnd_url, {"Authorization": f"Bearer {KEYS[role]}"}
+
+    def client(self, system: str) -> httpx.AsyncClient:
+        """One httpx client per server for the untimed checks, kept for the whole run."""
+        if system not in self.clients:
+            self.clients[system] = new_client(*self.target(system))
+        return self.clients[system]
 
     def call(self, p: Prepared, system: str, input_: str, batch: int, name: str) -> Call | str:
         """The request of one cell (encoded once for the whole run), or why it is not measured."""
@@ -395,10 +399,9 @@ class Bench:
         if isinstance(call, str):
             record["skipped"] = call
             return
-        client = self.client(system, concurrency)
         try:
-            await check(client, call)
-            result = await closed_loop(client, call, concurrency, duration_s or self.plan.duration_s,
+            await check(self.client(system), call)
+            result = await closed_loop(*self.target(system), call, concurrency, duration_s or self.plan.duration_s,
                                        min_requests=concurrency)
         except EndpointMissing as exc:
             record["skipped"] = f"n/a: endpoint missing ({exc})"
@@ -437,24 +440,34 @@ class Bench:
         await self.intake_round()
 
     async def delta_round(self, p: Prepared, index: int) -> None:
-        """p50 at batch 1 × concurrency 1 of the same network served without δ, with the universal δ, gated."""
+        """p50 at batch 1 × concurrency 1 of the same network served without δ, with the universal δ, gated:
+        one caller alternating between the three request by request (shuffled each cycle)."""
         input_ = "v2" if self.v2_inputs.get(p.name("none")) else "json"
         variants = ("none", "universal", "gated")
-        for piece in range(DELTA_SLICES):
-            for variant in variants[(index + piece) % 3:] + variants[:(index + piece) % 3]:
-                record = self.record(self.overhead, model=p.spec.key, variant=variant, input=input_)
-                record["gated_share"] = p.gated_share if variant == "gated" else None
-                await self.measure(record, "unlearnd", self.call(p, "unlearnd", input_, 1, p.name(variant)), 1,
-                                   duration_s=self.plan.duration_s / DELTA_SLICES)
+        records = [self.record(self.overhead, model=p.spec.key, variant=variant, input=input_) for variant in variants]
+        calls = [self.call(p, "unlearnd", input_, 1, p.name(variant)) for variant in variants]
+        for record, variant in zip(records, variants, strict=True):
+            record["gated_share"] = p.gated_share if variant == "gated" else None
+        if any(record.get("skipped") for record in records):
+            return
+        try:
+            timings = await alternating(*self.target("unlearnd"), [c for c in calls if isinstance(c, Call)],
+                                        DELTA_SHARE * self.plan.duration_s, seed=index)
+        except RequestFailed as exc:
+            for record in records:  # reported in the table; the other measurements still run
+                record["skipped"], record["error"] = f"failed: {exc.summary}", exc.detail
+            return
+        for record, measured in zip(records, timings, strict=True):
+            record["rounds"].append(measured.as_dict())
 
     async def intake_round(self) -> None:
         """Forget requests, each with its own Idempotency-Key, to a model no worker serves."""
         bodies = [json.dumps({"classes": [i % 10], "reason": "bench.serve intake"}).encode()
                   for i in range(self.plan.intake_requests)]
         headers = [{"Idempotency-Key": uuid.uuid4().hex} for _ in bodies]
-        client = self.client("intake", INTAKE_CONCURRENCY)
-        result, accepted, refused = await intake_burst(client, f"/v1/models/{INTAKE_MODEL}/forget-requests",
-                                                       bodies, INTAKE_CONCURRENCY, headers)
+        result, accepted, refused = await intake_burst(*self.target("intake"),
+                                                       f"/v1/models/{INTAKE_MODEL}/forget-requests", bodies,
+                                                       INTAKE_CONCURRENCY, headers)
         self.intake.setdefault("rounds", []).append(result.as_dict())
         self.intake.setdefault("accepted_ids", []).extend(accepted)
         self.intake.setdefault("refused", Counter()).update(refused)
@@ -537,7 +550,8 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     cpu, cores = machine()
-    served = ("api_workers", "batch_max_size", "batch_max_wait_ms", "gated_vectors", "verify_interval_s")
+    served = ("api_workers", "batch_max_size", "batch_max_wait_ms", "inference_threads", "access_log", "gated_vectors",
+              "verify_interval_s")
     meta = {
         "date": date.today().isoformat(), "machine": cpu, "cores": cores, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "litserve": ls.__version__, "python": platform.python_version(),

@@ -2,10 +2,11 @@
 
 A route parses its request, then awaits `Batcher.submit(model, images)`. One inference thread takes what is
 queued for a model, at most `max_size` images, runs it as one `run(model, inputs)` call and hands each caller its
-own result through the caller's event loop (`loop.call_soon_threadsafe`): no request waits in the thread pool.
-When the model's previous batch gathered several callers (concurrent traffic), the thread waits up to
-`max_wait_s` after the oldest caller arrived for more to join; a lone caller is never delayed. A call larger than
-`max_size` runs alone, unsplit. Models take turns: what is left of one model's queue goes after the others'.
+own result through the caller's event loop (one `loop.call_soon_threadsafe` per batch and loop): no request waits
+in the thread pool. When the model's previous batch gathered several callers (concurrent traffic), the thread
+waits up to `max_wait_s` after the oldest caller arrived for more to join; a lone caller is never delayed. A call
+larger than `max_size` runs alone, unsplit. Models take turns: what is left of one model's queue goes after the
+others'.
 """
 
 from __future__ import annotations
@@ -37,18 +38,16 @@ class _Job:
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
-    def settle(self, outcome: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits for this answer
-            self.loop.call_soon_threadsafe(_settle, self.future, outcome)
 
-
-def _settle(future: asyncio.Future, outcome: Any) -> None:
-    if future.done():  # the caller went away (its request was cancelled)
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _settle_all(answers: list[tuple[asyncio.Future, Any]]) -> None:
+    """On the callers' loop: each future gets its outcome (unless its caller went away, its request cancelled)."""
+    for future, outcome in answers:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class Batcher:
@@ -142,5 +141,9 @@ class Batcher:
                 raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)} calls")
         except Exception as exc:  # e.g. the model does not verify: every caller of the batch gets it
             outcomes = [exc] * len(batch)
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
         for job, outcome in zip(batch, outcomes, strict=True):
-            job.settle(outcome)
+            answers.setdefault(job.loop, []).append((job.future, outcome))
+        for loop, settled in answers.items():  # one wake-up of each callers' loop per batch, not one per caller
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits for these answers
+                loop.call_soon_threadsafe(_settle_all, settled)

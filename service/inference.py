@@ -39,6 +39,14 @@ VERSIONS_RETRY_S = 5.0
 """After Redis failed to answer, the state is read for every batch for this long before Redis is asked again."""
 
 
+def auto_inference_threads(api_workers: int) -> int:
+    """Torch threads of each API process's inference thread when UNLEARND_INFERENCE_THREADS is 0: its share of the
+    CPUs this process may use, less one for its event loop (at least one). A torch thread displaced by the event
+    loop or other work stalls the whole forward pass: on a busy two-core machine, two threads made ResNet-18 2 to
+    50 times slower per image than one."""
+    return max(1, len(os.sched_getaffinity(0)) // api_workers - 1)
+
+
 @dataclass(frozen=True)
 class LoadedState:
     name: str
@@ -121,12 +129,11 @@ class InferenceRuntime:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, *, ledger: Ledger, redis: Redis) -> InferenceRuntime:
-        """The API's runtime: state version counters in `redis`, batching and torch threads per the settings (the
-        CPUs this process may use, shared by its UNLEARND_API_WORKERS siblings)."""
+        """The API's runtime: state version counters in `redis`, batching and torch threads per the settings."""
         return cls(store, settings.device, ledger=ledger, verify_interval_s=settings.verify_interval_s,
                    versions=StateVersions(redis, settings.queue_name), batch_max_size=settings.batch_max_size,
                    batch_max_wait_ms=settings.batch_max_wait_ms,
-                   torch_threads=max(1, len(os.sched_getaffinity(0)) // settings.api_workers))
+                   torch_threads=settings.inference_threads or auto_inference_threads(settings.api_workers))
 
     async def predict(self, name: str, x: np.ndarray) -> tuple[LoadedState, np.ndarray]:
         """Class probabilities (N, K) for images x (N, C, H, W) in [0, 1], with every forget vector in force
@@ -252,20 +259,21 @@ class InferenceRuntime:
         when its images do not have the snapshot's input shape, e.g. the model changed since they were decoded)."""
         served = self.served(name)
         shape = tuple(served.input_shape)
-        fits = [x.shape[1:] == shape for x in inputs]
-        outcomes: list[tuple[LoadedState, np.ndarray] | Problem] = [
-            Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
-                    f"[N, {', '.join(map(str, shape))}]") for x in inputs]
-        if any(fits):
-            fitting = [x for x, fit in zip(inputs, fits, strict=True) if fit]
+        fitting = [x for x in inputs if x.shape[1:] == shape]
+        probabilities = None
+        if fitting:
             batch = fitting[0] if len(fitting) == 1 else np.concatenate(fitting)
             FORWARD_BATCH.labels(name).observe(len(batch))
             probabilities = self._forward(served, batch)
-            start = 0
-            for i, (x, fit) in enumerate(zip(inputs, fits, strict=True)):
-                if fit:
-                    outcomes[i] = (served, probabilities[start:start + len(x)])
-                    start += len(x)
+        outcomes: list[tuple[LoadedState, np.ndarray] | Problem] = []
+        start = 0
+        for x in inputs:
+            if x.shape[1:] == shape:
+                outcomes.append((served, probabilities[start:start + len(x)]))
+                start += len(x)
+            else:
+                outcomes.append(Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
+                                        f"[N, {', '.join(map(str, shape))}]"))
         return outcomes
 
     @staticmethod

@@ -68,8 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rollback.responses = {**problem_responses(409, descriptions={409: (  # type: ignore[attr-defined]
         "A forget job holds the model, the state is served already, or the rollback would take requests "
         "out of force that `reinstate` does not list")}), **rollback.responses}  # type: ignore[attr-defined]
-    for router in (health.router, models.router, forget_requests.router, audit.router, registry.router,
-                   keys.router, metrics_router, v2.router, admin.router, reports.router):
+    # The prediction routes first: Starlette tries routes in order, and no two routers share a method and path.
+    for router in (v2.router, models.router, forget_requests.router, health.router, audit.router, registry.router,
+                   keys.router, metrics_router, admin.router, reports.router):
         document_problems(router, all_roles=ROLES)
         app.include_router(router)
     add_openapi_schemas(app, [ForgetRequestCreate, V2InferenceRequest])

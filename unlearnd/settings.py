@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="Dynamic batching: longest a prediction waits for others to join its "
         "batch, milliseconds.")
+    inference_threads: int = Field(
+        0, ge=0, le=1024, description="Torch threads of each API process's inference thread; 0 = its share of "
+        "the CPUs (divided by UNLEARND_API_WORKERS) less one for its event loop, at least 1.")
     # Logs (docs/operations.md).
     log_format: str = Field("json", pattern="^(json|text)$",
                             description="'json' (one object per line) or 'text' (key=value) logs from every process.")

@@ -5,6 +5,7 @@ stream in never mixes into a batch: every batch is computed with one snapshot.""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import fakeredis
@@ -15,7 +16,7 @@ import torch
 from models_store import Store
 from service.batching import Batcher
 from service.errors import Problem
-from service.inference import InferenceRuntime
+from service.inference import InferenceRuntime, auto_inference_threads
 from tests.service.conftest import register_tiny, serve_forget_vector
 from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
@@ -118,6 +119,41 @@ def test_close_answers_what_was_submitted_and_a_later_call_starts_a_new_thread()
     asyncio.run(scenario())
 
 
+def test_callers_on_several_event_loops_share_a_batch_each_gets_its_own_rows_and_a_cancelled_one_is_skipped():
+    run = TimesTen()
+    batcher = Batcher(run, max_size=16, max_wait_s=0.0)
+    outcomes: dict[int, list] = {}
+    queued = threading.Barrier(3)
+
+    async def submit(first: int, cancel_one: bool) -> None:
+        tasks = [asyncio.ensure_future(batcher.submit("m", rows(first + i, 1 + i))) for i in range(3)]
+        await asyncio.sleep(0)  # every call is queued
+        if cancel_one:
+            tasks[1].cancel()
+        await asyncio.to_thread(queued.wait, 10)
+        outcomes[first] = await asyncio.gather(*tasks, return_exceptions=True)
+
+    held = threading.Thread(target=lambda: asyncio.run(batcher.submit("m", rows(1000, 1))))
+    held.start()
+    assert run.entered.wait(10)
+    loops = [threading.Thread(target=lambda first=first: asyncio.run(submit(first, first == 200)))
+             for first in (100, 200)]
+    for thread in loops:
+        thread.start()
+    queued.wait(10)
+    run.release.set()
+    for thread in [held, *loops]:
+        thread.join(10)
+    batcher.close()
+    assert run.batches[1:] == [("m", [1, 2, 3, 1, 2, 3])]  # both loops' callers in one forward pass
+    for first, answers in outcomes.items():
+        for i, answer in enumerate(answers):
+            if first == 200 and i == 1:
+                assert isinstance(answer, asyncio.CancelledError)
+            else:
+                assert answer[0] == "m" and np.array_equal(answer[1], rows(first + i, 1 + i) * 10)
+
+
 # ---- the runtime: one snapshot per batch while a state is published ------------------------------------------
 def tiny_store(data_dir) -> Store:
     """Model `tiny` (1×8×8, 10 classes) in a signed store."""
@@ -173,3 +209,26 @@ def test_a_caller_whose_images_do_not_fit_the_snapshot_gets_422_alone(store):
     outcomes = runtime._run_batch("tiny", [np.zeros((1, 1, 8, 8), np.float32), np.zeros((2, 3, 8, 8), np.float32)])
     assert outcomes[0][1].shape == (1, 10)
     assert isinstance(outcomes[1], Problem) and outcomes[1].status == 422
+
+
+def test_inference_threads_follow_the_setting_or_leave_a_core_to_the_event_loop(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [auto_inference_threads(workers) for workers in (1, 2, 8)] == [7, 3, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def runtime(**settings) -> InferenceRuntime:
+        return InferenceRuntime.from_settings(Settings(data_dir=tmp_path, **settings), store, ledger=None,
+                                              redis=fakeredis.FakeRedis())
+
+    assert runtime(api_workers=1).torch_threads == 1
+    chosen = runtime(inference_threads=3)
+    seen = []
+    run = chosen.batcher._run
+    chosen.batcher._run = lambda key, inputs: seen.append(torch.get_num_threads()) or run(key, inputs)
+    own = torch.get_num_threads()
+    try:
+        served, probabilities = asyncio.run(chosen.predict("tiny", np.zeros((2, 1, 8, 8), np.float32)))
+    finally:
+        chosen.close()
+        torch.set_num_threads(own)
+    assert seen == [3] and probabilities.shape == (2, 10)

@@ -1,15 +1,29 @@
 """The serving benchmark's pure helpers: percentiles, request encodings (checked against tritonclient's own V2
 binary encoder) and the table and targets built from results. (The benchmark itself is `make bench-serve`.)"""
 
+import asyncio
 import io
 import json
 
+import h11
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from bench.serve_client import answered_rows, json_predict_call, png_predict_call, timing, v2_binary_body
+from bench.serve_client import (
+    Call,
+    Connection,
+    RequestFailed,
+    alternating,
+    answered_rows,
+    closed_loop,
+    intake_burst,
+    json_predict_call,
+    png_predict_call,
+    timing,
+    v2_binary_body,
+)
 from bench.serve_report import cell_rows, delta_overheads, markdown, median_timing, ratio, targets
 
 
@@ -68,6 +82,113 @@ def test_json_call_and_answers_of_either_protocol_count_their_images():
     assert json.loads(call.body) == {"inputs": np.zeros((3, 1, 2, 2)).tolist()} and call.images == 3
     assert answered_rows({"predictions": [{}, {}, {}]}) == 3
     assert answered_rows({"outputs": [{"name": "probabilities", "shape": [4, 10], "data": []}]}) == 4
+
+
+class EchoServer:
+    """A loopback HTTP/1.1 server (h11) that answers every request with `status` and JSON describing what it got;
+    with `close`, it closes each connection after one answer. Counts connections and requests."""
+
+    def __init__(self, status: int = 200, close: bool = False):
+        self.status, self.close = status, close
+        self.connections = self.requests = 0
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        http, body = h11.Connection(h11.SERVER), b""
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                http.receive_data(await reader.read(1 << 16))
+            elif isinstance(event, h11.Request):
+                request, body = event, b""
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                self.requests += 1
+                answer = json.dumps({"path": request.target.decode(), "body": body.decode(), "id": str(self.requests),
+                                     "headers": {k.decode(): v.decode() for k, v in request.headers}}).encode()
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
+                writer.write(http.send(h11.Response(status_code=self.status, headers=[
+                    *headers, *([("Connection", "close")] if self.close else [])]))
+                    + http.send(h11.Data(data=answer)) + http.send(h11.EndOfMessage()))
+                await writer.drain()
+                if http.our_state is h11.MUST_CLOSE:
+                    break
+                http.start_next_cycle()
+            else:  # ConnectionClosed
+                break
+        writer.close()
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_closed_loop_keeps_one_connection_per_caller_and_opens_another_when_the_server_closes_it(close):
+    call = Call("/infer", b"pixels", {"Content-Type": "application/octet-stream"}, 2)
+
+    async def scenario():
+        echo = EchoServer(close=close)
+        async with echo as url:
+            connection = Connection(url, {"Authorization": "Bearer k"})
+            answers = [await connection.post("/infer", body, {"X-Try": str(i)}) for i, body in enumerate([b"a", b""])]
+            connection.close()
+            timed = await closed_loop(url, {"Authorization": "Bearer k"}, call, 3, 0.2, min_requests=3)
+        return echo, answers, timed
+
+    echo, answers, timed = asyncio.run(scenario())
+    for i, (status, answer) in enumerate(answers):
+        got = json.loads(answer)
+        assert status == 200 and got["path"] == "/infer" and got["body"] == ["a", ""][i]
+        assert {k.lower(): v for k, v in got["headers"].items() if k.lower() != "host"} == {
+            "authorization": "Bearer k", "x-try": str(i), "content-length": str(len(["a", ""][i]))}
+    echo.requests -= 2
+    echo.connections -= 2 if close else 1
+    assert timed.requests + 3 == echo.requests  # one untimed call per connection first
+    assert timed.images_per_s > 0 and timed.requests >= 3
+    assert echo.connections == (echo.requests if close else 3)
+
+
+def test_closed_loop_fails_on_an_error_status_or_no_server_and_intake_counts_what_was_accepted():
+    call = Call("/infer", b"{}", {}, 1)
+
+    async def scenario():
+        async with EchoServer(status=503) as url:
+            with pytest.raises(RequestFailed) as refused:
+                await closed_loop(url, {}, call, 2, 0.1, min_requests=2)
+        with pytest.raises(RequestFailed) as unreachable:
+            await closed_loop(url, {}, call, 2, 0.1, min_requests=2)
+        echo = EchoServer(status=202)
+        async with echo as url:
+            accepted = await intake_burst(url, {"Authorization": "Bearer g"}, "/forget", [b"a", b"b", b"c"], 2,
+                                          [{"Idempotency-Key": key} for key in "xyz"])
+        return refused.value, unreachable.value, accepted
+
+    refused, unreachable, (timed, ids, others) = asyncio.run(scenario())
+    assert refused.status == 503 and unreachable.status is None and unreachable.summary.endswith("Error")
+    assert sorted(ids) == ["1", "2", "3"] and others == [] and timed.requests == 3
+
+
+def test_alternating_sends_every_call_in_each_cycle_and_times_each_on_its_own():
+    calls = [Call(f"/v2/models/{name}/infer", name.encode(), {}, 1) for name in ("none", "universal", "gated")]
+
+    async def scenario():
+        echo = EchoServer()
+        async with echo as url:
+            timings = await alternating(url, {}, calls, 0.2)
+        async with EchoServer(status=503) as url:
+            with pytest.raises(RequestFailed):
+                await alternating(url, {}, calls, 0.2)
+        return echo, timings
+
+    echo, timings = asyncio.run(scenario())
+    counts = {t.requests for t in timings}
+    assert len(counts) == 1 and counts.pop() >= 1  # whole cycles: as many of each
+    assert echo.requests == 3 + sum(t.requests for t in timings) and echo.connections == 1
 
 
 def _timed(speed: float, p50: float = 1.0) -> dict:
