@@ -10,7 +10,8 @@ against a model retrained without the forget set:
 The service's methods run through `bench.methods` (the workers' guarded code path); a candidate the guard
 refuses is not published, so its row scores the unchanged model and the refusal is counted. Metrics are
 `unlearning.metrics.unlearning_report` (UA, RA, TA, every MIA figure) and Avg. Gap to Retrain, with wall
-time and work (sample passes; forward 1, forward + backward 3) per method.
+time and work (sample passes; forward 1, forward + backward 3) per method. Rows that serve the unchanged model
+and logit masking are scored (`report_from_logits`) from the original's logits, computed once per task.
 
 Pairs × seeds run as independent tasks on `--jobs` processes of one torch thread each (2 = both cores of
 the reference machine). Writes bench/results/quality.json and quality.md and, for a full run, the tables
@@ -28,6 +29,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -39,10 +41,9 @@ from bench.docs_block import replace_block
 from bench.zoo import NUM_CLASSES, RECIPES, ZOO, Recipe
 from unlearning.baselines import GradientAscentConfig, fine_tune, gradient_ascent
 from unlearning.data import ForgetSplit, ImageSet, split_by_classes, split_by_ids
-from unlearning.evaluation import accuracy
 from unlearning.forget_vector import random_forget_target
 from unlearning.guarded import CLASS_RETAIN_LOSS, SAMPLE_RETAIN_LOSS
-from unlearning.metrics import avg_gap, unlearning_report
+from unlearning.metrics import avg_gap, predict_logits, report_from_logits, unlearning_report
 from unlearning.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,18 +91,6 @@ def measured(kind: type, fn):
     return out, seconds, counter.work
 
 
-class MaskedLogits(nn.Module):
-    """The logit-masking baseline: the original model with the forgotten classes' logits set to −inf."""
-
-    def __init__(self, model: nn.Module, classes: list[int]):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mask", torch.isin(torch.arange(NUM_CLASSES), torch.tensor(classes)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).masked_fill(self.mask, float("-inf"))  # (B, K)
-
-
 def random_split(train: ImageSet, seed: int) -> ForgetSplit:
     n = round(RANDOM_SHARE * len(train))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1000 + seed))
@@ -129,20 +118,48 @@ def fails_guard(verdict: dict, forget_tolerance: float = 5.0) -> bool:
     return utility or forget
 
 
+@dataclass(frozen=True)
+class OriginalLogits:
+    """The original model's logits on the whole training and test sets, computed once per task: every row that
+    serves the unchanged model (do nothing, a refused candidate) and logit masking read them instead of
+    running the model again."""
+
+    train: ImageSet
+    train_logits: torch.Tensor  # (N_train, K)
+    test_logits: torch.Tensor  # (N_test, K)
+
+    def of(self, data: ImageSet) -> torch.Tensor:
+        """The rows of `train_logits` for a subset of the training set, by sample id."""
+        where = {sample_id: i for i, sample_id in enumerate(self.train.ids)}
+        return self.train_logits[torch.tensor([where[i] for i in data.ids], dtype=torch.long)]
+
+
 class Scenario:
     """One forget request on one original model: runs methods and scores them against Retrain."""
 
     def __init__(self, recipe: Recipe, original: nn.Module, test: ImageSet, split: ForgetSplit,
-                 classes: list[int] | None, seed: int):
+                 classes: list[int] | None, seed: int, logits: OriginalLogits):
         self.recipe, self.original, self.test, self.split = recipe, original, test, split
         self.classes, self.seed, self.kind = classes, seed, type(original)
         self.rows: dict[str, dict] = {}
+        self.original_logits = (logits.of(split.forget), logits.of(split.retain), logits.test_logits)
+        self.original_report = report_from_logits(split, test, *self.original_logits, classes)
 
     def score(self, name: str, model: nn.Module, seconds: float, work: int, *, delta=None, gate: bool = False,
               extra: dict | None = None) -> None:
-        report = unlearning_report(model, self.split, self.test, self.classes, delta=delta,
-                                   gate_classes=self.classes if gate else None)
+        if model is self.original and delta is None:
+            report = self.original_report
+        else:
+            report = unlearning_report(model, self.split, self.test, self.classes, delta=delta,
+                                       gate_classes=self.classes if gate else None)
         self.rows[name] = {**report, "time_s": round(seconds, 3), "work": work, **(extra or {})}
+
+    def score_masked(self) -> None:
+        """The logit-masking baseline: the original's logits with the forgotten classes' set to −inf."""
+        mask = torch.isin(torch.arange(NUM_CLASSES), torch.tensor(self.classes or []))
+        masked = [logits.masked_fill(mask, float("-inf")) for logits in self.original_logits]
+        report = report_from_logits(self.split, self.test, *masked, self.classes)
+        self.rows["Logit masking"] = {**report, "time_s": 0.0, "work": 0}
 
     def baselines(self) -> None:
         split, seed = self.split, self.seed
@@ -157,7 +174,7 @@ class Scenario:
             self.original, split, GradientAscentConfig(target_forget_accuracy=target, seed=seed)))
         self.score("Gradient ascent", ascended, s, w)
         if self.classes:
-            self.score("Logit masking", MaskedLogits(self.original, self.classes), 0.0, 0)
+            self.score_masked()
 
     def served(self, name: str, call, *, gate: bool = False) -> methods.Guarded:
         """Run a guarded method; score what would be served (the unchanged model when refused)."""
@@ -204,12 +221,14 @@ def run_task(name: str, seed: int, threads: int = 1, compare: bool = False) -> d
     train, test = recipe.sets(seed)
     model = recipe.new_model(train, seed)
     original, build_s, build_work = measured(type(model), lambda: recipe.fit(model, train, seed))
+    logits = OriginalLogits(train, predict_logits(original, train.x), predict_logits(original, test.x))
     c1, c2 = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(seed))[:2].tolist()
     out = {"pair": name, "seed": seed, "classes": [c1, c2], "build_s": round(build_s, 2),
-           "train_acc": round(100 * accuracy(original, train.x, train.y), 2),
-           "test_acc": round(100 * accuracy(original, test.x, test.y), 2), "scenarios": {}}
+           "train_acc": round(100 * (logits.train_logits.argmax(1) == train.y).float().mean().item(), 2),
+           "test_acc": round(100 * (logits.test_logits.argmax(1) == test.y).float().mean().item(), 2),
+           "scenarios": {}}
 
-    one = Scenario(recipe, original, test, split_by_classes(train, [c1]), [c1], seed)
+    one = Scenario(recipe, original, test, split_by_classes(train, [c1]), [c1], seed, logits)
     one.baselines()
     fv = one.served("FV", lambda: methods.forget_vector(original, one.split, test, classes=[c1]))
     one.served("FV gated", lambda: methods.forget_vector(original, one.split, test, classes=[c1], gate=True),
@@ -226,7 +245,7 @@ def run_task(name: str, seed: int, threads: int = 1, compare: bool = False) -> d
     out["scenarios"]["one class"] = one.finish()
 
     pair = sorted([c1, c2])
-    two = Scenario(recipe, original, test, split_by_classes(train, pair), pair, seed)
+    two = Scenario(recipe, original, test, split_by_classes(train, pair), pair, seed, logits)
     two.baselines()
     two.served("FV", lambda: methods.forget_vector(original, two.split, test, classes=pair))
     two.served("FV gated", lambda: methods.forget_vector(original, two.split, test, classes=pair, gate=True),
@@ -255,7 +274,7 @@ def run_task(name: str, seed: int, threads: int = 1, compare: bool = False) -> d
                                                                   salient_fraction=COMPARE_SALIENT))
     out["scenarios"]["two classes"] = two.finish()
 
-    rnd = Scenario(recipe, original, test, random_split(train, seed), None, seed)
+    rnd = Scenario(recipe, original, test, random_split(train, seed), None, seed, logits)
     rnd.baselines()
     rnd.served("FV", lambda: methods.forget_vector(original, rnd.split, test, classes=None))
     rnd.served("Zero-shot", lambda: methods.zero_shot(original, rnd.split, test, classes=None))

@@ -247,21 +247,28 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+CHANNELS_LAST = ("bn_dropout_cnn", "pixel_standardised_cnn", "resnet18_small")
+"""Architectures whose weights are stored channels-last: the same model, computed faster on a CPU (max-pooling a
+contiguous NCHW tensor is about as slow as the convolution before it; channels-last convolutions ~25 % faster on
+ResNet-18)."""
+
+
 def new_model(arch: str, train: ImageSet, seed: int) -> nn.Module:
     """An untrained model of `arch` for data shaped like `train`, its weights drawn from `seed`; normalisation
     statistics come from the training images and sit inside the model."""
     torch.manual_seed(seed)
     c, h, w = train.x.shape[1:]
     mean, std = channel_stats(train.x)
-    if arch == "bn_dropout_cnn":
-        return NormalizedClassifier(BNDropoutCNN(c, NUM_CLASSES), mean, std)
-    if arch == "pixel_standardised_cnn":
-        return PixelStandardisedCNN(train.x.mean(0), float(train.x.std()), NUM_CLASSES)
     if arch == "mlp":
         return NormalizedClassifier(MLP(c * h * w, NUM_CLASSES), mean, std)
-    model = NormalizedClassifier(build_model(arch, c, NUM_CLASSES), mean, std)
-    if arch == "resnet18_small":
-        model = model.to(memory_format=torch.channels_last)  # ~25 % faster convolutions on CPU
+    if arch == "bn_dropout_cnn":
+        model: nn.Module = NormalizedClassifier(BNDropoutCNN(c, NUM_CLASSES), mean, std)
+    elif arch == "pixel_standardised_cnn":
+        model = PixelStandardisedCNN(train.x.mean(0), float(train.x.std()), NUM_CLASSES)
+    else:
+        model = NormalizedClassifier(build_model(arch, c, NUM_CLASSES), mean, std)
+    if arch in CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

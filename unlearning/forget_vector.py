@@ -208,8 +208,10 @@ def optimise_perturbation(
 
     def check(epoch: float) -> tuple[float, float, dict, torch.Tensor]:
         d = build_delta().detach().clone()  # a copy: the optimiser updates the parameter in place
-        forget_acc, forget_confidence = _accuracy_and_confidence(model, x_fc, y_fc, d, cfg.clip, gate)
-        retain_acc = accuracy(model, x_mon, y_mon, d, cfg.clip, gate_classes=gate) if n_monitor else 1.0
+        p_fc = _probabilities(model, x_fc, d, clip=cfg.clip, gate=gate)  # one pass each, shared with matching
+        p_mon = _probabilities(model, x_mon, d, clip=cfg.clip, gate=gate)
+        forget_acc, forget_confidence = _accuracy_and_confidence(p_fc, y_fc)
+        retain_acc = _accuracy_and_confidence(p_mon, y_mon)[0] if n_monitor else 1.0
         # Monitored objective: distance from the forget target band plus the retain shortfall. Accuracy on a few
         # hundred samples moves in steps, so for a target of 0 the forget samples' mean true-class probability is
         # added at 1/100 weight: progress is seen (and patience reset) before the next sample flips.
@@ -218,7 +220,7 @@ def optimise_perturbation(
         record = {"epoch": round(epoch, 3), "forget_acc": forget_acc, "retain_acc": retain_acc,
                   "delta_l2": float(d.norm()), "lr": schedule.get_last_lr()[0]}
         if matching is not None:
-            extra, figures = matching.shortfall(model, x_fc, y_fc, x_mon, y_mon, d, cfg)
+            extra, figures = matching.shortfall(model, p_fc, y_fc, p_mon, y_mon, d, cfg)
             score, progress = score + extra, progress + extra
             record.update(figures)
         return score, progress, record, d
@@ -265,11 +267,11 @@ def optimise_perturbation(
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, x: torch.Tensor, delta: torch.Tensor | None = None,
-                   batch_size: int = 1024) -> torch.Tensor:
-    """softmax(model(x + δ)) on the CPU, (N, K) for x (N, C, H, W)."""
+def _probabilities(model: nn.Module, x: torch.Tensor, delta: torch.Tensor | None = None, *, clip: bool = True,
+                   gate: list[int] | None = None, batch_size: int = 1024) -> torch.Tensor:
+    """softmax(model(x + δ)) as served (gated by `gate` when given) on the CPU, (N, K) for x (N, C, H, W)."""
     device = next(model.parameters()).device
-    out = [torch.softmax(perturbed_logits(model, x[i : i + batch_size].to(device), delta), 1).cpu()
+    out = [torch.softmax(perturbed_logits(model, x[i : i + batch_size].to(device), delta, gate, clip), 1).cpu()
            for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -309,14 +311,14 @@ class _Matching:
         return _Matching(targets, unseen, float((p_unseen.argmax(1) == unseen.y).float().mean()),
                          float((unseen_conf < threshold).float().mean()))
 
-    def shortfall(self, model: nn.Module, x_fc: torch.Tensor, y_fc: torch.Tensor, x_mon: torch.Tensor,
+    def shortfall(self, model: nn.Module, p_fc: torch.Tensor, y_fc: torch.Tensor, p_mon: torch.Tensor,
                   y_mon: torch.Tensor, delta: torch.Tensor, cfg: ForgetVectorConfig) -> tuple[float, dict]:
-        """Added to the stopping rule's score under δ: the non-member share of D_f outside ± `target_tolerance` of
-        the unseen data's, and the unseen data's accuracy more than `max_retain_drop` below the original's."""
-        p_unseen = _probabilities(model, self.unseen.x, delta)
-        threshold = best_threshold(_true_confidence(_probabilities(model, x_mon, delta), y_mon),
-                                   _true_confidence(p_unseen, self.unseen.y))
-        share = float((_true_confidence(_probabilities(model, x_fc, delta), y_fc) < threshold).float().mean())
+        """Added to the stopping rule's score under δ, given the checked forget and monitored retain samples'
+        probabilities under δ (N, K): the non-member share of D_f outside ± `target_tolerance` of the unseen
+        data's, and the unseen data's accuracy more than `max_retain_drop` below the original's."""
+        p_unseen = _probabilities(model, self.unseen.x, delta, clip=cfg.clip)
+        threshold = best_threshold(_true_confidence(p_mon, y_mon), _true_confidence(p_unseen, self.unseen.y))
+        share = float((_true_confidence(p_fc, y_fc) < threshold).float().mean())
         unseen_acc = float((p_unseen.argmax(1) == self.unseen.y).float().mean())
         extra = (max(0.0, abs(share - self.non_member_share) - cfg.target_tolerance)
                  + max(0.0, self.unseen_accuracy - cfg.max_retain_drop - unseen_acc))
@@ -336,15 +338,8 @@ def _predicted_in(model: nn.Module, x: torch.Tensor, classes: list[int], batch_s
     return torch.isin(torch.cat(out), torch.tensor(classes)) if out else torch.zeros(0, dtype=torch.bool)
 
 
-@torch.no_grad()
-def _accuracy_and_confidence(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, clip: bool, gate: list[int] | None,
-) -> tuple[float, float]:
-    """(accuracy, mean true-class softmax probability) of model(x + δ) as served; x: (N, C, H, W) with N small."""
+def _accuracy_and_confidence(probabilities: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean true-class probability) from probabilities (N, K); (NaN, 0) for no samples."""
     if len(y) == 0:
         return float("nan"), 0.0
-    device = next(model.parameters()).device
-    logits = perturbed_logits(model, x.to(device), delta, gate, clip).cpu()  # (N, K)
-    confidence = torch.softmax(logits, 1).gather(1, y[:, None]).mean()
-    return float((logits.argmax(1) == y).float().mean()), float(confidence)
-
+    return float((probabilities.argmax(1) == y).float().mean()), float(_true_confidence(probabilities, y).mean())

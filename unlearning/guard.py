@@ -87,17 +87,33 @@ def retained_test(test: ImageSet | None, forgotten_classes: list[int]) -> ImageS
     return test.subset(~torch.isin(test.y, torch.tensor(forgotten_classes, dtype=test.y.dtype)))
 
 
+def _guard_parts(guard_retain: ImageSet, test_retained: ImageSet | None) -> list[ImageSet]:
+    return [guard_retain] + ([test_retained] if test_retained is not None and len(test_retained) else [])
+
+
+def _guard_data(guard_retain: ImageSet, test_retained: ImageSet | None) -> ImageSet:
+    """Held-out retain ∪ retained-class test images: what the utility side of the guard measures."""
+    parts = _guard_parts(guard_retain, test_retained)
+    return ImageSet(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
+                    tuple(i for p in parts for i in p.ids))
+
+
+def guard_baseline(before: Candidate, guard_retain: ImageSet, test_retained: ImageSet | None) -> float:
+    """`before`'s accuracy on the guard's data: measured once when several candidates are judged against it."""
+    return before.accuracy(_guard_data(guard_retain, test_retained))
+
+
 def judge(
     before: Candidate, after: Candidate, guard_retain: ImageSet, test_retained: ImageSet | None,
-    forget: ImageSet, forget_target: float, cfg: GuardConfig,
+    forget: ImageSet, forget_target: float, cfg: GuardConfig, *, baseline: float | None = None,
 ) -> GuardVerdict:
     """Utility: accuracy of `after` on held-out retain ∪ retained-class test images may fall at most
-    `cfg.max_drop` below `before`'s. Efficacy: `after`'s accuracy on D_f is at most `forget_target` +
-    `cfg.forget_tolerance`. Both must hold."""
-    parts = [guard_retain] + ([test_retained] if test_retained is not None and len(test_retained) else [])
-    data = ImageSet(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
-                    tuple(i for p in parts for i in p.ids))
-    baseline, candidate = before.accuracy(data), after.accuracy(data)
+    `cfg.max_drop` below `before`'s (`baseline`: that accuracy from `guard_baseline`, else measured here).
+    Efficacy: `after`'s accuracy on D_f is at most `forget_target` + `cfg.forget_tolerance`. Both must hold."""
+    parts = _guard_parts(guard_retain, test_retained)
+    data = _guard_data(guard_retain, test_retained)
+    baseline = before.accuracy(data) if baseline is None else baseline
+    candidate = after.accuracy(data)
     forget_acc = after.accuracy(forget)
     utility_ok = candidate >= baseline - cfg.max_drop - 1e-9
     forget_ok = forget_acc <= forget_target + cfg.forget_tolerance + 1e-9

@@ -41,7 +41,16 @@ from unlearning.forget_vector import (
     learn_forget_vector,
     random_forget_target,
 )
-from unlearning.guard import Candidate, GuardConfig, GuardVerdict, HeldOut, hold_out_retain, judge, retained_test
+from unlearning.guard import (
+    Candidate,
+    GuardConfig,
+    GuardVerdict,
+    HeldOut,
+    guard_baseline,
+    hold_out_retain,
+    judge,
+    retained_test,
+)
 from unlearning.smoothing import (
     CLASS_FORGET_TARGET,
     SmoothingConfig,
@@ -135,6 +144,8 @@ def guarded_forget_vector(
     margin = replace(SAMPLE_WISE, lr=SAMPLE_MARGIN_STEP * spread, target_forget_accuracy=target,
                      retain_loss=first.retain_loss)
     count = 3 if first.forget_loss == "match" else 2
+    test_retained = retained_test(test, classes or [])
+    baseline = guard_baseline(before, held.guard, test_retained)
     attempts: list[dict] = []
     result = Guarded(passed=False)
     cfg = first
@@ -142,7 +153,7 @@ def guarded_forget_vector(
         vector = learn_forget_vector(model, split, cfg, progress=_span(progress, i, count),
                                      unseen=test if cfg.forget_loss == "match" else None)
         candidate = Candidate(model, vector.delta, list(classes) if gate and classes is not None else None)
-        verdict = judge(before, candidate, held.guard, retained_test(test, classes or []), split.forget, target, guard)
+        verdict = judge(before, candidate, held.guard, test_retained, split.forget, target, guard, baseline=baseline)
         attempts.append({"setting": {"optimizer": cfg.optimizer, "lr": round(cfg.lr, 6),
                                      "max_retain_drop": cfg.max_retain_drop, "forget_loss": cfg.forget_loss,
                                      "retain_loss": cfg.retain_loss},
@@ -221,6 +232,7 @@ def guarded_zero_shot(
 
     stop = accuracy_at_most(split.forget.x, split.forget.y, target)
     test_retained = retained_test(test, forgotten_classes if forgotten_classes is not None else classes or [])
+    baseline = guard_baseline(before, held.guard, test_retained)
     attempts: list[dict] = []
     result = Guarded(passed=False)
     for i, scale in enumerate(SMOOTHING_LADDER):
@@ -230,7 +242,8 @@ def guarded_zero_shot(
                                        stop=stop, acceptable=acceptable)
         new_model = copy.deepcopy(model)
         new_model.load_state_dict(smoothed.state_dict)
-        verdict = judge(before, Candidate(new_model.eval()), held.guard, test_retained, split.forget, target, guard)
+        verdict = judge(before, Candidate(new_model.eval()), held.guard, test_retained, split.forget, target, guard,
+                        baseline=baseline)
         attempts.append({"setting": {"sigma": round(cfg.sigma, 6), "lr": cfg.lr, **asdict(scale),
                                      "salient_fraction": salient_fraction},
                          "steps": smoothed.steps, "stop_reason": smoothed.stop_reason, "guard": verdict.as_dict()})

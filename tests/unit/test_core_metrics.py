@@ -11,6 +11,7 @@ from unlearning.metrics import (
     best_threshold,
     mia_efficacy,
     mia_figures,
+    report_from_logits,
     svc_efficacy,
     threshold_efficacy,
     true_label_confidence,
@@ -65,6 +66,8 @@ def test_report_keys_and_values_by_hand():
     assert report == {"UA": 50.0, "RA": 100.0, "TA": 75.0}
     by_class = unlearning_report(model, ForgetSplit(forget, retain), test, forgotten_classes=[0])
     assert by_class["TA"] == 100.0 and by_class["TA_forgotten"] == 50.0 and "MIA" in by_class
+    logits = [model(data.x).detach() for data in (forget, retain, test)]
+    assert report_from_logits(ForgetSplit(forget, retain), test, *logits, [0]) == by_class
 
 
 def test_avg_gap_by_hand():

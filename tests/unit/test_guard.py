@@ -11,7 +11,7 @@ from tests.unit.toys import PixelLogits
 from unlearning import ForgetSplit, ImageSet
 from unlearning.evaluation import accuracy, perturbed_logits
 from unlearning.forget_vector import ForgetVectorConfig, learn_forget_vector
-from unlearning.guard import Candidate, GuardConfig, hold_out_retain, judge, retained_test
+from unlearning.guard import Candidate, GuardConfig, guard_baseline, hold_out_retain, judge, retained_test
 from unlearning.guarded import SMOOTHING_LADDER, guarded_forget_vector, guarded_zero_shot
 from unlearning.smoothing import SmoothingConfig, SmoothingScale, calibrated_smoothing, lipschitz_smoothing
 
@@ -67,6 +67,12 @@ def test_judge_refuses_a_candidate_beyond_the_bound_and_one_that_does_not_forget
 
     kept_memory = judge(Candidate(model), Candidate(model), retain, test_kept, forget, 0.0, GuardConfig())
     assert not kept_memory.passed and "forget-set accuracy is 100.0 %" in kept_memory.reason
+
+    baseline = guard_baseline(Candidate(model), retain, test_kept)  # measured once, for several candidates
+    assert baseline == 1.0
+    assert judge(Candidate(model), ruin, retain, test_kept, forget, 0.0, GuardConfig(), baseline=baseline) == refused
+    lower = judge(Candidate(model), forget_only, retain, test_kept, forget, 0.0, GuardConfig(), baseline=0.5)
+    assert lower.baseline == 50.0  # the given baseline is the one judged against
 
 
 def test_gated_vector_is_optimised_only_on_gated_inputs_and_keeps_the_rest_exactly():
