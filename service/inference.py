@@ -41,10 +41,10 @@ VERSIONS_RETRY_S = 5.0
 
 def auto_inference_threads(api_workers: int) -> int:
     """Torch threads of each API process's inference thread when UNLEARND_INFERENCE_THREADS is 0: its share of the
-    CPUs this process may use, less one for its event loop (at least one). A torch thread displaced by the event
-    loop or other work stalls the whole forward pass: on a busy two-core machine, two threads made ResNet-18 2 to
-    50 times slower per image than one."""
-    return max(1, len(os.sched_getaffinity(0)) // api_workers - 1)
+    CPUs this process may use (at least one). On two idle cores, two threads served ResNet-18 1.3 to 2 times faster
+    than one (bench-serve); on cores that other work keeps busy, a displaced thread stalls the whole forward pass
+    (two threads were 2 to 50 times slower per image than one there): set the setting to 1 on such hosts."""
+    return max(1, len(os.sched_getaffinity(0)) // api_workers)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         "batch, milliseconds.")
     inference_threads: int = Field(
         0, ge=0, le=1024, description="Torch threads of each API process's inference thread; 0 = its share of "
-        "the CPUs (divided by UNLEARND_API_WORKERS) less one for its event loop, at least 1.")
+        "the CPUs (divided by UNLEARND_API_WORKERS), at least 1; 1 on hosts whose cores other work keeps busy.")
     # Logs (docs/operations.md).
     log_format: str = Field("json", pattern="^(json|text)$",
                             description="'json' (one object per line) or 'text' (key=value) logs from every process.")

@@ -211,16 +211,16 @@ def test_a_caller_whose_images_do_not_fit_the_snapshot_gets_422_alone(store):
     assert isinstance(outcomes[1], Problem) and outcomes[1].status == 422
 
 
-def test_inference_threads_follow_the_setting_or_leave_a_core_to_the_event_loop(store, tmp_path, monkeypatch):
+def test_inference_threads_follow_the_setting_or_the_process_share_of_the_cpus(store, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert [auto_inference_threads(workers) for workers in (1, 2, 8)] == [7, 3, 1]
+    assert [auto_inference_threads(workers) for workers in (1, 2, 8)] == [8, 4, 1]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
 
     def runtime(**settings) -> InferenceRuntime:
         return InferenceRuntime.from_settings(Settings(data_dir=tmp_path, **settings), store, ledger=None,
                                               redis=fakeredis.FakeRedis())
 
-    assert runtime(api_workers=1).torch_threads == 1
+    assert runtime(api_workers=1).torch_threads == 2 and runtime(api_workers=2).torch_threads == 1
     chosen = runtime(inference_threads=3)
     seen = []
     run = chosen.batcher._run
