@@ -87,13 +87,9 @@ def retained_test(test: ImageSet | None, forgotten_classes: list[int]) -> ImageS
     return test.subset(~torch.isin(test.y, torch.tensor(forgotten_classes, dtype=test.y.dtype)))
 
 
-def _guard_parts(guard_retain: ImageSet, test_retained: ImageSet | None) -> list[ImageSet]:
-    return [guard_retain] + ([test_retained] if test_retained is not None and len(test_retained) else [])
-
-
 def _guard_data(guard_retain: ImageSet, test_retained: ImageSet | None) -> ImageSet:
     """Held-out retain ∪ retained-class test images: what the utility side of the guard measures."""
-    parts = _guard_parts(guard_retain, test_retained)
+    parts = [guard_retain] + ([test_retained] if test_retained is not None and len(test_retained) else [])
     return ImageSet(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
                     tuple(i for p in parts for i in p.ids))
 
@@ -110,7 +106,6 @@ def judge(
     """Utility: accuracy of `after` on held-out retain ∪ retained-class test images may fall at most
     `cfg.max_drop` below `before`'s (`baseline`: that accuracy from `guard_baseline`, else measured here).
     Efficacy: `after`'s accuracy on D_f is at most `forget_target` + `cfg.forget_tolerance`. Both must hold."""
-    parts = _guard_parts(guard_retain, test_retained)
     data = _guard_data(guard_retain, test_retained)
     baseline = before.accuracy(data) if baseline is None else baseline
     candidate = after.accuracy(data)
@@ -126,7 +121,7 @@ def judge(
     else:
         reason = "passed"
     return GuardVerdict(
-        measured_on={"heldout_retain": len(guard_retain), "test_retained": len(parts[1]) if len(parts) > 1 else 0},
+        measured_on={"heldout_retain": len(guard_retain), "test_retained": len(data) - len(guard_retain)},
         baseline=round(100 * baseline, 2), candidate=round(100 * candidate, 2), bound=round(100 * cfg.max_drop, 2),
         forget_accuracy=round(100 * forget_acc, 2), forget_target=round(100 * forget_target, 2),
         passed=utility_ok and forget_ok, reason=reason)
