@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import Connection, Row, case, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models_store import schema
 from models_store.database import Database, DatabaseSettings, open_database
@@ -120,6 +120,37 @@ def _abandoned(row: dict[str, Any], stale_claim_s: float) -> bool:
     return row["request_id"] is None and row["status_code"] is None and row["created_at"] < cutoff
 
 
+class _OneByOne(Exception):
+    """A group that `Ledger.accept` cannot insert at once: a key in it is claimed already, or twice in it."""
+
+
+def _request_values(new: NewRequest, at: str) -> dict[str, Any]:
+    """The row of a new request, status `queued`."""
+    record = new.record
+    return {"id": record["id"], "model": record["model"], "method": record["method"],
+            "classes": None if record.get("classes") is None else json.dumps(record["classes"]),
+            "samples": None if record.get("samples") is None else json.dumps(record["samples"]),
+            "reason": record.get("reason"), "status": RequestStatus.QUEUED.value,
+            "progress": json.dumps({"fraction": 0.0, "stage": "queued"}), "created_at": at,
+            "key_id": record.get("key_id"), "callback_url": record.get("callback_url"), "job_id": new.job_id}
+
+
+def _accepted_audit_values(stored: dict[str, Any], at: str) -> dict[str, Any]:
+    """The audit row `request.accepted` of a stored request."""
+    detail = {"classes": stored["classes"], "samples": len(stored["samples"] or []) or None,
+              "method": stored["method"]}
+    return {"at": at, "action": "request.accepted", "actor": stored["key_id"] or "system",
+            "request_id": stored["id"], "model": stored["model"], "detail": json.dumps(detail)}
+
+
+def _claim_values(claim: IdempotencyClaim, stored: dict[str, Any],
+                  answer: Callable[[dict[str, Any]], StoredAnswer] | None, at: str) -> dict[str, Any]:
+    """The Idempotency-Key row that binds `claim` to a stored request, with the answer a retry replays."""
+    status_code, response, headers = answer(stored) if answer is not None else (None, None, None)
+    return {"key": claim.key, "key_id": claim.key_id, "body_sha256": claim.body_sha256, "created_at": at,
+            "request_id": stored["id"], "status_code": status_code, "response": response,
+            "headers": None if headers is None else json.dumps(headers)}
+
 
 class Ledger:
     """Forget requests, the audit log and idempotency keys in a (migrated) `Database`; see `open_ledger`."""
@@ -139,14 +170,24 @@ class Ledger:
                stale_claim_s: float = 60.0) -> builtins.list[dict[str, Any] | KeyInUse | Exception]:
         """Insert new requests in status `queued`, all in one transaction (group commit: one durable commit for
         many requests); one outcome per request, in order: its stored record, `KeyInUse`, or the exception that
-        refused it alone (each request has its own savepoint).
+        refused it alone.
 
-        A request with an Idempotency-Key `claim` binds the key to itself in the same savepoint, with the answer
-        that `answer(record)` gives (what a retry with the key replays). A key claimed before gives `KeyInUse`,
-        except a claim bound to no request and older than `stale_claim_s` (left by a process that died while
-        accepting, before claims were written with their request), which this request takes over."""
-        outcomes: builtins.list[dict[str, Any] | KeyInUse | Exception] = []
+        A request with an Idempotency-Key `claim` binds the key to itself, with the answer that `answer(record)`
+        gives (what a retry with the key replays). A key claimed before gives `KeyInUse`, except a claim bound to
+        no request and older than `stale_claim_s` (left by a process that died while accepting, before claims
+        were written with their request), which this request takes over.
+
+        The whole group is inserted by three multi-row statements when none of its keys is claimed already (nor
+        twice in the group) and nothing is refused; otherwise that savepoint is rolled back and each request is
+        inserted in its own savepoint, so that a refused one does not undo the others."""
         with self.db.transaction() as conn:
+            try:
+                with conn.begin_nested():
+                    outcomes: builtins.list[dict[str, Any] | KeyInUse | Exception] = [
+                        *self._insert_group(conn, requests, answer)]
+                return outcomes
+            except (_OneByOne, DBAPIError):
+                outcomes = []
             for new in requests:
                 try:
                     with conn.begin_nested():
@@ -159,33 +200,44 @@ class Ledger:
         return outcomes
 
     @staticmethod
+    def _insert_group(conn: Connection, requests: Sequence[NewRequest],
+                      answer: Callable[[dict[str, Any]], StoredAnswer] | None) -> builtins.list[dict[str, Any]]:
+        """Every request of the group at once, or `_OneByOne` when a key is claimed already or twice in it."""
+        claims = {(new.claim.key_id, new.claim.key) for new in requests if new.claim is not None}
+        if len(claims) < sum(new.claim is not None for new in requests):
+            raise _OneByOne
+        if claims:
+            held = conn.execute(select(_idempotency.c.key_id, _idempotency.c.key).where(
+                _idempotency.c.key.in_([key for _, key in claims])))
+            if claims & {(key_id, key) for key_id, key in held}:
+                raise _OneByOne
+        at = now_iso()
+        inserted = conn.execute(insert(_requests).returning(*_requests.c), [_request_values(new, at)
+                                                                             for new in requests])
+        by_id = {row.id: _to_dict(row) for row in inserted}
+        stored = [by_id[new.record["id"]] for new in requests]
+        conn.execute(insert(_audit_log), [_accepted_audit_values(record, at) for record in stored])
+        claimed = [_claim_values(new.claim, record, answer, at)
+                   for new, record in zip(requests, stored, strict=True) if new.claim is not None]
+        if claimed:
+            conn.execute(insert(_idempotency), claimed)
+        return stored
+
+    @staticmethod
     def _insert(conn: Connection, new: NewRequest, answer: Callable[[dict[str, Any]], StoredAnswer] | None,
                 stale_claim_s: float) -> dict[str, Any] | KeyInUse:
-        record, claim = new.record, new.claim
+        claim = new.claim
         if claim is not None:
             row = _claim_row(conn, claim)
             if row is not None and not _abandoned(row, stale_claim_s):
                 return KeyInUse(row)
             if row is not None:
                 conn.execute(delete(_idempotency).where(*_this_key(claim)))
-            conn.execute(insert(_idempotency).values(key=claim.key, key_id=claim.key_id,
-                                                     body_sha256=claim.body_sha256, created_at=now_iso()))
-        conn.execute(insert(_requests).values(
-            id=record["id"], model=record["model"], method=record["method"],
-            classes=json.dumps(record.get("classes")) if record.get("classes") is not None else None,
-            samples=json.dumps(record.get("samples")) if record.get("samples") is not None else None,
-            reason=record.get("reason"), status=RequestStatus.QUEUED.value,
-            progress=json.dumps({"fraction": 0.0, "stage": "queued"}), created_at=now_iso(),
-            key_id=record.get("key_id"), callback_url=record.get("callback_url"), job_id=new.job_id))
-        _audit(conn, "request.accepted", record.get("key_id") or "system", record["id"], record["model"],
-               {"classes": record.get("classes"), "samples": len(record.get("samples") or []) or None,
-                "method": record["method"]})
-        stored = _to_dict(conn.execute(select(_requests).where(_requests.c.id == record["id"])).one())
+        at = now_iso()
+        stored = _to_dict(conn.execute(insert(_requests).returning(*_requests.c), _request_values(new, at)).one())
+        conn.execute(insert(_audit_log).values(_accepted_audit_values(stored, at)))
         if claim is not None:
-            status_code, response, headers = answer(stored) if answer is not None else (None, None, None)
-            conn.execute(update(_idempotency).where(*_this_key(claim)).values(
-                request_id=record["id"], status_code=status_code, response=response,
-                headers=None if headers is None else json.dumps(headers)))
+            conn.execute(insert(_idempotency).values(_claim_values(claim, stored, answer, at)))
         return stored
 
     def get(self, request_id: str) -> dict[str, Any]:

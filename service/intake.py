@@ -3,7 +3,7 @@
 A route parses and authorizes its request, then awaits `Intake.submit`. The intake thread takes every submission
 waiting (at most `max_group`), checks each against the store (`service.domain.check_forget_request`), inserts the
 ones that pass in one ledger transaction (`Ledger.accept`: one durable commit for the whole group instead of
-three per request, each request in its own savepoint), enqueues their jobs in one Redis pipeline and answers each
+three per request; a refused request does not undo the others), enqueues their jobs in one Redis pipeline and answers each
 caller through its event loop. While one group commits, the next gathers: the busier the intake, the larger the
 groups. A 202 still means the request's row is committed; a failed enqueue is left to the janitor, which sees
 the row's job missing from Redis.

@@ -3,7 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 from sqlalchemy.exc import IntegrityError
 
 from models_store import Database, Ledger, NotFoundError, open_ledger, schema
@@ -172,6 +172,23 @@ def test_accept_records_a_group_in_one_transaction_each_request_alone(ledger):
     assert ledger.idempotency_row(IdempotencyClaim("kid", "k2", "body")) is None
     accepted = [e["request_id"] for e in ledger.audit_entries() if e["action"] == "request.accepted"]
     assert sorted(accepted) == ["r1", "r3", "taken"]
+
+
+def test_a_group_without_conflicts_is_inserted_by_one_statement_per_table(ledger):
+    statements = []
+    event.listen(ledger.db.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: statements.append(statement.split()[0].upper()))
+    group = [_new(f"r{i}", key=f"k{i}" if i % 2 else None) for i in range(20)]
+    outcomes = ledger.accept(group, answer=_answer)
+    assert [o["id"] for o in outcomes] == [f"r{i}" for i in range(20)]
+    assert all(o["status"] == "queued" and o["job_id"] == f"{o['id']}-job" for o in outcomes)
+    # a read of the group's keys, then one multi-row INSERT each: requests, audit entries, keys
+    assert [s for s in statements if s in ("SELECT", "INSERT")] == ["SELECT", "INSERT", "INSERT", "INSERT"]
+    row = ledger.idempotency_row(IdempotencyClaim("kid", "k7", "body"))
+    assert (row["request_id"], row["status_code"], row["response"]) == ("r7", 202, '{"id": "r7"}')
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k8", "body")) is None
+    accepted = [e["request_id"] for e in ledger.audit_entries(limit=50) if e["action"] == "request.accepted"]
+    assert sorted(accepted) == sorted(f"r{i}" for i in range(20))
 
 
 def test_a_claim_bound_to_no_request_is_in_use_while_fresh_and_taken_over_when_stale(ledger):
