@@ -54,9 +54,11 @@ from bench.serve_client import (
     Call,
     EndpointMissing,
     RequestFailed,
+    Timing,
     alternating,
     check,
     closed_loop,
+    intake_at_rate,
     intake_burst,
     json_predict_call,
     new_client,
@@ -84,6 +86,8 @@ CELLS = ((1, 1), (1, 32), (32, 1), (32, 32))
 """(images per request, concurrent callers)."""
 LIMIT_BATCH = 32
 INTAKE_CONCURRENCY = 50
+INTAKE_RATE = 500.0
+"""Requests per second offered by the open-loop intake measurement (issue 11's target rate)."""
 INTAKE_MODEL = "intake"
 """The first model's network registered once more, to take forget requests that no worker runs."""
 STOP_RESERVE_S = 30
@@ -461,17 +465,25 @@ class Bench:
             record["rounds"].append(measured.as_dict())
 
     async def intake_round(self) -> None:
-        """Forget requests, each with its own Idempotency-Key, to a model no worker serves."""
-        bodies = [json.dumps({"classes": [i % 10], "reason": "bench.serve intake"}).encode()
-                  for i in range(self.plan.intake_requests)]
-        headers = [{"Idempotency-Key": uuid.uuid4().hex} for _ in bodies]
-        result, accepted, refused = await intake_burst(*self.target("intake"),
-                                                       f"/v1/models/{INTAKE_MODEL}/forget-requests", bodies,
-                                                       INTAKE_CONCURRENCY, headers)
-        self.intake.setdefault("rounds", []).append(result.as_dict())
-        self.intake.setdefault("accepted_ids", []).extend(accepted)
-        self.intake.setdefault("refused", Counter()).update(refused)
-        print(f"intake: {result.as_dict()}, refused {len(refused)}", flush=True)
+        """Forget requests, each with its own Idempotency-Key, to a model no worker serves: a closed-loop burst
+        (the most the API accepts) and an open-loop run at INTAKE_RATE (the latency at that load)."""
+        for kind, measure in (("rounds", self._intake_burst), ("at_rate", self._intake_at_rate)):
+            bodies = [json.dumps({"classes": [i % 10], "reason": "bench.serve intake"}).encode()
+                      for i in range(self.plan.intake_requests)]
+            headers = [{"Idempotency-Key": uuid.uuid4().hex} for _ in bodies]
+            result, accepted, refused = await measure(f"/v1/models/{INTAKE_MODEL}/forget-requests", bodies, headers)
+            self.intake.setdefault(kind, []).append(result.as_dict())
+            self.intake.setdefault("accepted_ids", []).extend(accepted)
+            self.intake.setdefault("refused", Counter()).update(refused)
+            print(f"intake {kind}: {result.as_dict()}, refused {len(refused)}", flush=True)
+
+    async def _intake_burst(self, path: str, bodies: list[bytes], headers: list[dict[str, str]]
+                           ) -> tuple[Timing, list[str], list[str]]:
+        return await intake_burst(*self.target("intake"), path, bodies, INTAKE_CONCURRENCY, headers)
+
+    async def _intake_at_rate(self, path: str, bodies: list[bytes], headers: list[dict[str, str]]
+                             ) -> tuple[Timing, list[str], list[str]]:
+        return await intake_at_rate(*self.target("intake"), path, bodies, INTAKE_RATE, INTAKE_CONCURRENCY, headers)
 
     def durable(self) -> int:
         """How many of the requests answered 202 are rows of the ledger now."""
@@ -545,7 +557,8 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
                 asyncio.run(bench.run(deadline=started + 60 * plan.budget_min - STOP_RESERVE_S))
         # counted once the API has stopped: each request answered 202 must be a row of the ledger on disk
         intake = {"requests_per_round": plan.intake_requests, "concurrency": INTAKE_CONCURRENCY,
-                  "rounds": bench.intake.get("rounds", []), "accepted": len(bench.intake.get("accepted_ids", [])),
+                  "rate_per_s": INTAKE_RATE, "rounds": bench.intake.get("rounds", []),
+                  "at_rate": bench.intake.get("at_rate", []), "accepted": len(bench.intake.get("accepted_ids", [])),
                   "durable": bench.durable(), "refused": dict(bench.intake.get("refused", {}))}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

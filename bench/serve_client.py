@@ -12,7 +12,7 @@ import io
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import h11
@@ -274,31 +274,45 @@ async def alternating(base_url: str, headers: Mapping[str, str], calls: Sequence
             for call, measured in zip(calls, latencies, strict=True)]
 
 
+@dataclass
+class _IntakeTally:
+    """What intake POSTs got: latencies of those answered, the ids answered 202, what each other one got."""
+
+    latencies: list[float] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    async def post(self, connection: Connection, path: str, body: bytes, headers: Mapping[str, str],
+                   since: float) -> None:
+        """POST one body; its latency counts from `since` (time.perf_counter())."""
+        try:
+            status, answer = await connection.post(path, body, {**headers, "Content-Type": "application/json"})
+        except RequestFailed as exc:
+            self.refused.append(exc.summary)
+            return
+        self.latencies.append(time.perf_counter() - since)
+        if status == 202:
+            self.accepted.append(json.loads(answer)["id"])
+        else:
+            self.refused.append(f"HTTP {status}")
+
+    def result(self, elapsed_s: float) -> tuple[Timing, list[str], list[str]]:
+        return timing(self.latencies, len(self.accepted), elapsed_s), self.accepted, self.refused
+
+
 async def intake_burst(base_url: str, headers: Mapping[str, str], path: str, bodies: Sequence[bytes],
                        concurrency: int, request_headers: Sequence[Mapping[str, str]]) -> tuple[Timing, list[str],
                                                                                                 list[str]]:
-    """POST each JSON body once (the i-th with `request_headers[i]`), `concurrency` at a time, each caller on its
-    own keep-alive connection; the timing (one "image" per request accepted), the ids of the requests answered 202,
-    and what each other one got ("HTTP 503", "ConnectionResetError")."""
-    accepted: list[str] = []
-    refused: list[str] = []
-    latencies: list[float] = []
+    """Closed loop: POST each JSON body once (the i-th with `request_headers[i]`), `concurrency` at a time, each
+    caller on its own keep-alive connection and sending its next as soon as it has an answer; the timing (one
+    "image" per request accepted), the ids of the requests answered 202, and what each other one got ("HTTP 503",
+    "ConnectionResetError"). Measures the most the server accepts; latency is concurrency / throughput here."""
+    tally = _IntakeTally()
     queue = iter(range(len(bodies)))
 
     async def caller(connection: Connection) -> None:
         for i in queue:
-            began = time.perf_counter()
-            try:
-                status, answer = await connection.post(path, bodies[i], {**request_headers[i],
-                                                                         "Content-Type": "application/json"})
-            except RequestFailed as exc:
-                refused.append(exc.summary)
-                continue
-            latencies.append(time.perf_counter() - began)
-            if status == 202:
-                accepted.append(json.loads(answer)["id"])
-            else:
-                refused.append(f"HTTP {status}")
+            await tally.post(connection, path, bodies[i], request_headers[i], since=time.perf_counter())
 
     connections = [Connection(base_url, headers) for _ in range(concurrency)]
     start = time.perf_counter()
@@ -307,4 +321,35 @@ async def intake_burst(base_url: str, headers: Mapping[str, str], path: str, bod
     finally:
         for connection in connections:
             connection.close()
-    return timing(latencies, len(accepted), time.perf_counter() - start), accepted, refused
+    return tally.result(time.perf_counter() - start)
+
+
+async def intake_at_rate(base_url: str, headers: Mapping[str, str], path: str, bodies: Sequence[bytes],
+                         rate_per_s: float, concurrency: int,
+                         request_headers: Sequence[Mapping[str, str]]) -> tuple[Timing, list[str], list[str]]:
+    """Open loop: the i-th POST is due `i / rate_per_s` seconds after the start and goes out on the first of
+    `concurrency` keep-alive connections free by then. Its latency counts from when it was due, so a server that
+    falls behind shows in the latencies instead of slowing the load down (no coordinated omission). Answers as
+    `intake_burst`."""
+    tally = _IntakeTally()
+    connections = [Connection(base_url, headers) for _ in range(concurrency)]
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for connection in connections:
+        idle.put_nowait(connection)
+    start = time.perf_counter()
+
+    async def send(i: int) -> None:
+        due = start + i / rate_per_s
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        connection = await idle.get()
+        try:
+            await tally.post(connection, path, bodies[i], request_headers[i], since=due)
+        finally:
+            idle.put_nowait(connection)
+
+    try:
+        await asyncio.gather(*(send(i) for i in range(len(bodies))))
+    finally:
+        for connection in connections:
+            connection.close()
+    return tally.result(time.perf_counter() - start)

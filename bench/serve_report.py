@@ -101,17 +101,17 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     out.append({"target": "δ overhead ≤ 2 % at p50 (universal δ against none)", "value": worst, "unit": "%",
                 "met": None if worst is None else worst <= 0.02})
     intake = results.get("intake")
-    if intake and intake["rounds"]:
-        figures = median_timing(intake["rounds"])
+    target = ("intake: ≥ 500 accepted requests/s at concurrency 50 (closed loop), p99 ≤ 50 ms at 500 requests/s "
+              "offered (open loop, ≤ 50 connections), every one durable")
+    if intake and intake["rounds"] and intake.get("at_rate"):
+        burst, at_rate = median_timing(intake["rounds"]), median_timing(intake["at_rate"])
         durable = intake["durable"] == intake["accepted"] and not intake["refused"]
-        met = figures["images_per_s"] >= 500 and figures["p99_ms"] <= 50 and durable
-        out.append({"target": "intake: ≥ 500 accepted requests/s at concurrency 50, p99 ≤ 50 ms, every one durable",
-                    "value": figures["images_per_s"], "unit": "/s", "met": met,
-                    "detail": f"p99 {figures['p99_ms']:.1f} ms; {intake['durable']} of {intake['accepted']} "
-                              "accepted requests in the ledger"})
+        met = burst["images_per_s"] >= 500 and at_rate["p99_ms"] <= 50 and durable
+        out.append({"target": target, "value": burst["images_per_s"], "unit": "/s", "met": met,
+                    "detail": f"p99 at {intake['rate_per_s']:.0f}/s offered {at_rate['p99_ms']:.1f} ms; "
+                              f"{intake['durable']} of {intake['accepted']} accepted requests in the ledger"})
     else:
-        out.append({"target": "intake: ≥ 500 accepted requests/s at concurrency 50, p99 ≤ 50 ms, every one durable",
-                    "value": None, "unit": "/s", "met": None})
+        out.append({"target": target, "value": None, "unit": "/s", "met": None})
     return out
 
 
@@ -198,14 +198,18 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += ["", "PNG decoding per image (p50; the server's decoder, `service.codecs.decode_image`, timed in the "
                       "benchmark process): " + ", ".join(decoding) + "."]
     intake = results.get("intake")
-    if intake and intake["rounds"]:
-        figures = median_timing(intake["rounds"])
+    if intake and intake["rounds"] and intake.get("at_rate"):
+        burst, at_rate = median_timing(intake["rounds"]), median_timing(intake["at_rate"])
         refused = ", ".join(f"{n}× {s}" for s, n in sorted(intake["refused"].items())) or "none"
-        lines += ["", f"Deletion-request intake ({intake['requests_per_round']} POSTs per round at concurrency "
-                      f"{intake['concurrency']}, each with its own Idempotency-Key, no worker running): "
-                      f"{_n(figures['images_per_s'])} accepted requests/s, p50 {_n(figures['p50_ms'], 1)} ms, "
-                      f"p99 {_n(figures['p99_ms'], 1)} ms; {intake['durable']} of {intake['accepted']} answered "
-                      f"202 are rows of the ledger afterwards; refused: {refused}."]
+        lines += ["", f"Deletion-request intake ({intake['requests_per_round']} POSTs per measurement, each with its "
+                      "own Idempotency-Key, no worker running): closed loop at concurrency "
+                      f"{intake['concurrency']} (each caller sends again on its answer; the most the API accepts) "
+                      f"{_n(burst['images_per_s'])} accepted requests/s, p50 {_n(burst['p50_ms'], 1)} ms, p99 "
+                      f"{_n(burst['p99_ms'], 1)} ms; open loop at {intake['rate_per_s']:.0f} requests/s offered "
+                      f"(≤ {intake['concurrency']} connections, latency from when each request was due) "
+                      f"{_n(at_rate['images_per_s'])} accepted/s, p50 {_n(at_rate['p50_ms'], 1)} ms, p99 "
+                      f"{_n(at_rate['p99_ms'], 1)} ms; {intake['durable']} of {intake['accepted']} answered 202 are "
+                      f"rows of the ledger afterwards; refused: {refused}."]
     lines += ["", "| target (issue 11) | measured | |", "|---|---|---|"]
     for t in targets(results):
         detail = f" ({t['detail']})" if t.get("detail") else ""
