@@ -3,10 +3,10 @@
 A route parses and authorizes its request, then awaits `Intake.submit`. The intake thread takes every submission
 waiting (at most `max_group`), checks each against the store (`service.domain.check_forget_request`), inserts the
 ones that pass in one ledger transaction (`Ledger.accept`: one durable commit for the whole group instead of
-three per request; a refused request does not undo the others), enqueues their jobs in one Redis pipeline and answers each
-caller through its event loop. While one group commits, the next gathers: the busier the intake, the larger the
-groups. A 202 still means the request's row is committed; a failed enqueue is left to the janitor, which sees
-the row's job missing from Redis.
+three per request; a refused request does not undo the others), enqueues their jobs in one Redis pipeline and
+answers each caller through its event loop. While one group commits, the next gathers: the busier the intake,
+the larger the groups. A 202 still means the request's row is committed; a failed enqueue is left to the janitor,
+which sees the row's job missing from Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from models_store import Ledger, Store
-from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest
+from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest, StoredAnswer
 from service.domain import check_forget_request
 from service.idempotency import STALE_CLAIM_S, Answer, answer_key_in_use
 from service.metrics import FORGET_REQUESTS_ACCEPTED
@@ -144,8 +144,13 @@ class Intake:
                 checked.append(submission)
         if not checked:
             return
-        outcomes = self.ledger.accept([submission.new_request() for submission in checked],
-                                      answer=lambda record: Answer.accepted_record(record).stored(),
+        answers: dict[str, Answer] = {}  # the 202 stored with a key, answered as is
+
+        def stored_answer(record: dict[str, Any]) -> StoredAnswer:
+            answers[record["id"]] = Answer.accepted_record(record)
+            return answers[record["id"]].stored()
+
+        outcomes = self.ledger.accept([submission.new_request() for submission in checked], answer=stored_answer,
                                       stale_claim_s=STALE_CLAIM_S)
         jobs = [JobToEnqueue(submission.request_id, submission.job_id, submission.accepted_by)
                 for submission, outcome in zip(checked, outcomes, strict=True) if isinstance(outcome, dict)]
@@ -155,13 +160,15 @@ class Intake:
             except RedisError as exc:  # the rows are durable; the janitor enqueues them when Redis is back
                 log.warning("could not enqueue %d accepted requests now, the janitor will: %s", len(jobs), exc)
         for submission, outcome in zip(checked, outcomes, strict=True):
-            submission.settle(self._answer(submission, outcome))
+            submission.settle(self._answer(submission, outcome, answers))
 
-    def _answer(self, submission: _Submission, outcome: dict[str, Any] | KeyInUse | Exception) -> Any:
+    def _answer(self, submission: _Submission, outcome: dict[str, Any] | KeyInUse | Exception,
+                answers: dict[str, Answer]) -> Any:
         """What the caller gets: its 202, the replay of its key's first answer, or the exception that refused it."""
         if isinstance(outcome, dict):
             FORGET_REQUESTS_ACCEPTED.labels(submission.body.method).inc()
-            return Answer.accepted_record(outcome).response()
+            answer = answers.get(outcome["id"]) or Answer.accepted_record(outcome)
+            return answer.response()
         if isinstance(outcome, KeyInUse):
             assert submission.claim is not None
             try:

@@ -335,7 +335,8 @@ class ForgetRequestPublic(BaseModel):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ForgetRequestPublic:
-        return cls(**{k: v for k, v in record.items() if k in cls.model_fields})
+        fields = cls.model_fields
+        return cls(**{k: v for k, v in record.items() if k in fields})
 
 
 class ForgetRequestsPublic(BaseModel):
