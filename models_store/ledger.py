@@ -207,7 +207,8 @@ class Ledger:
         if len(claims) < sum(new.claim is not None for new in requests):
             raise _OneByOne
         if claims:
-            held = conn.execute(select(_idempotency.c.key_id, _idempotency.c.key).where(
+            held = conn.execute(select(_idempotency.c.key_id, _idempotency.c.key).where(  # by the primary key
+                _idempotency.c.key_id.in_({key_id for key_id, _ in claims}),
                 _idempotency.c.key.in_([key for _, key in claims])))
             if claims & {(key_id, key) for key_id, key in held}:
                 raise _OneByOne
