@@ -13,7 +13,8 @@ Inference Protocol V2 binary tensors (`/v2/models/{m}/infer`) and PNG uploads; L
 the limit: the same network's batched forward in this process (batch min(batch × concurrency, 32)) with the same
 δ, clip and softmax, no HTTP. The load generator is h11 over asyncio streams (HTTP/1.1 keep-alive, one connection
 per concurrent caller; `bench.serve_client`) in this process. Also the δ overhead (no δ, universal δ, gated δ) and
-deletion-request intake at concurrency 50, whose accepted requests are counted in the ledger afterwards. Writes
+deletion-request intake (a closed loop at concurrency 50, and an open loop at 500 requests/s offered) on this API
+and on a second one with 2 processes, whose accepted requests are counted in the ledgers afterwards. Writes
 bench/results/serve.json and, for a full run, the generated block of docs/benchmarks.md ("Serving"); reduced runs
 go to bench/results/serve-quick.json.
 """
@@ -54,7 +55,6 @@ from bench.serve_client import (
     Call,
     EndpointMissing,
     RequestFailed,
-    Timing,
     alternating,
     check,
     closed_loop,
@@ -88,6 +88,9 @@ LIMIT_BATCH = 32
 INTAKE_CONCURRENCY = 50
 INTAKE_RATE = 500.0
 """Requests per second offered by the open-loop intake measurement (issue 11's target rate)."""
+INTAKE_API_WORKERS = 2
+"""Intake is also measured on a second unlearnd API with this many processes (UNLEARND_API_WORKERS): the
+intake thread and the event loop of one process share its interpreter lock."""
 INTAKE_MODEL = "intake"
 """The first model's network registered once more, to take forget requests that no worker runs."""
 STOP_RESERVE_S = 30
@@ -355,7 +358,9 @@ class Bench:
     measurements: list[dict[str, Any]] = field(default_factory=list)
     overhead: list[dict[str, Any]] = field(default_factory=list)
     decoding: list[dict[str, Any]] = field(default_factory=list)
-    intake: dict[str, Any] = field(default_factory=dict)
+    intake_apis: dict[int, tuple[str, Settings]] = field(default_factory=dict)
+    """API processes (UNLEARND_API_WORKERS) -> base URL and settings of an API whose intake is measured."""
+    intake: dict[int, dict[str, Any]] = field(default_factory=dict)
     clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     calls: dict[tuple[str, str, str, int], Call | str] = field(default_factory=dict)
     rounds_done: int = 0
@@ -364,8 +369,7 @@ class Bench:
         """Base URL and headers (the API key) of a system's requests."""
         if system == "litserve":
             return self.litserve_url, {}
-        role = "governance" if system == "intake" else "inference"
-        return self.unlearnd_url, {"Authorization": f"Bearer {KEYS[role]}"}
+        return self.unlearnd_url, {"Authorization": f"Bearer {KEYS['inference']}"}
 
     def client(self, system: str) -> httpx.AsyncClient:
         """One httpx client per server for the untimed checks, kept for the whole run."""
@@ -465,35 +469,47 @@ class Bench:
             record["rounds"].append(measured.as_dict())
 
     async def intake_round(self) -> None:
-        """Forget requests, each with its own Idempotency-Key, to a model no worker serves: a closed-loop burst
-        (the most the API accepts) and an open-loop run at INTAKE_RATE (the latency at that load)."""
-        for kind, measure in (("rounds", self._intake_burst), ("at_rate", self._intake_at_rate)):
-            bodies = [json.dumps({"classes": [i % 10], "reason": "bench.serve intake"}).encode()
-                      for i in range(self.plan.intake_requests)]
-            headers = [{"Idempotency-Key": uuid.uuid4().hex} for _ in bodies]
-            result, accepted, refused = await measure(f"/v1/models/{INTAKE_MODEL}/forget-requests", bodies, headers)
-            self.intake.setdefault(kind, []).append(result.as_dict())
-            self.intake.setdefault("accepted_ids", []).extend(accepted)
-            self.intake.setdefault("refused", Counter()).update(refused)
-            print(f"intake {kind}: {result.as_dict()}, refused {len(refused)}", flush=True)
+        """Forget requests, each with its own Idempotency-Key, to a model no worker serves, on each intake API: a
+        closed-loop burst (the most the API accepts) and an open-loop run at INTAKE_RATE (the latency at that
+        load)."""
+        headers = {"Authorization": f"Bearer {KEYS['governance']}"}
+        path = f"/v1/models/{INTAKE_MODEL}/forget-requests"
+        for workers, (url, _) in self.intake_apis.items():
+            record = self.intake.setdefault(workers, {"rounds": [], "at_rate": [], "accepted_ids": [],
+                                                      "refused": Counter()})
+            for kind in ("rounds", "at_rate"):
+                bodies = [json.dumps({"classes": [i % 10], "reason": "bench.serve intake"}).encode()
+                          for i in range(self.plan.intake_requests)]
+                keys = [{"Idempotency-Key": uuid.uuid4().hex} for _ in bodies]
+                if kind == "rounds":
+                    measured = await intake_burst(url, headers, path, bodies, INTAKE_CONCURRENCY, keys)
+                else:
+                    measured = await intake_at_rate(url, headers, path, bodies, INTAKE_RATE, INTAKE_CONCURRENCY, keys)
+                result, accepted, refused = measured
+                record[kind].append(result.as_dict())
+                record["accepted_ids"].extend(accepted)
+                record["refused"].update(refused)
+                print(f"intake, {workers} API processes, {kind}: {result.as_dict()}, refused {len(refused)}",
+                      flush=True)
 
-    async def _intake_burst(self, path: str, bodies: list[bytes], headers: list[dict[str, str]]
-                           ) -> tuple[Timing, list[str], list[str]]:
-        return await intake_burst(*self.target("intake"), path, bodies, INTAKE_CONCURRENCY, headers)
-
-    async def _intake_at_rate(self, path: str, bodies: list[bytes], headers: list[dict[str, str]]
-                             ) -> tuple[Timing, list[str], list[str]]:
-        return await intake_at_rate(*self.target("intake"), path, bodies, INTAKE_RATE, INTAKE_CONCURRENCY, headers)
-
-    def durable(self) -> int:
-        """How many of the requests answered 202 are rows of the ledger now."""
-        ledger = open_ledger(self.settings)
-        found = 0
-        for request_id in self.intake.get("accepted_ids", []):
-            with contextlib.suppress(NotFoundError):
-                ledger.get(request_id)
-                found += 1
-        return found
+    def intake_results(self) -> list[dict[str, Any]]:
+        """Per intake API, once it has stopped: the measurements, and how many of the requests answered 202 are
+        rows of its ledger on disk."""
+        results = []
+        for workers, (_, settings) in self.intake_apis.items():
+            record = self.intake.get(workers, {"rounds": [], "at_rate": [], "accepted_ids": [], "refused": {}})
+            ledger = open_ledger(settings)
+            durable = 0
+            for request_id in record["accepted_ids"]:
+                with contextlib.suppress(NotFoundError):
+                    ledger.get(request_id)
+                    durable += 1
+            results.append({"api_workers": workers, "requests_per_round": self.plan.intake_requests,
+                            "concurrency": INTAKE_CONCURRENCY, "rate_per_s": INTAKE_RATE,
+                            "rounds": record["rounds"], "at_rate": record["at_rate"],
+                            "accepted": len(record["accepted_ids"]), "durable": durable,
+                            "refused": dict(record["refused"])})
+        return results
 
     async def run(self, deadline: float) -> None:
         """The planned rounds, or fewer when the next one would end after `deadline` (time.monotonic())."""
@@ -544,22 +560,22 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
     started, load_before = time.monotonic(), os.getloadavg()[0]
     prepared = [prepare(spec) for spec in plan.models]
     workdir = Path(tempfile.mkdtemp(prefix="unlearnd-bs-"))  # short: the Redis socket path must stay < 100 chars
-    settings = Settings(data_dir=workdir / "data", port=free_port(), redis_url=None, database_url=None,
-                        store_url=None, demo_model=False,
-                        api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()))
+    settings, intake_settings = (
+        Settings(data_dir=workdir / data, port=free_port(), redis_url=None, database_url=None, store_url=None,
+                 demo_model=False, api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()), **workers)
+        for data, workers in (("data", {}), ("intake", {"api_workers": INTAKE_API_WORKERS})))
+    admin_key = {"Authorization": f"Bearer {KEYS['admin']}"}
     try:
-        with unlearnd_api(settings) as base_url:
-            with httpx.Client(base_url=base_url, timeout=300,
-                              headers={"Authorization": f"Bearer {KEYS['admin']}"}) as admin:
+        with unlearnd_api(settings) as base_url, unlearnd_api(intake_settings) as intake_url:
+            with httpx.Client(base_url=base_url, timeout=300, headers=admin_key) as admin:
                 v2 = put_in_service(admin, open_store(settings), prepared)
+            with httpx.Client(base_url=intake_url, timeout=300, headers=admin_key) as admin:
+                register(admin, prepared[:1], INTAKE_MODEL)
             with litserve(prepared, workdir, settings.batch_max_size, settings.batch_max_wait_ms) as lit_url:
-                bench = Bench(plan, settings, base_url, lit_url, prepared, v2)
+                bench = Bench(plan, settings, base_url, lit_url, prepared, v2, intake_apis={
+                    settings.api_workers: (base_url, settings), INTAKE_API_WORKERS: (intake_url, intake_settings)})
                 asyncio.run(bench.run(deadline=started + 60 * plan.budget_min - STOP_RESERVE_S))
-        # counted once the API has stopped: each request answered 202 must be a row of the ledger on disk
-        intake = {"requests_per_round": plan.intake_requests, "concurrency": INTAKE_CONCURRENCY,
-                  "rate_per_s": INTAKE_RATE, "rounds": bench.intake.get("rounds", []),
-                  "at_rate": bench.intake.get("at_rate", []), "accepted": len(bench.intake.get("accepted_ids", [])),
-                  "durable": bench.durable(), "refused": dict(bench.intake.get("refused", {}))}
+        intake = bench.intake_results()  # counted once the APIs have stopped
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     cpu, cores = machine()
