@@ -449,7 +449,8 @@ class Bench:
 
     async def delta_round(self, p: Prepared, index: int) -> None:
         """p50 at batch 1 × concurrency 1 of the same network served without δ, with the universal δ, gated:
-        one caller alternating between the three request by request (shuffled each cycle)."""
+        one caller alternating between the three request by request (shuffled each cycle), and the median of the
+        cycles' latency differences to no δ."""
         input_ = "v2" if self.v2_inputs.get(p.name("none")) else "json"
         variants = ("none", "universal", "gated")
         records = [self.record(self.overhead, model=p.spec.key, variant=variant, input=input_) for variant in variants]
@@ -465,8 +466,11 @@ class Bench:
             for record in records:  # reported in the table; the other measurements still run
                 record["skipped"], record["error"] = f"failed: {exc.summary}", exc.detail
             return
+        none = np.asarray(timings[0].latencies_s)
         for record, measured in zip(records, timings, strict=True):
-            record["rounds"].append(measured.as_dict())
+            # the median of the cycles' differences to no δ: the request-by-request pairing cancels the load's drift
+            paired = 1000 * float(np.median(np.asarray(measured.latencies_s) - none))
+            record["rounds"].append({**measured.as_dict(), "paired_ms": paired})
 
     async def intake_round(self) -> None:
         """Forget requests, each with its own Idempotency-Key, to a model no worker serves, on each intake API: a

@@ -44,6 +44,8 @@ class Timing:
     p50_ms: float
     p99_ms: float
     requests: int
+    latencies_s: tuple[float, ...] = field(default=(), repr=False)
+    """Each request's latency, in the order sent (not in `as_dict`)."""
 
     def as_dict(self) -> dict[str, float]:
         return {"images_per_s": round(self.images_per_s, 1), "p50_ms": round(self.p50_ms, 3),
@@ -131,7 +133,7 @@ def timing(latencies_s: Sequence[float], images: int, elapsed_s: float) -> Timin
     """Throughput and latency percentiles (linear interpolation between order statistics, numpy's default)."""
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
     p50, p99 = np.percentile(ms, [50, 99])
-    return Timing(images / elapsed_s, float(p50), float(p99), len(ms))
+    return Timing(images / elapsed_s, float(p50), float(p99), len(ms), tuple(latencies_s))
 
 
 # ---- request bodies ------------------------------------------------------------------------------------------
@@ -252,7 +254,8 @@ async def alternating(base_url: str, headers: Mapping[str, str], calls: Sequence
                       seed: int = 0) -> list[Timing]:
     """One caller on one keep-alive connection sending every one of `calls` in each cycle, in a shuffled order, until
     `duration_s` has passed: a Timing per call (images per second over the time spent on its own requests), so
-    calls are compared request by request under the same load. RequestFailed when an answer is not 200."""
+    calls are compared request by request under the same load; their `latencies_s` are paired by cycle.
+    RequestFailed when an answer is not 200."""
     latencies: list[list[float]] = [[] for _ in calls]
     order = np.random.default_rng(seed)
     connection = Connection(base_url, headers)

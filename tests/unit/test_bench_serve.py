@@ -214,8 +214,8 @@ def test_alternating_sends_every_call_in_each_cycle_and_times_each_on_its_own():
     assert echo.requests == 3 + sum(t.requests for t in timings) and echo.connections == 1
 
 
-def _timed(speed: float, p50: float = 1.0) -> dict:
-    return {"rounds": [{"images_per_s": speed, "p50_ms": p50, "p99_ms": 2 * p50, "requests": 10}]}
+def _timed(speed: float, p50: float = 1.0, **extra: float) -> dict:
+    return {"rounds": [{"images_per_s": speed, "p50_ms": p50, "p99_ms": 2 * p50, "requests": 10, **extra}]}
 
 
 def _results() -> dict:
@@ -237,9 +237,9 @@ def _results() -> dict:
             {**big, "system": "limit", "input": None, **_timed(70)},
         ],
         "delta_overhead": [
-            {"model": "resnet18-32", "variant": "none", "input": "v2", **_timed(1, p50=2.0)},
-            {"model": "resnet18-32", "variant": "universal", "input": "v2", **_timed(1, p50=2.03)},
-            {"model": "resnet18-32", "variant": "gated", "input": "v2", **_timed(1, p50=2.2)},
+            {"model": "resnet18-32", "variant": "none", "input": "v2", **_timed(1, p50=2.0, paired_ms=0.0)},
+            {"model": "resnet18-32", "variant": "universal", "input": "v2", **_timed(1, p50=2.03, paired_ms=0.02)},
+            {"model": "resnet18-32", "variant": "gated", "input": "v2", **_timed(1, p50=2.2, paired_ms=0.3)},
         ],
         "png_decoding": [{"model": "resnet18-224", "rounds": [
             {"images_per_s": 600, "p50_ms": 1.5, "p99_ms": 2.5, "requests": 32}]}],
@@ -260,6 +260,7 @@ def test_rows_join_each_unlearnd_cell_with_the_limit_and_litserve_of_the_same_ce
     (overhead,) = delta_overheads(_results())
     assert overhead["universal_overhead"] == pytest.approx(0.015)
     assert overhead["gated_overhead"] == pytest.approx(0.1)
+    assert overhead["universal_paired"] == pytest.approx(0.01) and overhead["gated_paired"] == pytest.approx(0.15)
 
 
 def test_targets_are_met_or_not_from_the_figures_and_unmeasured_ones_say_so():
