@@ -88,6 +88,8 @@ LIMIT_BATCH = 32
 INTAKE_CONCURRENCY = 50
 INTAKE_RATE = 500.0
 """Requests per second offered by the open-loop intake measurement (issue 11's target rate)."""
+LITSERVE_SETTLE_S = 0.5
+"""Seconds LitServe runs again before it is measured (it is stopped while the others are)."""
 INTAKE_API_WORKERS = 2
 """Intake is also measured on a second unlearnd API with this many processes (UNLEARND_API_WORKERS): the
 intake thread and the event loop of one process share its interpreter lock."""
@@ -220,8 +222,10 @@ def unlearnd_api(settings: Settings) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def litserve(models: list[Prepared], workdir: Path, batch_size: int, batch_wait_ms: float) -> Iterator[str]:
-    """LitServe serving every model (`bench.serve_litserve`), in its own process group, killed on exit."""
+def litserve(models: list[Prepared], workdir: Path, batch_size: int,
+             batch_wait_ms: float) -> Iterator[tuple[str, int]]:
+    """LitServe serving every model (`bench.serve_litserve`), in its own process group, killed on exit. Yields its
+    base URL and process group."""
     specs = []
     for p in models:
         torchscript, delta = workdir / f"{p.spec.key}.pt", workdir / f"{p.spec.key}-delta.safetensors"
@@ -240,9 +244,10 @@ def litserve(models: list[Prepared], workdir: Path, batch_size: int, batch_wait_
                                    preexec_fn=lambda: die_with_parent(parent))
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGCONT)  # in case it was paused
             os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(10)
@@ -358,6 +363,8 @@ class Bench:
     measurements: list[dict[str, Any]] = field(default_factory=list)
     overhead: list[dict[str, Any]] = field(default_factory=list)
     decoding: list[dict[str, Any]] = field(default_factory=list)
+    litserve_group: int | None = None
+    """LitServe's process group: stopped while anything else is measured (`measuring`)."""
     intake_apis: dict[int, tuple[str, Settings]] = field(default_factory=dict)
     """API processes (UNLEARND_API_WORKERS) -> base URL and settings of an API whose intake is measured."""
     intake: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -413,10 +420,23 @@ class Bench:
                                        min_requests=concurrency)
         except EndpointMissing as exc:
             record["skipped"] = f"n/a: endpoint missing ({exc})"
-        except RequestFailed as exc:  # reported in the table; the other cells still run
-            record["skipped"], record["error"] = f"failed: {exc.summary}", exc.detail
+        except RequestFailed as exc:  # the table says so; the cell's other rounds and the other cells still count
+            record.setdefault("failed_rounds", []).append(exc.summary)
+            record["error"] = exc.detail
         else:
             record["rounds"].append(result.as_dict())
+
+    async def measuring(self, system: str) -> None:
+        """Before measuring `system`: LitServe's processes run only while LitServe itself is measured (SIGSTOP,
+        then SIGCONT and LITSERVE_SETTLE_S to settle). Idle, its inference workers poll their queues and took about
+        half a core of the two here, which every other measurement, the limit included, would have paid."""
+        if self.litserve_group is None:
+            return
+        if system != "litserve":
+            os.killpg(self.litserve_group, signal.SIGSTOP)
+            return
+        os.killpg(self.litserve_group, signal.SIGCONT)
+        await asyncio.sleep(LITSERVE_SETTLE_S)
 
     def record(self, store: list[dict[str, Any]], **key: Any) -> dict[str, Any]:
         found = next((m for m in store if all(m.get(k) == v for k, v in key.items())), None)
@@ -433,6 +453,7 @@ class Bench:
                 for system, input_ in order:
                     record = self.record(self.measurements, model=p.spec.key, batch=batch, concurrency=concurrency,
                                          system=system, input=input_)
+                    await self.measuring(system)
                     if (batch, concurrency) in p.spec.skip:
                         record["skipped"] = p.spec.skip[(batch, concurrency)]
                     elif system == "limit":
@@ -442,6 +463,7 @@ class Bench:
                         await self.measure(record, system, self.call(p, system, input_, batch, name), concurrency)
                     print(f"round {index + 1} {p.spec.key} {batch}×{concurrency} {system} {input_ or ''}: "
                           f"{record.get('skipped') or record['rounds'][-1]}", flush=True)
+            await self.measuring("unlearnd")
             if p.spec.delta_variants:
                 await self.delta_round(p, index)
             self.record(self.decoding, model=p.spec.key)["rounds"].append(png_decode_timing(p))
@@ -575,8 +597,8 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
                 v2 = put_in_service(admin, open_store(settings), prepared)
             with httpx.Client(base_url=intake_url, timeout=300, headers=admin_key) as admin:
                 register(admin, prepared[:1], INTAKE_MODEL)
-            with litserve(prepared, workdir, settings.batch_max_size, settings.batch_max_wait_ms) as lit_url:
-                bench = Bench(plan, settings, base_url, lit_url, prepared, v2, intake_apis={
+            with litserve(prepared, workdir, settings.batch_max_size, settings.batch_max_wait_ms) as (lit_url, group):
+                bench = Bench(plan, settings, base_url, lit_url, prepared, v2, litserve_group=group, intake_apis={
                     settings.api_workers: (base_url, settings), INTAKE_API_WORKERS: (intake_url, intake_settings)})
                 asyncio.run(bench.run(deadline=started + 60 * plan.budget_min - STOP_RESERVE_S))
         intake = bench.intake_results()  # counted once the APIs have stopped

@@ -26,10 +26,16 @@ def _find(measurements: Sequence[Mapping[str, Any]], **key: Any) -> Mapping[str,
 
 
 def _figures(measurement: Mapping[str, Any] | None) -> dict[str, float] | str | None:
-    """Median figures, the reason it was skipped, or None when not measured."""
+    """Median figures (over the rounds that did not fail), the reason it was skipped or failed, or None when not
+    measured."""
     if measurement is None:
         return None
-    return measurement.get("skipped") or median_timing(measurement["rounds"])
+    if measurement.get("skipped"):
+        return measurement["skipped"]
+    figures = median_timing(measurement["rounds"])
+    if figures is None and measurement.get("failed_rounds"):
+        return f"failed: {measurement['failed_rounds'][0]}"
+    return figures
 
 
 def cell_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -199,6 +205,13 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"{_speed(row['unlearnd'])} | {_latency(row['unlearnd'])} | {_speed(row['limit'])} | "
             f"{_n(row['vs_limit'], 2)} | {_speed(row['litserve'])} | {_latency(row['litserve'])} | "
             f"{_n(row['vs_litserve'], 2)} |")
+    for m in results["measurements"]:
+        failed = m.get("failed_rounds", [])
+        if failed and m["rounds"]:
+            who = m["system"] if m["system"] != "unlearnd" else f"unlearnd {INPUT_NAMES[m['input']]}"
+            reason = (f"failed in {len(failed)} of {len(failed) + len(m['rounds'])} rounds ({failed[0]}); the "
+                      "figures are the medians of the others")
+            notes.setdefault(reason, []).append(f"{titles[m['model']]}, {m['batch']} × {m['concurrency']}, {who}")
     lines += ["", *(f"- {reason}: {'; '.join(dict.fromkeys(cells))}." for reason, cells in notes.items())]
     lines += ["", "δ overhead (batch 1 × concurrency 1, same network, three served states; the ratio of the p50s, and "
                   "paired: the median of each cycle's latency difference to no δ, over the p50 without δ):", "",

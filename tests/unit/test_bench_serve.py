@@ -285,3 +285,18 @@ def test_markdown_shows_skipped_cells_verdicts_and_the_command():
     assert "| ResNet-18 32 | PNG | 1 × 32 | n/a |" in text and "`python -m bench.serve`" in text
     assert "**met**" in text and "**not met**" in text and "not measured" in text
     assert "| ResNet-18 32 | V2 binary | 1 × 32 | 900 |" in text
+
+
+def test_a_round_that_failed_leaves_the_cell_to_its_other_rounds_and_a_cell_failed_in_every_round_says_so():
+    results = _results()
+    big_litserve = next(m for m in results["measurements"]
+                        if m["model"] == "resnet18-224" and m["system"] == "litserve")
+    big_litserve["failed_rounds"] = ["EOFError"]
+    rows = {(r["model"], r["input"]): r for r in cell_rows(results)}
+    assert rows[("resnet18-224", "v2")]["litserve"]["images_per_s"] == 50  # the round that answered
+    assert ("- failed in 1 of 2 rounds (EOFError); the figures are the medians of the others: ResNet-18 224, "
+            "1 × 1, litserve.") in markdown(results)
+    big_litserve["rounds"] = []
+    rows = {(r["model"], r["input"]): r for r in cell_rows(results)}
+    assert rows[("resnet18-224", "v2")]["litserve"] == "failed: EOFError"
+    assert rows[("resnet18-224", "v2")]["vs_litserve"] is None
