@@ -88,7 +88,7 @@ LIMIT_BATCH = 32
 INTAKE_CONCURRENCY = 50
 INTAKE_RATE = 500.0
 """Requests per second offered by the open-loop intake measurement (issue 11's target rate)."""
-LITSERVE_SETTLE_S = 0.5
+LITSERVE_SETTLE_S = 1.0
 """Seconds LitServe runs again before it is measured (it is stopped while the others are)."""
 INTAKE_API_WORKERS = 2
 """Intake is also measured on a second unlearnd API with this many processes (UNLEARND_API_WORKERS): the
@@ -454,6 +454,7 @@ class Bench:
                     record = self.record(self.measurements, model=p.spec.key, batch=batch, concurrency=concurrency,
                                          system=system, input=input_)
                     await self.measuring(system)
+                    measured = len(record["rounds"])
                     if (batch, concurrency) in p.spec.skip:
                         record["skipped"] = p.spec.skip[(batch, concurrency)]
                     elif system == "limit":
@@ -461,8 +462,10 @@ class Bench:
                         record["rounds"].append(limit_timing(p, record["limit_batch"], self.plan.duration_s))
                     else:
                         await self.measure(record, system, self.call(p, system, input_, batch, name), concurrency)
-                    print(f"round {index + 1} {p.spec.key} {batch}×{concurrency} {system} {input_ or ''}: "
-                          f"{record.get('skipped') or record['rounds'][-1]}", flush=True)
+                    outcome = record.get("skipped") or (record["rounds"][-1] if len(record["rounds"]) > measured
+                                                        else f"failed: {record['failed_rounds'][-1]}")
+                    print(f"round {index + 1} {p.spec.key} {batch}×{concurrency} {system} {input_ or ''}: {outcome}",
+                          flush=True)
             await self.measuring("unlearnd")
             if p.spec.delta_variants:
                 await self.delta_round(p, index)
