@@ -147,6 +147,15 @@ def stack(request):
         yield from _stack(backend, shared_services(request, backend))
 
 
+@pytest.fixture
+def embedded_stack(stack):
+    """The stack, for a test of what does not depend on the backend (the HTTP API, its clients, logs, callback
+    delivery): it runs once, on the embedded stack, and is skipped on the other."""
+    if stack.backend != "embedded":
+        pytest.skip("does not depend on the backend: tested once, on the embedded stack")
+    return stack
+
+
 def _stack(backend: str, shared: dict[str, str]):
     # short: the Redis socket path must stay < 100 chars
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))

@@ -46,7 +46,8 @@ def labels(stack, model: str, images: list[str]) -> list[int]:
     return [p["label"] for p in json.loads(result.stdout)["predictions"]]
 
 
-def test_submit_wait_receipt_verify_predict(stack, tmp_path):
+def test_submit_wait_receipt_verify_predict(embedded_stack, tmp_path):
+    stack = embedded_stack
     model = stack.clone_demo_model("digits-cli")
     forgotten, kept = digit_pngs(tmp_path, FORGOTTEN), digit_pngs(tmp_path, KEPT)
     assert labels(stack, model, forgotten).count(FORGOTTEN) >= 4  # the model knows the digit before
@@ -89,7 +90,8 @@ def test_submit_wait_receipt_verify_predict(stack, tmp_path):
     assert finished.returncode == 1 and "409" in finished.stderr and "cannot be cancelled" in finished.stderr
 
 
-def test_errors_are_the_problem_and_exit_1(stack):
+def test_errors_are_the_problem_and_exit_1(embedded_stack):
+    stack = embedded_stack
     no_key = unlearnd(stack, None, "models")
     assert no_key.returncode == 1 and "401" in no_key.stderr and "Authorization: Bearer" in no_key.stderr
     wrong_role = unlearnd(stack, "inference", "submit", "digits-cnn", "1")
@@ -103,7 +105,8 @@ def test_errors_are_the_problem_and_exit_1(stack):
     assert unreachable.returncode == 1 and "Cannot connect" in unreachable.stderr
 
 
-def test_models_table_and_samples_file(stack, tmp_path):
+def test_models_table_and_samples_file(embedded_stack, tmp_path):
+    stack = embedded_stack
     models = unlearnd(stack, "inference", "models")
     assert models.returncode == 0 and models.stdout.splitlines()[0].split()[:2] == ["NAME", "VERSION"]
     assert any(line.split()[0] == "digits-cnn" for line in models.stdout.splitlines()[1:])

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.integration.conftest import KEYS
 
@@ -27,10 +26,8 @@ def _generate(stack, directory: Path, package: str):
     assert "ForgetRequestCreate" not in result.stdout, result.stdout  # no warning about the request body
 
 
-def test_a_generated_client_submits_a_forget_request_and_reads_it_back(stack, tmp_path, monkeypatch):
-    if stack.backend != "embedded":
-        pytest.skip("the OpenAPI document and the HTTP API do not depend on the backend: tested once, on the embedded "
-                    "stack")
+def test_a_generated_client_submits_a_forget_request_and_reads_it_back(embedded_stack, tmp_path, monkeypatch):
+    stack = embedded_stack
     package = "unlearnd_generated"
     _generate(stack, tmp_path, package)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from tests.integration.conftest import free_port
 
 
-def test_run_serves_and_ctrl_c_stops_everything(stack):
-    if stack.backend != "embedded":
-        pytest.skip("`unlearnd run` with embedded defaults: tested once, on the embedded stack")
+def test_run_serves_and_ctrl_c_stops_everything(embedded_stack):
+    """`unlearnd run` with its embedded defaults."""
+    stack = embedded_stack
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-run-"))
     shutil.copytree(stack.settings.store_dir, data_dir / "store")  # reuse the trained demo model: its blobs
     with sqlite3.connect(stack.settings.ledger_path) as source, sqlite3.connect(data_dir / "ledger.sqlite3") as copy:

@@ -164,10 +164,12 @@ def test_callback_is_signed_and_recorded(stack):
     assert json.loads(payload)["id"] == request_id and json.loads(payload)["status"] == "succeeded"
 
 
-def test_a_stalled_callback_endpoint_never_holds_up_forget_jobs(stack):
+def test_a_stalled_callback_endpoint_never_holds_up_forget_jobs(embedded_stack):
     """A receiver that accepts the connection and then drips its answer forever: each attempt ends at the
     deadline, the outcome is recorded, and a forget request queued behind it still runs."""
     import socket
+
+    stack = embedded_stack
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

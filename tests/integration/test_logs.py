@@ -30,7 +30,8 @@ def _lines_with(path: Path, request_id: str, want: set[str], timeout_s: float = 
         time.sleep(0.2)
 
 
-def test_a_prediction_and_the_job_of_a_forget_request_share_the_clients_request_id(stack):
+def test_a_prediction_and_the_job_of_a_forget_request_share_the_clients_request_id(embedded_stack):
+    stack = embedded_stack
     model = stack.clone_demo_model("digits-logs")
     request_id = f"it-{uuid.uuid4().hex}"
     traced = {"X-Request-ID": request_id}
