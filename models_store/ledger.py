@@ -57,10 +57,16 @@ def _statuses(statuses: Sequence[RequestStatus | str]) -> builtins.list[str]:
     return [str(_plain(s)) for s in statuses]
 
 
+def _audit_values(action: str, actor: str, request_id: str | None, model: str | None,
+                  detail: dict[str, Any] | None, at: str | None = None) -> dict[str, Any]:
+    """An audit row (`at`: now unless given)."""
+    return {"at": at or now_iso(), "action": action, "actor": actor, "request_id": request_id, "model": model,
+            "detail": json.dumps(detail or {})}
+
+
 def _audit(conn: Connection, action: str, actor: str, request_id: str | None, model: str | None,
            detail: dict[str, Any] | None) -> None:
-    conn.execute(insert(_audit_log).values(at=now_iso(), action=action, actor=actor, request_id=request_id,
-                                           model=model, detail=json.dumps(detail or {})))
+    conn.execute(insert(_audit_log).values(_audit_values(action, actor, request_id, model, detail)))
 
 
 def _to_dict(row: Row[Any]) -> dict[str, Any]:
@@ -139,8 +145,7 @@ def _accepted_audit_values(stored: dict[str, Any], at: str) -> dict[str, Any]:
     """The audit row `request.accepted` of a stored request."""
     detail = {"classes": stored["classes"], "samples": len(stored["samples"] or []) or None,
               "method": stored["method"]}
-    return {"at": at, "action": "request.accepted", "actor": stored["key_id"] or "system",
-            "request_id": stored["id"], "model": stored["model"], "detail": json.dumps(detail)}
+    return _audit_values("request.accepted", stored["key_id"] or "system", stored["id"], stored["model"], detail, at)
 
 
 def _claim_values(claim: IdempotencyClaim, stored: dict[str, Any],
