@@ -608,8 +608,8 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     cpu, cores = machine()
-    served = ("api_workers", "batch_max_size", "batch_max_wait_ms", "inference_threads", "access_log", "gated_vectors",
-              "verify_interval_s")
+    served = ("api_workers", "batch_max_size", "batch_max_wait_ms", "batch_wait_share", "inference_threads",
+              "access_log", "gated_vectors", "verify_interval_s")
     meta = {
         "date": date.today().isoformat(), "machine": cpu, "cores": cores, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "litserve": ls.__version__, "python": platform.python_version(),

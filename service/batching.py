@@ -4,8 +4,10 @@ A route parses its request, then awaits `Batcher.submit(model, images)`. One inf
 queued for a model, at most `max_size` images, runs it as one `run(model, inputs)` call and hands each caller its
 own result through the caller's event loop (one `loop.call_soon_threadsafe` per batch and loop): no request waits
 in the thread pool. When the model's previous batch gathered several callers (concurrent traffic), the thread
-waits up to `max_wait_s` after the oldest caller arrived for more to join; a lone caller is never delayed. A call
-larger than `max_size` runs alone, unsplit. Models take turns: what is left of one model's queue goes after the
+waits for more to join, up to `max_wait_s` or `wait_share` of the model's last forward pass, whichever is longer,
+after the oldest caller arrived: a fast model is not held back, and a slow one fills its batches instead of
+splitting its callers into half-full batches that take turns. A lone caller is never delayed. A call larger than
+`max_size` runs alone, unsplit. Models take turns: what is left of one model's queue goes after the
 others'.
 """
 
@@ -53,15 +55,17 @@ def _settle_all(answers: list[tuple[asyncio.Future, Any]]) -> None:
 class Batcher:
     """One inference thread (started by the first call) serving every key's callers in batches."""
 
-    def __init__(self, run: RunBatch, *, max_size: int, max_wait_s: float,
+    def __init__(self, run: RunBatch, *, max_size: int, max_wait_s: float, wait_share: float = 0.0,
                  prepare_thread: Callable[[], None] | None = None, name: str = "inference"):
-        self.max_size, self.max_wait_s, self.name = max_size, max_wait_s, name
+        self.max_size, self.max_wait_s, self.wait_share, self.name = max_size, max_wait_s, wait_share, name
         self._run, self._prepare = run, prepare_thread
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._crowded: dict[str, bool] = {}
         """Keys whose last batch had several callers or left some waiting: worth waiting for more."""
+        self._run_s: dict[str, float] = {}
+        """Key -> seconds its last batch took to run."""
 
     async def submit(self, key: str, x: np.ndarray) -> Any:
         """The outcome of `run(key, [..., x, ...])` for `x` (N images), or its exception."""
@@ -107,7 +111,7 @@ class Batcher:
         to stop (what is queued after that is the next thread's)."""
         jobs = waiting[key]
         rows = sum(len(job.x) for job in jobs)
-        deadline = jobs[0].arrived + self.max_wait_s if self._crowded.get(key) else 0.0
+        deadline = jobs[0].arrived + self.wait_s(key) if self._crowded.get(key) else 0.0
         while rows < self.max_size:
             timeout = deadline - time.monotonic()
             try:
@@ -120,6 +124,10 @@ class Batcher:
             if job.key == key:
                 rows += len(job.x)
         return True
+
+    def wait_s(self, key: str) -> float:
+        """How long a crowded batch of `key` waits for more callers after its oldest arrived."""
+        return max(self.max_wait_s, self.wait_share * self._run_s.get(key, 0.0))
 
     def _take(self, key: str, waiting: dict[str, list[_Job]]) -> list[_Job]:
         """The oldest jobs of `key` that fit in `max_size` images (at least one); the rest wait for the next
@@ -135,12 +143,14 @@ class Batcher:
         return jobs[:count]
 
     def _execute(self, key: str, batch: list[_Job]) -> None:
+        began = time.monotonic()
         try:
             outcomes: Sequence[Any] = self._run(key, [job.x for job in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)} calls")
         except Exception as exc:  # e.g. the model does not verify: every caller of the batch gets it
             outcomes = [exc] * len(batch)
+        self._run_s[key] = time.monotonic() - began
         answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
         for job, outcome in zip(batch, outcomes, strict=True):
             answers.setdefault(job.loop, []).append((job.future, outcome))

@@ -113,13 +113,14 @@ class IntegrityRefusals:
 class InferenceRuntime:
     def __init__(self, store: Store, device: str = "auto", *, ledger: Ledger | None = None,
                  verify_interval_s: float = 60.0, versions: StateVersions | None = None, batch_max_size: int = 32,
-                 batch_max_wait_ms: float = 2.0, torch_threads: int | None = None):
+                 batch_max_wait_ms: float = 2.0, batch_wait_share: float = 0.0, torch_threads: int | None = None):
         self.store, self.device_preference = store, device
         self.verify_interval_s = verify_interval_s
         self.versions = versions
         self.torch_threads = torch_threads or len(os.sched_getaffinity(0))
         self.refusals = IntegrityRefusals(ledger)
         self.batcher = Batcher(self._run_batch, max_size=batch_max_size, max_wait_s=batch_max_wait_ms / 1000,
+                               wait_share=batch_wait_share,
                                prepare_thread=self._prepare_inference_thread)
         self._checked: dict[str, _Checked] = {}
         self._highest: dict[str, int] = {}
@@ -132,7 +133,7 @@ class InferenceRuntime:
         """The API's runtime: state version counters in `redis`, batching and torch threads per the settings."""
         return cls(store, settings.device, ledger=ledger, verify_interval_s=settings.verify_interval_s,
                    versions=StateVersions(redis, settings.queue_name), batch_max_size=settings.batch_max_size,
-                   batch_max_wait_ms=settings.batch_max_wait_ms,
+                   batch_max_wait_ms=settings.batch_max_wait_ms, batch_wait_share=settings.batch_wait_share,
                    torch_threads=settings.inference_threads or auto_inference_threads(settings.api_workers))
 
     async def predict(self, name: str, x: np.ndarray) -> tuple[LoadedState, np.ndarray]:

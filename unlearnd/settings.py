@@ -80,8 +80,12 @@ class Settings(BaseSettings):
         32, ge=1, le=4096, description="Dynamic batching: most images one forward pass gathers from concurrent "
         "predictions of one model.")
     batch_max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="Dynamic batching: longest a prediction waits for others to join its "
-        "batch, milliseconds.")
+        2.0, ge=0, le=1000, description="Dynamic batching: longest a prediction of a fast model waits for others "
+        "to join its batch, milliseconds (a slow model's see UNLEARND_BATCH_WAIT_SHARE).")
+    batch_wait_share: float = Field(
+        0.1, ge=0, le=1, description="Dynamic batching: when a model's traffic is concurrent, a prediction also "
+        "waits up to this share of the model's last forward pass for others to join (the longer of this and "
+        "UNLEARND_BATCH_MAX_WAIT_MS): slow models fill their batches, fast ones are not held back.")
     inference_threads: int = Field(
         0, ge=0, le=1024, description="Torch threads of each API process's inference thread; 0 = its share of "
         "the CPUs (divided by UNLEARND_API_WORKERS), at least 1; 1 on hosts whose cores other work keeps busy.")

@@ -154,6 +154,34 @@ def test_callers_on_several_event_loops_share_a_batch_each_gets_its_own_rows_and
                 assert answer[0] == "m" and np.array_equal(answer[1], rows(first + i, 1 + i) * 10)
 
 
+
+@pytest.mark.parametrize("wait_share", [0.0, 1.0])
+def test_a_slow_models_concurrent_callers_wait_a_share_of_its_forward_pass_to_share_a_batch(wait_share):
+    """Forward passes of 0.2 s, no fixed wait: with a wait share of 1, a caller arriving 20 ms after another
+    (once the model's traffic is concurrent) joins its batch; without, each runs alone."""
+    batches: list[int] = []
+
+    def slow(key: str, inputs: list[np.ndarray]) -> list:
+        batches.append(len(inputs))
+        threading.Event().wait(0.2)
+        return [(key, x) for x in inputs]
+
+    batcher = Batcher(slow, max_size=8, max_wait_s=0.0, wait_share=wait_share)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(batcher.submit("m", rows(0, 1)))
+        await asyncio.sleep(0.05)  # the next two queue while it runs, and share a batch: "m" is crowded
+        await asyncio.gather(running, *(batcher.submit("m", rows(i, 1)) for i in (1, 2)))
+        first = asyncio.ensure_future(batcher.submit("m", rows(10, 1)))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.submit("m", rows(11, 1)))
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+    batcher.close()
+    assert batches[:2] == [1, 2] and batcher.wait_s("m") == pytest.approx(0.2 * wait_share, abs=0.1)
+    assert batches[2:] == ([2] if wait_share else [1, 1])
+
 # ---- the runtime: one snapshot per batch while a state is published ------------------------------------------
 def tiny_store(data_dir) -> Store:
     """Model `tiny` (1×8×8, 10 classes) in a signed store."""
