@@ -14,7 +14,6 @@ others'.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from service.handoff import answer_callers
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,6 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
-
-
-def _settle_all(answers: list[tuple[asyncio.Future, Any]]) -> None:
-    """On the callers' loop: each future gets its outcome (unless its caller went away, its request cancelled)."""
-    for future, outcome in answers:
-        if future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
 
 
 class Batcher:
@@ -151,9 +141,4 @@ class Batcher:
         except Exception as exc:  # e.g. the model does not verify: every caller of the batch gets it
             outcomes = [exc] * len(batch)
         self._run_s[key] = time.monotonic() - began
-        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
-        for job, outcome in zip(batch, outcomes, strict=True):
-            answers.setdefault(job.loop, []).append((job.future, outcome))
-        for loop, settled in answers.items():  # one wake-up of each callers' loop per batch, not one per caller
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits for these answers
-                loop.call_soon_threadsafe(_settle_all, settled)
+        answer_callers((job.loop, job.future, outcome) for job, outcome in zip(batch, outcomes, strict=True))

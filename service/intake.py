@@ -12,7 +12,6 @@ which sees the row's job missing from Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import uuid
@@ -27,6 +26,7 @@ from rq import Queue
 from models_store import Ledger, Store
 from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest, StoredAnswer
 from service.domain import check_forget_request
+from service.handoff import answer_callers
 from service.idempotency import STALE_CLAIM_S, Answer, answer_key_in_use
 from service.metrics import FORGET_REQUESTS_ACCEPTED
 from service.schemas import ForgetRequestCreate
@@ -55,25 +55,12 @@ class _Submission:
     def __post_init__(self) -> None:
         self.job_id = new_job_id(self.request_id)
 
-    def settle(self, outcome: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits for this answer
-            self.loop.call_soon_threadsafe(_settle, self.future, outcome)
-
     def new_request(self) -> NewRequest:
         body = self.body
         record = {"id": self.request_id, "model": self.model, "classes": body.classes, "samples": body.samples,
                   "method": body.method, "reason": body.reason, "key_id": self.actor,
                   "callback_url": body.callback_url}
         return NewRequest(record, job_id=self.job_id, claim=self.claim)
-
-
-def _settle(future: asyncio.Future, outcome: Any) -> None:
-    if future.done():  # the caller went away; what was recorded stays recorded (a retry with its key replays it)
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
 
 
 class Intake:
@@ -124,14 +111,16 @@ class Intake:
                     break
                 group.append(submission)
             try:
-                self._record(group)
+                answers = self._record(group)
             except Exception as exc:  # e.g. the database is unreachable: every caller of the group gets it
-                for submission in group:
-                    submission.settle(exc)
+                answers = [(submission, exc) for submission in group]
+            answer_callers((submission.loop, submission.future, outcome) for submission, outcome in answers)
             if stop:
                 return
 
-    def _record(self, group: list[_Submission]) -> None:
+    def _record(self, group: list[_Submission]) -> list[tuple[_Submission, Any]]:
+        """Check, record and enqueue a group: what each of its callers gets (an exception refuses it)."""
+        settled: list[tuple[_Submission, Any]] = []
         checked: list[_Submission] = []
         reads: dict[tuple[str, str], Any] = {}  # what the group's checks read from the store, read once
         for submission in group:
@@ -139,11 +128,11 @@ class Intake:
                 check_forget_request(model=submission.model, body=submission.body, store=self.store,
                                      settings=self.settings, reads=reads)
             except Exception as exc:
-                submission.settle(exc)
+                settled.append((submission, exc))
             else:
                 checked.append(submission)
         if not checked:
-            return
+            return settled
         answers: dict[str, Answer] = {}  # the 202 stored with a key, answered as is
 
         def stored_answer(record: dict[str, Any]) -> StoredAnswer:
@@ -159,8 +148,8 @@ class Intake:
                 enqueue_jobs(self.queue, jobs, self.settings)
             except RedisError as exc:  # the rows are durable; the janitor enqueues them when Redis is back
                 log.warning("could not enqueue %d accepted requests now, the janitor will: %s", len(jobs), exc)
-        for submission, outcome in zip(checked, outcomes, strict=True):
-            submission.settle(self._answer(submission, outcome, answers))
+        return settled + [(submission, self._answer(submission, outcome, answers))
+                          for submission, outcome in zip(checked, outcomes, strict=True)]
 
     def _answer(self, submission: _Submission, outcome: dict[str, Any] | KeyInUse | Exception,
                 answers: dict[str, Answer]) -> Any:
