@@ -90,6 +90,8 @@ def images_from_json(raw: bytes, input_shape: Sequence[int], max_batch: int) -> 
         inputs = PredictRequest.model_validate_json(raw).inputs
     except ValidationError as exc:
         raise Problem(422, "Invalid request", describe_errors(exc.errors(), prefix="body")) from None
+    if b"true" in raw or b"false" in raw:  # only then can the lists hold a JSON boolean: look for it (slow)
+        _reject_booleans(inputs)
     if len(inputs) > max_batch:  # before converting what will be refused anyway
         raise Problem(413, "Too many inputs", f"{len(inputs)} images; at most {max_batch} per call "
                       "(UNLEARND_MAX_PREDICT_BATCH)")
@@ -98,6 +100,18 @@ def images_from_json(raw: bytes, input_shape: Sequence[int], max_batch: int) -> 
     except (ValueError, TypeError):
         raise Problem(422, "Invalid inputs", "inputs must be equally shaped nested lists of numbers") from None
     return check_images(x, input_shape, max_batch)
+
+
+def _reject_booleans(inputs: list[Any]) -> None:
+    """`true`/`false` are not pixel values (numpy would read them as 1.0/0.0): a 422 when nested lists hold one."""
+    stack: list[Any] = [inputs]
+    while stack:
+        item = stack.pop()
+        if type(item) is bool:
+            raise Problem(422, "Invalid inputs", "inputs must be nested lists of numbers; true/false are not "
+                          "pixel values")
+        if type(item) is list:
+            stack.extend(item)
 
 
 async def multipart_images(request: Request, max_batch: int) -> list[bytes]:

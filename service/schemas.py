@@ -395,23 +395,7 @@ class PredictRequest(BaseModel):
 
     inputs: list[Any] = Field(..., min_length=1,
                               description="Images as C×H×W nested lists of floats in [0, 1].")
-
-    @field_validator("inputs")
-    @classmethod
-    def _no_booleans(cls, v: list[Any]) -> list[Any]:
-        """`true`/`false` are not pixel values (numpy would read them as 1.0/0.0)."""
-        stack: list[Any] = [v]
-        while stack:
-            item = stack.pop()
-            if type(item) is bool:
-                raise ValueError("inputs must be nested lists of numbers; true/false are not pixel values")
-            if type(item) is list:
-                types = set(map(type, item))
-                if bool in types:
-                    raise ValueError("inputs must be nested lists of numbers; true/false are not pixel values")
-                if list in types:
-                    stack.extend(x for x in item if type(x) is list)
-        return v
+    """Checked by `service.codecs.images_from_json`: equally shaped, numbers (never true/false), in [0, 1]."""
 
 
 class Prediction(BaseModel):
