@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from service.inference import in_serving_layout
 from unlearnd.runtime import load_torchscript_net
 from unlearning import NormalizedClassifier
 from unlearning.evaluation import perturbed_logits
@@ -26,10 +27,11 @@ from unlearning.evaluation import perturbed_logits
 class ForgetVectorAPI(ls.LitAPI):
     """One model: x + δ clipped to [0, 1], normalised inside the model, softmax."""
 
-    def __init__(self, spec: dict[str, Any], max_batch_size: int, batch_timeout_s: float):
+    def __init__(self, spec: dict[str, Any], max_batch_size: int, batch_timeout_s: float,
+                 channels_last_min_batch: int):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout_s,
                          api_path=f"/predict/{spec['name']}")
-        self.served = spec
+        self.served, self.channels_last_min_batch = spec, channels_last_min_batch
 
     def setup(self, device: str) -> None:
         net = load_torchscript_net(Path(self.served["torchscript"]).read_bytes())
@@ -49,7 +51,8 @@ class ForgetVectorAPI(ls.LitAPI):
         return inputs  # requests carry several images each: concatenated in predict, split again after
 
     def predict(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
-        logits = perturbed_logits(self.model, torch.cat(inputs), self.delta, self.gate_classes)
+        x = in_serving_layout(torch.cat(inputs), self.channels_last_min_batch)  # as unlearnd does
+        logits = perturbed_logits(self.model, x, self.delta, self.gate_classes)
         probabilities = torch.softmax(logits, dim=1).numpy()
         return np.split(probabilities, np.cumsum([len(x) for x in inputs])[:-1])
 
@@ -61,7 +64,8 @@ class ForgetVectorAPI(ls.LitAPI):
 def main(argv: list[str]) -> None:
     spec_path, port = Path(argv[0]), int(argv[1])
     spec = json.loads(spec_path.read_text())
-    apis = [ForgetVectorAPI(model, spec["max_batch_size"], spec["batch_timeout_s"]) for model in spec["models"]]
+    apis = [ForgetVectorAPI(model, spec["max_batch_size"], spec["batch_timeout_s"], spec["channels_last_min_batch"])
+            for model in spec["models"]]
     server = ls.LitServer(apis, accelerator="cpu", devices=1, workers_per_device=1, timeout=300)
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
 

@@ -16,7 +16,7 @@ import torch
 from models_store import Store
 from service.batching import Batcher
 from service.errors import Problem
-from service.inference import InferenceRuntime, auto_inference_threads
+from service.inference import InferenceRuntime, auto_inference_threads, in_serving_layout
 from tests.service.conftest import register_tiny, serve_forget_vector
 from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
@@ -237,6 +237,24 @@ def test_a_caller_whose_images_do_not_fit_the_snapshot_gets_422_alone(store):
     outcomes = runtime._run_batch("tiny", [np.zeros((1, 1, 8, 8), np.float32), np.zeros((2, 3, 8, 8), np.float32)])
     assert outcomes[0][1].shape == (1, 10)
     assert isinstance(outcomes[1], Problem) and outcomes[1].status == 422
+
+
+def test_batches_from_the_setting_on_run_channels_last_and_predict_as_contiguous_ones_do(store):
+    rgb = np.random.default_rng(0).random((8, 3, 4, 4), dtype=np.float32)
+    for images in (rgb, rgb.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)):  # the latter: stacked PNGs
+        served = {(n, minimum): in_serving_layout(images[:n], minimum) for n in (1, 7, 8) for minimum in (0, 8)}
+        layouts = {key: (t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last))
+                   for key, t in served.items()}
+        assert layouts == {(1, 0): (True, False), (1, 8): (True, False), (7, 0): (True, False),
+                           (7, 8): (True, False), (8, 0): (True, False), (8, 8): (False, True)}
+        assert np.array_equal(in_serving_layout(images, 8).numpy(), rgb)
+    x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+    answers = []
+    for minimum in (0, 8):
+        runtime = InferenceRuntime(store, "cpu", batch_max_size=8, channels_last_min_batch=minimum)
+        (served, probabilities), = runtime._run_batch("tiny", [x])
+        answers.append(probabilities)
+    assert np.allclose(answers[0], answers[1], atol=1e-6)
 
 
 def test_inference_threads_follow_the_setting_or_the_process_share_of_the_cpus(store, tmp_path, monkeypatch):
