@@ -51,7 +51,7 @@ def in_serving_layout(x: Any, channels_last_min_batch: int) -> Any:
     """Images x (N, C, H, W) as a torch tensor in the memory layout their forward pass runs in: channels-last
     (N, H, W, C in memory) for batches of at least `channels_last_min_batch` images (0: never), contiguous
     otherwise. On the benchmark's CPU, oneDNN's convolutions ran ResNet-18 17–30 % faster channels-last from 8
-    images on, and up to 40 % slower below 4; the digits CNN did not care (bench-serve, 24 Nov 2026). Decoded PNGs
+    images on, and up to 40 % slower below 4; the digits CNN did not care (docs/operations.md). Decoded PNGs
     arrive channels-last from numpy, tensors and JSON contiguous: both take the batch's layout."""
     import torch
 
