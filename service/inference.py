@@ -52,7 +52,8 @@ def in_serving_layout(x: Any, channels_last_min_batch: int) -> Any:
     (N, H, W, C in memory) for batches of at least `channels_last_min_batch` images (0: never), contiguous
     otherwise. On the benchmark's CPU, oneDNN's convolutions ran ResNet-18 17–30 % faster channels-last from 8
     images on, and up to 40 % slower below 4; the digits CNN did not care (docs/operations.md). Decoded PNGs
-    arrive channels-last from numpy, tensors and JSON contiguous: both take the batch's layout."""
+    arrive channels-last from numpy, tensors and JSON contiguous: both take the batch's layout. The runtime passes
+    0 for models that do not take channels-last images (`takes_channels_last`)."""
     import torch
 
     x = torch.as_tensor(x)
@@ -60,6 +61,23 @@ def in_serving_layout(x: Any, channels_last_min_batch: int) -> Any:
         return x
     layout = torch.channels_last if 0 < channels_last_min_batch <= len(x) else torch.contiguous_format
     return x.contiguous(memory_format=layout)
+
+
+def takes_channels_last(model: Any, input_shape: list[int], device: Any) -> bool:
+    """Whether `model` gives the same logits for images laid out channels-last as for contiguous ones: a model
+    that views its input as flat (`x.view(len(x), -1)`) cannot take them. Checked once per loaded snapshot, on two
+    random images."""
+    import torch
+
+    if len(input_shape) != 3:
+        return False
+    x = torch.rand(2, *input_shape, device=device)
+    with torch.inference_mode():
+        try:
+            expected, got = model(x), model(x.contiguous(memory_format=torch.channels_last))
+        except Exception:  # noqa: BLE001 - whatever a model raises, it does not take channels-last inputs
+            return False
+    return got.shape == expected.shape and bool(torch.allclose(got, expected, rtol=1e-3, atol=1e-4))
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,8 @@ class LoadedState:
     """Gated forget vector: δ applies only to inputs the model assigns to these classes (None: to every input)."""
     signature: Any = None
     """The state's signature: a state re-signed under the same version is loaded again."""
+    channels_last: bool = False
+    """Large batches may run channels-last (`takes_channels_last`; UNLEARND_CHANNELS_LAST_MIN_BATCH)."""
 
 
 @dataclass(frozen=True)
@@ -259,12 +279,13 @@ class InferenceRuntime:
             raise IntegrityError(
                 f"forget vector shape {list(delta.shape)} != input shape {record['input_shape']}")
         gate = None if state.gate_classes is None else list(state.gate_classes)
+        channels_last = self.channels_last_min_batch > 0 and takes_channels_last(model, record["input_shape"], device)
         return LoadedState(name=name, model_version=record["version"], state_version=state.state_version,
                            weights_sha256=state.weights_sha256, artifacts=state.artifacts, model=model, delta=delta,
                            device=device, input_shape=list(record["input_shape"]),
                            num_classes=int(record["num_classes"]),
                            model_format=record.get("format", "safetensors"), gate_classes=gate,
-                           signature=state.signature)
+                           signature=state.signature, channels_last=channels_last)
 
     # ---- on the inference thread --------------------------------------------------------------------------
     def _prepare_inference_thread(self) -> None:
@@ -301,6 +322,7 @@ class InferenceRuntime:
         from unlearning.evaluation import perturbed_logits
 
         with torch.inference_mode():
-            inputs = in_serving_layout(x, self.channels_last_min_batch).to(served.device)
+            inputs = in_serving_layout(x, self.channels_last_min_batch if served.channels_last else 0)
+            inputs = inputs.to(served.device)
             logits = perturbed_logits(served.model, inputs, served.delta, served.gate_classes)
             return torch.softmax(logits, dim=1).cpu().numpy()

@@ -88,7 +88,8 @@ class Settings(BaseSettings):
         "UNLEARND_BATCH_MAX_WAIT_MS): slow models fill their batches, fast ones are not held back.")
     channels_last_min_batch: int = Field(
         8, ge=0, le=4096, description="Forward passes of at least this many images run in channels-last memory "
-        "layout (faster convolutions on CPU from about 8 images on; slower for single images); 0 = never.")
+        "layout (faster convolutions on CPU from about 8 images on; slower for single images), for models that "
+        "give the same logits that way (tried when a state is loaded); 0 = never.")
     inference_threads: int = Field(
         0, ge=0, le=1024, description="Torch threads of each API process's inference thread; 0 = its share of "
         "the CPUs (divided by UNLEARND_API_WORKERS), at least 1; 1 on hosts whose cores other work keeps busy.")

@@ -16,7 +16,7 @@ import torch
 from models_store import Store
 from service.batching import Batcher
 from service.errors import Problem
-from service.inference import InferenceRuntime, auto_inference_threads, in_serving_layout
+from service.inference import InferenceRuntime, auto_inference_threads, in_serving_layout, takes_channels_last
 from tests.service.conftest import register_tiny, serve_forget_vector
 from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
@@ -254,7 +254,27 @@ def test_batches_from_the_setting_on_run_channels_last_and_predict_as_contiguous
         runtime = InferenceRuntime(store, "cpu", batch_max_size=8, channels_last_min_batch=minimum)
         (served, probabilities), = runtime._run_batch("tiny", [x])
         answers.append(probabilities)
+        assert served.channels_last == (minimum > 0)  # the small CNN takes channels-last images
     assert np.allclose(answers[0], answers[1], atol=1e-6)
+
+
+class FlatView(torch.nn.Module):
+    """A model that views its input as flat: it cannot take channels-last images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.view(len(x), -1))
+
+
+def test_only_models_that_give_the_same_logits_channels_last_take_channels_last_batches():
+    torch.manual_seed(0)
+    convolutional = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    assert takes_channels_last(convolutional, [3, 4, 4], "cpu")
+    assert not takes_channels_last(FlatView().eval(), [3, 4, 4], "cpu")
+    assert not takes_channels_last(convolutional, [48], "cpu")  # not images
 
 
 def test_inference_threads_follow_the_setting_or_the_process_share_of_the_cpus(store, tmp_path, monkeypatch):
