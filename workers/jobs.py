@@ -111,10 +111,11 @@ def process_forget_request(request_id: str) -> dict[str, Any]:
 def _process(request_id: str) -> dict[str, Any]:
     settings = get_settings()
     database = open_database(settings)
-    ledger, store = Ledger(database), open_store(settings, database)
+    ledger = Ledger(database)
     record = ledger.get(request_id)
-    if record["status"] in TERMINAL:
+    if record["status"] in TERMINAL:  # e.g. answered by another request's batch: done before the store is opened
         return {"request_id": request_id, "status": record["status"], "skipped": True}
+    store = open_store(settings, database)
     with store.model_lock(record["model"]):
         summary, ended = _compute_locked(ledger, store, settings, record)
     _notify(ledger, ended, settings)  # only queues the deliveries (callbacks queue); workers send them later
