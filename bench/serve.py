@@ -326,7 +326,7 @@ def png_decode_timing(p: Prepared) -> dict[str, float]:
     return timing(latencies, len(pngs), sum(latencies)).as_dict()
 
 
-def limit_timing(p: Prepared, batch: int, duration_s: float) -> dict[str, float]:
+def limit_timing(p: Prepared, batch: int, duration_s: float) -> dict[str, Any]:
     """The network's own batched forward with δ (universal), clip and softmax, in this process: the fastest of one
     torch thread and one per core (on a busy machine several threads can be far slower than one), each with the
     images contiguous and channels-last in memory (the server picks a layout by batch size)."""
