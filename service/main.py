@@ -3,6 +3,7 @@ settings)."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 
 from fastapi import FastAPI
@@ -77,10 +78,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+GC_GEN0_THRESHOLD = 20_000
+"""Container objects allocated (net) between two young-generation collections of the API process (Python's default:
+700). Measured with a forget-request load of 300/s: 700 ran a full collection of the unfrozen heap every few seconds
+(up to 66 ms after `settle_heap`'s freeze; 266 ms without it); 20,000 ran a young collection every ~2 s (8 ms) and
+no full one in the run."""
+
+
+def settle_heap() -> None:
+    """Import the inference stack (torch: what the first prediction would import) and take everything alive now out
+    of the cycle collector's reach (`gc.freeze`): a full collection then walks only what the process allocated
+    since, instead of torch's and the app's ~300,000 objects, which held every request up for 50–270 ms at a time.
+    Also makes young collections rarer (`GC_GEN0_THRESHOLD`), so that fewer requests in flight survive into the old
+    generation."""
+    import unlearning.evaluation  # noqa: F401  (torch, and what applies a forget vector)
+    import unlearnd.runtime  # noqa: F401  (loading a model)
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory: `uvicorn service.main:create_app_from_env --factory`."""
     settings = get_settings()
     configure_logging(settings, "api")
     if (supervisor := multiprocessing.parent_process()) is not None:  # a worker of `uvicorn --workers N`
         die_with_parent(supervisor.pid)
-    return create_app(settings)
+    app = create_app(settings)
+    settle_heap()
+    return app
