@@ -91,8 +91,8 @@ def settle_heap() -> None:
     since, instead of torch's and the app's ~300,000 objects, which held every request up for 50–270 ms at a time.
     Also makes young collections rarer (`GC_GEN0_THRESHOLD`), so that fewer requests in flight survive into the old
     generation."""
-    import unlearning.evaluation  # noqa: F401  (torch, and what applies a forget vector)
     import unlearnd.runtime  # noqa: F401  (loading a model)
+    import unlearning.evaluation  # noqa: F401  (torch, and what applies a forget vector)
 
     gc.collect()
     gc.freeze()
