@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 
 from models_store import Ledger, Store, StoreError, open_database
 from models_store.errors import StaleStateError
@@ -16,6 +20,7 @@ from models_store.store import now_iso
 from service.metrics import GUARD_REFUSALS, observe_job
 from unlearnd.callbacks import notify_terminal
 from unlearnd.logs import REQUEST_ID
+from unlearnd.queue import forget_queue
 from unlearnd.security.receipts import sign
 from unlearnd.security.signing import load_signer, open_store
 from unlearnd.settings import Settings, get_settings
@@ -119,6 +124,7 @@ def _process(request_id: str) -> dict[str, Any]:
     with store.model_lock(record["model"]):
         summary, ended = _compute_locked(ledger, store, settings, record)
     _notify(ledger, ended, settings)  # only queues the deliveries (callbacks queue); workers send them later
+    _drop_answered_jobs(ledger, ended, settings)
     return summary
 
 
@@ -228,6 +234,26 @@ def _after_cancel(ledger: Ledger, batch: list[dict[str, Any]]) -> tuple[dict[str
             ledger.mark_queued(member["id"], not_before=time.time(), actor="worker", refund_attempt=True,
                                reason="a request computed with it was cancelled")
     return {"request_id": batch[0]["id"], "status": "cancelled", "cancelled": sorted(cancelled)}, sorted(cancelled)
+
+
+def _drop_answered_jobs(ledger: Ledger, request_ids: list[str], settings: Settings) -> None:
+    """Take the queued jobs of the requests this job answered off the queue and delete them: each would only
+    start, find its request ended and return (a coalesced burst of 200 requests left about 150 of them, seconds
+    each on PostgreSQL and S3). Best effort: a job a worker has taken already does just that."""
+    job = get_current_job()
+    if job is None:
+        return
+    queue = forget_queue(job.connection, settings)
+    try:
+        for request_id in request_ids:
+            job_id = ledger.get(request_id).get("job_id")
+            if job_id is None or job_id == job.id or not queue.remove(job_id):  # not ours, or a worker has it
+                continue
+            with contextlib.suppress(NoSuchJobError):  # expired or deleted meanwhile
+                Job.fetch(job_id, connection=job.connection, serializer=queue.serializer).delete(
+                    remove_from_queue=False)
+    except RedisError as exc:
+        log.warning("could not take the answered requests' jobs off the queue: %s", exc)
 
 
 def _notify(ledger: Ledger, request_ids: list[str], settings: Settings) -> None:
