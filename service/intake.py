@@ -5,8 +5,8 @@ waiting (at most `max_group`), checks each against the store (`service.domain.ch
 ones that pass in one ledger transaction (`Ledger.accept`: one durable commit for the whole group instead of
 three per request; a refused request does not undo the others), enqueues their jobs in one Redis pipeline and
 answers each caller through its event loop. While one group commits, the next gathers: the busier the intake,
-the larger the groups. A 202 still means the request's row is committed; a failed enqueue is left to the janitor,
-which sees the row's job missing from Redis.
+the larger the groups. A 202 still means the request's row is committed; a failed enqueue (whatever raised it)
+still answers 202 and is left to the janitor, which sees the row's job missing from Redis.
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ class Intake:
         if jobs:
             try:
                 enqueue_jobs(self.queue, jobs, self.settings)
-            except RedisError as exc:  # the rows are durable; the janitor enqueues them when Redis is back
-                log.warning("could not enqueue %d accepted requests now, the janitor will: %s", len(jobs), exc)
+            except Exception as exc:  # the rows are durable: their 202 stands, and the janitor enqueues them
+                log.warning("could not enqueue %d accepted requests now, the janitor will: %s", len(jobs), exc,
+                            exc_info=not isinstance(exc, RedisError))  # Redis being down needs no traceback
         return settled + [(submission, self._answer(submission, outcome, answers))
                           for submission, outcome in zip(checked, outcomes, strict=True)]
 

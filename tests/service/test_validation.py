@@ -56,6 +56,19 @@ def test_accepted_even_when_redis_is_down(client, settings, model_store):
     assert [r["status"] for r in records] == ["queued"] * 3 and all(r["job_id"] for r in records)
 
 
+def test_a_request_whose_enqueue_fails_after_its_row_is_committed_still_gets_its_202(client, settings, model_store,
+                                                                                     monkeypatch):
+    """Not only Redis errors: whatever fails after the commit, the row stands, so the caller must not see a 500 (it
+    would send the request again)."""
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in enqueueing")
+
+    monkeypatch.setattr("service.intake.enqueue_jobs", broken)
+    response = client.post("/v1/models/tiny/forget-requests", json={"classes": [1]}, headers=auth("governance"))
+    assert response.status_code == 202, response.text
+    assert [r["id"] for r in open_ledger(settings).list()] == [response.json()["id"]]
+
+
 def test_unknown_sample_ids_are_listed(client, settings, model_store):
     body = {"samples": ["a", "zz", "../etc"]}
     response = client.post("/v1/models/tiny/forget-requests", json=body, headers=auth("governance"))
