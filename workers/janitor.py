@@ -48,11 +48,12 @@ def _job_error(job: Job | None) -> str:
     result = job.latest_result()
     if result is not None and result.exc_string:
         return result.exc_string.strip().splitlines()[-1][:500]
-    return f"job ended {job.get_status()} without recording an outcome"
+    status = job.get_status(refresh=False)
+    return f"job ended {status.value if status is not None else 'in an unknown state'} without recording an outcome"
 
 
 def _job_alive(job: Job, stale_s: float) -> bool:
-    status = job.get_status()
+    status = job.get_status(refresh=False)  # as fetched in this pass
     if status in _WAITING:
         return True
     if status == JobStatus.STARTED:
@@ -63,17 +64,31 @@ def _job_alive(job: Job, stale_s: float) -> bool:
     return False
 
 
+def _jobs_of(records: list[dict], queue: Queue) -> list[Job | None]:
+    """The RQ job of each record (None: it has none, or Redis does not know it), all read in one Redis round trip:
+    a pass over a backlog of 3,000 requests took 1.1 s of CPU reading them one by one, every 2 s."""
+    job_ids = [record["job_id"] for record in records if record["job_id"]]
+    try:
+        jobs = Job.fetch_many(job_ids, queue.connection, serializer=queue.serializer)
+    except ValueError:  # a job RQ cannot read: read them one by one, that one as gone
+        jobs = [_job(job_id, queue) for job_id in job_ids]
+    fetched = dict(zip(job_ids, jobs, strict=True))
+    return [fetched.get(record["job_id"]) for record in records]
+
+
+def _job(job_id: str, queue: Queue) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    except (NoSuchJobError, ValueError):
+        return None
+
+
 def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str]:
     """One pass over the active requests; returns what it did, one line per action."""
     actions: list[str] = []
-    for record in ledger.active():
+    active = ledger.active()
+    for record, job in zip(active, _jobs_of(active, queue), strict=True):
         request_id = record["id"]
-        job = None
-        if record["job_id"]:
-            try:
-                job = Job.fetch(record["job_id"], connection=queue.connection, serializer=queue.serializer)
-            except (NoSuchJobError, ValueError):
-                job = None
         if record["status"] == RequestStatus.QUEUED and record["job_id"] is None:
             # Waiting to be enqueued: by the API right now (grace period), or after a retry backoff.
             due = record["not_before"] if record["not_before"] is not None else (
