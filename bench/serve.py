@@ -632,6 +632,12 @@ def run(plan: Plan, command: str) -> dict[str, Any]:
     return results
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (what `timeout` and process supervisors send) interrupts the run as Ctrl-C does, so that every
+    `finally` runs: LitServe's whole process group and unlearnd's children are stopped, not left serving."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: one round, short measurements")
@@ -641,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=14.5, help="minutes: no round starts that would end later")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only rebuild the docs block from a saved run")
     args = parser.parse_args(argv)
+    interrupt_on_sigterm()
     if args.render:
         results = json.loads(args.render.read_text())
     else:

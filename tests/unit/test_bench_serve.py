@@ -4,6 +4,9 @@ binary encoder) and the table and targets built from results. (The benchmark its
 import asyncio
 import io
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import h11
@@ -300,3 +303,18 @@ def test_a_round_that_failed_leaves_the_cell_to_its_other_rounds_and_a_cell_fail
     rows = {(r["model"], r["input"]): r for r in cell_rows(results)}
     assert rows[("resnet18-224", "v2")]["litserve"] == "failed: EOFError"
     assert rows[("resnet18-224", "v2")]["vs_litserve"] is None
+
+
+def test_sigterm_interrupts_the_benchmark_so_that_its_cleanup_runs():
+    script = ("import sys, time\nfrom bench.serve import interrupt_on_sigterm\ninterrupt_on_sigterm()\n"
+              "try:\n    print('serving', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+              "    print('stopped what it started', flush=True)\n    sys.exit(130)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "serving"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 130
+        assert process.stdout.read().strip() == "stopped what it started"
+    finally:
+        process.kill()
+        process.wait()
