@@ -247,7 +247,7 @@ def _drop_answered_jobs(ledger: Ledger, request_ids: list[str], settings: Settin
     try:
         for request_id in request_ids:
             job_id = ledger.get(request_id).get("job_id")
-            if job_id is None or job_id == job.id or not queue.remove(job_id):  # not ours, or a worker has it
+            if job_id is None or job_id == job.id or not queue.remove(job_id):  # this job, or one a worker took
                 continue
             with contextlib.suppress(NoSuchJobError):  # expired or deleted meanwhile
                 Job.fetch(job_id, connection=job.connection, serializer=queue.serializer).delete(
