@@ -138,7 +138,8 @@ def _request_values(new: NewRequest, at: str) -> dict[str, Any]:
             "samples": None if record.get("samples") is None else json.dumps(record["samples"]),
             "reason": record.get("reason"), "status": RequestStatus.QUEUED.value,
             "progress": json.dumps({"fraction": 0.0, "stage": "queued"}), "created_at": at,
-            "key_id": record.get("key_id"), "callback_url": record.get("callback_url"), "job_id": new.job_id}
+            "key_id": record.get("key_id"), "callback_url": record.get("callback_url"), "job_id": new.job_id,
+            "accepted_by": record.get("accepted_by")}
 
 
 def _accepted_audit_values(stored: dict[str, Any], at: str) -> dict[str, Any]:

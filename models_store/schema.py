@@ -36,6 +36,7 @@ forget_requests = Table(
     Column("callback", Text),
     Column("receipt", Text),
     Column("cancel_requested", Integer, nullable=False, server_default="0"),
+    Column("accepted_by", Text),  # the X-Request-ID of the HTTP request that accepted it
     Index("forget_requests_model_status", "model", "status"),
     sqlite_autoincrement=True,
 )

@@ -59,7 +59,7 @@ class _Submission:
         body = self.body
         record = {"id": self.request_id, "model": self.model, "classes": body.classes, "samples": body.samples,
                   "method": body.method, "reason": body.reason, "key_id": self.actor,
-                  "callback_url": body.callback_url}
+                  "callback_url": body.callback_url, "accepted_by": self.accepted_by}
         return NewRequest(record, job_id=self.job_id, claim=self.claim)
 
 

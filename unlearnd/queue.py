@@ -2,8 +2,8 @@
 
 Jobs are enqueued by dotted path with the JSON serializer and carry only the request id; the ledger row
 holds everything else. A job enqueued while the API accepts the forget request also carries that HTTP request's id
-(`X-Request-ID`) in its `meta`, so the job logs it too; a retry the janitor enqueues has none, and the
-`forget request enqueued` line (API: with the request id) ties the two together by `forget_request_id`.
+(`X-Request-ID`) in its `meta`, so the job logs it too; so does a retry the janitor enqueues (the ledger row keeps
+it as `accepted_by`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class JobToEnqueue:
     request_id: str
     job_id: str
     accepted_by: str | None = None
-    """The X-Request-ID of the HTTP request that accepted it; None for a retry the janitor enqueues."""
+    """The X-Request-ID of the HTTP request that accepted it (None: not known, e.g. a request accepted before the
+    ledger kept it)."""
 
 
 def enqueue_jobs(queue: Queue, jobs: Sequence[JobToEnqueue], settings: Settings) -> None:
@@ -65,8 +66,9 @@ def enqueue_jobs(queue: Queue, jobs: Sequence[JobToEnqueue], settings: Settings)
 
 def enqueue_request(queue: Queue, ledger: Ledger, request_id: str, settings: Settings) -> str:
     """Enqueue a job for a request that has none (the janitor's retry), recording its id in the ledger first;
-    returns the job id."""
+    returns the job id. The job carries the id of the HTTP request that accepted the request, as the first did."""
     job_id = new_job_id(request_id)
     ledger.set_job(request_id, job_id)
-    enqueue_jobs(queue, [JobToEnqueue(request_id, job_id, current_request_id())], settings)
+    accepted_by = ledger.get(request_id).get("accepted_by") or current_request_id()
+    enqueue_jobs(queue, [JobToEnqueue(request_id, job_id, accepted_by)], settings)
     return job_id

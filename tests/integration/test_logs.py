@@ -42,6 +42,7 @@ def test_a_prediction_and_the_job_of_a_forget_request_share_the_clients_request_
         response = c.post(f"/v1/models/{model}/forget-requests", json={"classes": [2]}, headers=traced)
     assert response.status_code == 202, response.text
     forget_id = response.json()["id"]
+    assert stack.ledger.get(forget_id)["accepted_by"] == request_id  # what a retry by the janitor carries too
 
     progress, views, deadline = [], [], time.monotonic() + 150
     with stack.client("admin") as admin:

@@ -6,6 +6,7 @@ from rq.job import Job
 
 from models_store import open_ledger
 from models_store.ledger import NewRequest
+from unlearnd.logs import REQUEST_ID
 from unlearnd.queue import JobToEnqueue, enqueue_jobs, forget_queue
 from unlearnd.settings import Settings
 from workers import janitor
@@ -21,7 +22,7 @@ def installation(tmp_path, monkeypatch):
 def _accept(ledger, request_id: str) -> str:
     job_id = f"{request_id}-job"
     record = {"id": request_id, "model": "m", "classes": [1], "samples": None, "method": "auto", "reason": None,
-              "key_id": "k", "callback_url": None}
+              "key_id": "k", "callback_url": None, "accepted_by": f"http-{request_id}"}
     ledger.accept([NewRequest(record, job_id=job_id)])
     return job_id
 
@@ -46,4 +47,8 @@ def test_each_request_is_judged_by_its_own_job(installation):
         "fr_waiting": jobs["waiting"], "fr_waiting2": jobs["waiting2"], "fr_lost": None, "fr_failed": None}
     # the next pass enqueues the lost one again with a new job; the failed one waits out its backoff
     assert janitor.reconcile_once(ledger, queue, settings) == ["enqueued fr_lost"]
-    assert ledger.get("fr_lost")["job_id"] not in (None, jobs["lost"])
+    retry = ledger.get("fr_lost")["job_id"]
+    assert retry not in (None, jobs["lost"])
+    # the retry carries the id of the HTTP request that accepted the request, as the first job did
+    assert Job.fetch(retry, connection=queue.connection, serializer=queue.serializer).meta == {
+        REQUEST_ID: "http-fr_lost"}

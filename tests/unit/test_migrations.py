@@ -17,7 +17,7 @@ from models_store.ledger import IdempotencyClaim, NewRequest
 from models_store.schema import metadata, served_states
 from unlearnd.settings import Settings
 
-HEAD = "0002"
+HEAD = "0003"
 REPO = Path(__file__).resolve().parents[2]
 
 LEDGER_BEFORE_MIGRATIONS = """
@@ -99,19 +99,29 @@ def test_upgrading_from_the_first_revision_keeps_every_row(database_url):
     database = Database.from_url(database_url)
     database.migrate(to="0001")
     assert database.current_revision() == "0001"
-    ledger = Ledger(database)
-    ledger.create({"id": "r1", "model": "m", "classes": [1], "method": "auto"})
-    ledger.create({"id": "r2", "model": "m", "samples": [4, 5], "method": "auto"})
-    ledger.mark_running("r1")
-    claim = IdempotencyClaim("kid", "k", "body")
-    [accepted] = ledger.accept([NewRequest({"id": "r3", "model": "m", "classes": [2], "method": "auto"}, claim=claim)],
-                               answer=lambda record: (202, record["id"], {}))
-    assert accepted["id"] == "r3"
-    before = (_ledger_rows(ledger), ledger.audit_entries(), ledger.idempotency_row(claim))
+    with database.transaction() as conn:  # rows as the ledger of revision 0001 wrote them: its columns only
+        conn.execute(text(
+            "INSERT INTO forget_requests (id, model, classes, samples, method, status, progress, created_at, attempts)"
+            " VALUES (:id, 'm', :classes, :samples, 'auto', :status, :progress, 'then', :attempts)"), [
+            {"id": "r1", "classes": "[1]", "samples": None, "status": "running", "progress": "{}", "attempts": 1},
+            {"id": "r2", "classes": None, "samples": '["a", "b"]', "status": "queued", "progress": "{}", "attempts": 0},
+            {"id": "r3", "classes": "[2]", "samples": None, "status": "queued", "progress": "{}", "attempts": 0}])
+        conn.execute(text("INSERT INTO audit (at, action, actor, request_id, model) "
+                          "VALUES ('then', 'request.accepted', 'kid', :id, 'm')"), [{"id": f"r{i}"} for i in (1, 2, 3)])
+        conn.execute(text("INSERT INTO idempotency (key, key_id, body_sha256, status_code, response, headers, "
+                          "created_at, request_id) VALUES ('k', 'kid', 'body', 202, 'r3', '{}', 'then', 'r3')"))
 
     database.migrate()
     assert database.current_revision() == HEAD
-    assert (_ledger_rows(ledger), ledger.audit_entries(), ledger.idempotency_row(claim)) == before
+    ledger = Ledger(database)  # today's code reads every old row, the new column empty
+    assert [(r["id"], r["status"], r["classes"], r["samples"], r["attempts"], r["accepted_by"])
+            for r in ledger.list()] == [("r1", "running", [1], None, 1, None),
+                                        ("r2", "queued", None, ["a", "b"], 0, None),
+                                        ("r3", "queued", [2], None, 0, None)]
+    assert [(e["action"], e["request_id"]) for e in ledger.audit_entries()] == [
+        ("request.accepted", "r1"), ("request.accepted", "r2"), ("request.accepted", "r3")]
+    kept = ledger.idempotency_row(IdempotencyClaim("kid", "k", "body"))
+    assert (kept["status_code"], kept["response"], kept["request_id"]) == (202, "r3", "r3")
     row = {"model": "m", "state_version": 2, "document": '{"b":1,"a":2}', "created_at": "now"}
     with database.transaction() as conn:  # the new tables are there
         conn.execute(insert(served_states).values(row))
@@ -153,8 +163,9 @@ def test_a_sqlite_ledger_written_before_migrations_is_stamped_and_upgraded(tmp_p
 def test_an_unversioned_postgresql_ledger_is_stamped_and_upgraded(postgres_url):
     database = Database.from_url(postgres_url)
     database.migrate(to="0001")
-    Ledger(database).create({"id": "r1", "model": "m", "classes": [1], "method": "auto"})
-    with database.transaction() as conn:
+    with database.transaction() as conn:  # a row as the ledger of revision 0001 wrote it, then no version
+        conn.execute(text("INSERT INTO forget_requests (id, model, classes, method, status, progress, created_at) "
+                          "VALUES ('r1', 'm', '[1]', 'auto', 'queued', '{}', 'then')"))
         conn.execute(text("DROP TABLE alembic_version"))
     assert database.current_revision() is None
     database.migrate()
