@@ -3,7 +3,7 @@
 Every HTTP request gets an id: the client's `X-Request-ID` when it is 1 to 128 visible ASCII characters, else a new
 one (uuid4 hex). It is returned in the `X-Request-ID` response header and bound to the log context, so every line
 logged while the request is served carries it, and a forget request accepted by it carries it into its job
-(`unlearnd.queue.enqueue_request`). With the access log on, one line per request: method, path, status,
+(`unlearnd.queue.enqueue_jobs`; a retry, too). With the access log on, one line per request: method, path, status,
 duration_ms, client, the caller's role when its key is valid, and the request id.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from redis import Redis
@@ -64,11 +65,13 @@ def enqueue_jobs(queue: Queue, jobs: Sequence[JobToEnqueue], settings: Settings)
         log.info("forget request enqueued", forget_request_id=job.request_id, job_id=job.job_id, **traced)
 
 
-def enqueue_request(queue: Queue, ledger: Ledger, request_id: str, settings: Settings) -> str:
-    """Enqueue a job for a request that has none (the janitor's retry), recording its id in the ledger first;
-    returns the job id. The job carries the id of the HTTP request that accepted the request, as the first did."""
+def enqueue_request(queue: Queue, ledger: Ledger, record: dict[str, Any], settings: Settings) -> str:
+    """Enqueue a job for a request (its ledger record) that has none (the janitor's retry), recording the job's id
+    in the ledger first; returns the job id. The job carries the id of the HTTP request that accepted the request
+    (`accepted_by`), as the first did."""
+    request_id = record["id"]
     job_id = new_job_id(request_id)
     ledger.set_job(request_id, job_id)
-    accepted_by = ledger.get(request_id).get("accepted_by") or current_request_id()
+    accepted_by = record.get("accepted_by") or current_request_id()
     enqueue_jobs(queue, [JobToEnqueue(request_id, job_id, accepted_by)], settings)
     return job_id

@@ -94,7 +94,7 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
             due = record["not_before"] if record["not_before"] is not None else (
                 datetime.fromisoformat(record["created_at"]).timestamp() + ENQUEUE_GRACE_S)
             if time.time() >= due:
-                enqueue_request(queue, ledger, request_id, settings)
+                enqueue_request(queue, ledger, record, settings)
                 actions.append(f"enqueued {request_id}")
             continue
         if job is not None and _job_alive(job, settings.worker_stale_s):

@@ -130,8 +130,8 @@ def test_queue_view_counts_depth_per_model_running_requests_and_the_oldest_waiti
     app = create_app(settings)
     ledger, queue = app.state.ledger, app.state.queue
     for request_id, model in (("fr_1", "m1"), ("fr_2", "m2"), ("fr_3", "m1"), ("fr_4", "m1")):
-        ledger.create({"id": request_id, "model": model, "classes": [1], "method": "auto"})
-        enqueue_request(queue, ledger, request_id, settings)
+        record = ledger.create({"id": request_id, "model": model, "classes": [1], "method": "auto"})
+        enqueue_request(queue, ledger, record, settings)
     assert ledger.mark_running("fr_1")
     ledger.mark_failed("fr_4", "gone")
     with TestClient(app) as client:
