@@ -16,15 +16,15 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from fastapi import Request
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import Problem, describe_errors
 from service.schemas import PredictRequest
@@ -80,7 +80,7 @@ async def predict_inputs(request: Request, input_shape: Sequence[int], max_batch
     if media in IMAGE_TYPES:
         return from_uint8(decode_image(await request.body(), input_shape)[None])
     if media == "multipart/form-data":
-        images = await multipart_images(request, max_batch)
+        images = multipart_images(await request.body(), request.headers["content-type"], max_batch)
         return from_uint8(np.stack([decode_image(image, input_shape) for image in images]))
     raise Problem(415, "Unsupported Media Type", f"send {', '.join(PREDICT_TYPES)}; not {media}")
 
@@ -114,30 +114,77 @@ def _reject_booleans(inputs: list[Any]) -> None:
             stack.extend(item)
 
 
-async def multipart_images(request: Request, max_batch: int) -> list[bytes]:
-    """The bytes of every file part, in order: each must be image/png or image/jpeg."""
+class _FileParts:
+    """Callbacks for python-multipart's streaming parser that keep each part's headers and bytes in memory
+    (Starlette's `request.form()` would spool every file part through a temporary file)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[dict[bytes, bytes], bytes]] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._field = self._value = b""
+        self._chunks: list[bytes] = []
+        self.closed = False  # the closing boundary was read
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {"on_part_begin": self._begin, "on_header_field": self._header_field,
+                "on_header_value": self._header_value, "on_header_end": self._header_end,
+                "on_part_data": self._data, "on_part_end": self._end, "on_end": self._close}
+
+    def _begin(self) -> None:
+        self._headers, self._chunks = {}, []
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        self._chunks.append(data[start:end])
+
+    def _end(self) -> None:
+        self.parts.append((self._headers, b"".join(self._chunks)))
+
+    def _close(self) -> None:
+        self.closed = True
+
+
+def multipart_images(body: bytes, content_type: str, max_batch: int) -> list[bytes]:
+    """The bytes of every part of a multipart/form-data body, in order: each must be a file part (a
+    Content-Disposition with a filename) of type image/png or image/jpeg, and at most `max_batch` of them."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise Problem(422, "Invalid multipart body", "the Content-Type names no boundary")
+    collector = _FileParts()
     try:
-        form = await request.form(max_files=max_batch, max_fields=max_batch)
-    except StarletteHTTPException as exc:  # the multipart parser's 400
-        detail = str(exc.detail)
-        if detail.startswith("Too many files"):
-            raise Problem(413, "Too many inputs", f"at most {max_batch} images per call "
-                          "(UNLEARND_MAX_PREDICT_BATCH)") from None
-        raise Problem(422, "Invalid multipart body", detail) from None
-    try:
-        images = []
-        for name, part in form.multi_items():
-            if not isinstance(part, UploadFile):
-                raise Problem(422, "Invalid multipart body", f"part {name!r} is not a file: send each image as "
-                              "a file part (Content-Disposition with a filename)")
-            if media_type(part.content_type) not in IMAGE_TYPES:
-                raise Problem(415, "Unsupported Media Type", f"part {name!r} is {part.content_type!r}; each "
-                              f"part must be one of {', '.join(IMAGE_TYPES)}")
-            images.append(await part.read())
-    finally:
-        await form.close()
-    if not images:
+        parser = MultipartParser(boundary, collector.callbacks())
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:  # a malformed body (MultipartParseError and the parser's limits)
+        raise Problem(422, "Invalid multipart body", str(exc)) from None
+    if not collector.closed:
+        raise Problem(422, "Invalid multipart body", "the body ends before the closing boundary")
+    if not collector.parts:
         raise Problem(422, "Invalid multipart body", "no image part")
+    if len(collector.parts) > max_batch:
+        raise Problem(413, "Too many inputs", f"{len(collector.parts)} parts; at most {max_batch} images per "
+                      "call (UNLEARND_MAX_PREDICT_BATCH)")
+    images = []
+    for headers, data in collector.parts:
+        disposition = parse_options_header(headers.get(b"content-disposition"))[1]
+        name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" not in disposition:
+            raise Problem(422, "Invalid multipart body", f"part {name!r} is not a file: send each image as a file "
+                          "part (Content-Disposition with a filename)")
+        part_type = headers.get(b"content-type", b"").decode("latin-1")
+        if media_type(part_type) not in IMAGE_TYPES:
+            raise Problem(415, "Unsupported Media Type", f"part {name!r} is {part_type!r}; each part must be one "
+                          f"of {', '.join(IMAGE_TYPES)}")
+        images.append(data)
     return images
 
 
@@ -159,7 +206,8 @@ def decode_image(data: bytes, input_shape: Sequence[int]) -> np.ndarray:
             converted = _converted(image, mode)
             if converted.size != (width, height):
                 converted = converted.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(converted, dtype=np.uint8)
+            # tobytes is row-major H×W×C (for L and RGB) and, for small images, cheaper than np.asarray
+            pixels = np.frombuffer(converted.tobytes(), dtype=np.uint8).reshape(height, width, channels)
     except Problem:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -168,7 +216,7 @@ def decode_image(data: bytes, input_shape: Sequence[int]) -> np.ndarray:
         raise Problem(422, "Invalid image", "not a PNG or JPEG image") from None
     except Exception as exc:  # Pillow reports a malformed file in many ways (OSError, SyntaxError, ValueError...)
         raise Problem(422, "Invalid image", f"not a PNG or JPEG image that decodes: {exc}") from None
-    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return pixels.transpose(2, 0, 1)
 
 
 def _converted(image: Image.Image, mode: str) -> Image.Image:

@@ -5,6 +5,7 @@ import io
 import struct
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -162,3 +163,12 @@ def test_images_need_a_one_or_three_channel_model(client, model_store):
     response = client.post("/v1/models/two/predict", content=encoded(grey(8), "PNG"),
                            headers={**auth("inference"), "Content-Type": "image/png"})
     assert_problem(response, 415, "1 or 3 input channels")
+
+
+def test_a_truncated_multipart_body_is_422_not_fewer_predictions(client, model_store):
+    files = [("images", (f"{i}.png", encoded(grey(i), "PNG"), "image/png")) for i in range(2)]
+    request = httpx.Request("POST", "http://test" + PREDICT, files=files)
+    body = request.read()
+    headers = {**auth("inference"), "Content-Type": request.headers["Content-Type"]}
+    assert client.post(PREDICT, content=body, headers=headers).status_code == 200
+    assert_problem(client.post(PREDICT, content=body[:-60], headers=headers), 422, "closing boundary")
