@@ -377,6 +377,13 @@ class Ledger:
         with self.db.connect() as conn:
             return [str(r) for r in conn.scalars(query)]
 
+    def job_ids(self, request_ids: builtins.list[str]) -> dict[str, str]:
+        """The RQ job id of each of these requests that has one."""
+        query = select(_requests.c.id, _requests.c.job_id).where(_requests.c.id.in_(request_ids),
+                                                                 _requests.c.job_id.is_not(None))
+        with self.db.connect() as conn:
+            return {str(request_id): str(job_id) for request_id, job_id in conn.execute(query)}
+
     def mark_cancelled(self, request_id: str, actor: str) -> bool:
         return self._update(request_id, ACTIVE, audit="request.cancelled", actor=actor,
                             status=RequestStatus.CANCELLED,

@@ -245,9 +245,8 @@ def _drop_answered_jobs(ledger: Ledger, request_ids: list[str], settings: Settin
         return
     queue = forget_queue(job.connection, settings)
     try:
-        for request_id in request_ids:
-            job_id = ledger.get(request_id).get("job_id")
-            if job_id is None or job_id == job.id or not queue.remove(job_id):  # this job, or one a worker took
+        for job_id in ledger.job_ids(request_ids).values():
+            if job_id == job.id or not queue.remove(job_id):  # this job, or one a worker took
                 continue
             with contextlib.suppress(NoSuchJobError):  # expired or deleted meanwhile
                 Job.fetch(job_id, connection=job.connection, serializer=queue.serializer).delete(

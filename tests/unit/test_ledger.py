@@ -131,6 +131,8 @@ def test_jobs_callbacks_and_coalescing_candidates(ledger):
     ledger.mark_running("r3")
     assert [r["id"] for r in ledger.queued_for_model("m", exclude="r0")] == ["r1"]
     assert ledger.set_job("r0", "job-1") and ledger.get("r0")["job_id"] == "job-1"
+    assert ledger.set_job("r2", "job-2")
+    assert ledger.job_ids(["r0", "r1", "r2", "nope"]) == {"r0": "job-1", "r2": "job-2"}  # r1 has none yet
     ledger.set_callback("r0", {"delivered": True, "status": 204})
     assert ledger.get("r0")["callback"] == {"delivered": True, "status": 204} and ledger.count() == 4
     assert ledger.get("r0")["samples"] == [1, 2] and ledger.get("r0")["classes"] is None
