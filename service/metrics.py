@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,6 +28,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -126,6 +128,19 @@ def exposition(ledger: Any) -> bytes:
     ledger_registry = CollectorRegistry()
     ledger_registry.register(LedgerCollector(ledger))
     return generate_latest(registry) + generate_latest(ledger_registry)
+
+
+def serve_worker_metrics(port: int, host: str) -> None:
+    """Serve the metrics a worker and its work-horses write to PROMETHEUS_MULTIPROC_DIR over HTTP on host:port,
+    from a thread of the calling process (a worker on a host of its own, whose series no API aggregates)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        raise RuntimeError(f"UNLEARND_WORKER_METRICS_PORT needs {MULTIPROC_ENV}: a directory where the "
+                           "worker's work-horses write their metrics (set it in the worker's environment)")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    start_http_server(port, addr=host, registry=registry)
 
 
 router = APIRouter(tags=["operations"])

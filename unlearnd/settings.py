@@ -36,6 +36,13 @@ class Settings(BaseSettings):
                               description="Attempts per request before it ends failed (crash retries).")
     worker_stale_s: float = Field(30.0, ge=6, description="A running job whose worker heartbeat (every 5 s) "
                                   "is older than this is considered lost and retried, seconds.")
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="A worker started on its own (`python -m workers`, e.g. on a host of "
+        "its own) serves its and its work-horses' Prometheus metrics on this port (needs PROMETHEUS_MULTIPROC_DIR); "
+        "unset = not served. `unlearnd run` leaves it unset: the API's /metrics shows its workers.")
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address of a worker's metrics endpoint (0.0.0.0: scraped from other hosts; "
+        "keep it on an internal network).")
     callback_attempts: int = Field(3, ge=1, le=20, description="Delivery attempts per callback.")
     callback_timeout_s: float = Field(
         5.0, gt=0, le=60, description="Total deadline of one callback delivery attempt (resolve, connect, "

@@ -12,6 +12,7 @@ import os
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+from service.metrics import serve_worker_metrics
 from unlearnd.callbacks import callback_queue
 from unlearnd.cli.processes import die_with_parent
 from unlearnd.logs import configure_logging
@@ -48,6 +49,12 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings, "worker")
     preload_job_modules()
+    if settings.worker_metrics_port is not None:
+        try:
+            serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host)
+        except (RuntimeError, OSError) as exc:  # no metrics directory; the port is taken
+            raise SystemExit(f"worker metrics on {settings.worker_metrics_host}:{settings.worker_metrics_port}: "
+                             f"{exc}") from None
     connection = redis_connection(settings)
     worker = _Worker(
         [forget_queue(connection, settings), callback_queue(connection, settings)],

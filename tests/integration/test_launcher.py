@@ -27,8 +27,10 @@ def test_run_serves_and_ctrl_c_stops_everything(embedded_stack):
     shutil.copytree(stack.settings.store_dir, data_dir / "store")  # reuse the trained demo model: its blobs
     with sqlite3.connect(stack.settings.ledger_path) as source, sqlite3.connect(data_dir / "ledger.sqlite3") as copy:
         source.backup(copy)  # and its records
-    port = free_port()
-    env = {**os.environ, "UNLEARND_DATA_DIR": str(data_dir), "UNLEARND_PORT": str(port)}
+    port, metrics_port = free_port(), free_port()
+    # a worker started alone would serve its metrics there; the launcher's do not (the API's /metrics shows them)
+    env = {**os.environ, "UNLEARND_DATA_DIR": str(data_dir), "UNLEARND_PORT": str(port),
+           "UNLEARND_WORKER_METRICS_PORT": str(metrics_port)}
     env.pop("UNLEARND_REDIS_URL", None)
     env.pop("UNLEARND_API_KEYS", None)
     launcher = subprocess.Popen([sys.executable, "-m", "unlearnd", "run"], env=env,
@@ -46,6 +48,11 @@ def test_run_serves_and_ctrl_c_stops_everything(embedded_stack):
         assert "redis-server" in names and "workers.janitor" in names and "uvicorn" in names
         keys = (data_dir / "api_keys.json").read_text()
         assert "governance" in keys
+        try:
+            answered = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).status_code
+        except httpx.ConnectError:
+            answered = None
+        assert answered is None, "a worker of unlearnd run serves metrics of its own"
 
         # kill -9 the worker and the embedded Redis: the launcher brings both back, the API keeps answering
         def supervised():  # the live worker and Redis processes under the launcher now

@@ -1,7 +1,7 @@
 """Many hosts: one API, two workers and a janitor, each with its own empty data directory and no path in common,
 sharing only one PostgreSQL, one S3 server and one Redis (over TCP on loopback). Deletions succeed and show in
 predictions; a worker killed with -9 mid-job leaves the model to the other, which finishes the request; every job
-publishes exactly one state."""
+publishes exactly one state; each worker host serves its own metrics."""
 
 from __future__ import annotations
 
@@ -36,16 +36,19 @@ class Hosts:
                        "api_keys": ",".join(f"{role}:{key}" for role, key in KEYS.items()), "port": self.port}
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.children: dict[str, Child] = {}
+        self.metrics_ports = {"worker-a": free_port(), "worker-b": free_port()}
 
     def settings(self, host: str) -> Settings:
-        """The settings of one host: its own data directory, its own copy of the signing key."""
+        """The settings of one host: its own data directory, its own copy of the signing key; a worker serves
+        its metrics on a port of its own."""
         data_dir = self.root / host
         key = data_dir / "keys" / "signing_key.pem"
         if not key.exists():
             key.parent.mkdir(parents=True)
             key.write_bytes((self.root / "operator" / "signing_key.pem").read_bytes())
             key.chmod(0o600)
-        return Settings(data_dir=data_dir, signing_key_file=key, **self.shared)
+        return Settings(data_dir=data_dir, signing_key_file=key, worker_metrics_port=self.metrics_ports.get(host),
+                        **self.shared)
 
     def start(self, name: str, child: Child) -> Child:
         child.log_path = self.root / f"{name}.log"
@@ -135,6 +138,13 @@ def _worker_running(hosts: Hosts) -> str:
     raise TimeoutError("no worker started a work-horse")
 
 
+def _jobs_succeeded(hosts: Hosts, worker: str) -> float:
+    """Forget jobs that ended `succeeded` on this worker host, from its own metrics endpoint."""
+    text = httpx.get(f"http://127.0.0.1:{hosts.metrics_ports[worker]}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("unlearnd_job_duration_seconds_count{") and 'outcome="succeeded"' in line)
+
+
 def test_two_worker_hosts_share_only_the_database_the_object_store_and_redis(hosts):
     for host in ("api", "worker-a", "worker-b", "janitor"):  # nothing of the store on any host's disk
         assert not (hosts.root / host / "store").exists() and not (hosts.root / host / "ledger.sqlite3").exists()
@@ -157,6 +167,9 @@ def test_two_worker_hosts_share_only_the_database_the_object_store_and_redis(hos
             served = store.read_state(model)
             predicted = c.post(f"/v1/models/{model}/predict", json={"inputs": [[[[0.0] * 8] * 8]]}).json()
             assert predicted["state_version"] == served.state_version and predicted["applied"] == list(served.artifacts)
+    # each worker host serves its own metrics: together they counted both jobs, once each
+    succeeded = {worker: _jobs_succeeded(hosts, worker) for worker in ("worker-a", "worker-b")}
+    assert sum(succeeded.values()) == 2, succeeded
 
     # kill -9 the worker computing the next request (its host "dies"): the other worker finishes it
     request_id = _submit(hosts, {"classes": [5], "method": "forget_vector"})
@@ -168,6 +181,8 @@ def test_two_worker_hosts_share_only_the_database_the_object_store_and_redis(hos
     finished = _wait(hosts, request_id, ("succeeded", "failed"))
     assert finished["status"] == "succeeded", finished
     assert finished["attempts"] >= 2  # the killed attempt counted
+    survivor = next(worker for worker in succeeded if worker != victim)
+    assert _jobs_succeeded(hosts, survivor) == succeeded[survivor] + 1
 
     # exactly one state per job, and the API serves the newest
     assert len(_published_once(store, DEMO_MODEL, [by_class, request_id], since=first)) == 2

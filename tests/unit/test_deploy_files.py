@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from unlearnd.security.signing import keyring_path
+from unlearnd.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNLEARND_SERVICES = ("init", "api", "worker", "worker-gpu", "janitor")
@@ -183,3 +184,14 @@ def test_dockerfile_copies_existing_paths_installs_the_package_and_runs_an_entry
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu\n" in dockerfile.split("\nFROM")[0]
     assert re.search(r"^ARG TORCH_INDEX_URL$", image, flags=re.M)
     assert re.search(r'^RUN pip install --index-url "\$\{TORCH_INDEX_URL\}" "torch', image, flags=re.M)
+
+
+def test_workers_serve_their_metrics_inside_the_compose_network_only():
+    services = _compose()["services"]
+    for name in ("worker", "worker-gpu"):
+        environment = services[name]["environment"]
+        assert environment["PROMETHEUS_MULTIPROC_DIR"].startswith("/data/")  # the container's own volume
+        settings = Settings(worker_metrics_port=environment["UNLEARND_WORKER_METRICS_PORT"],
+                            worker_metrics_host=environment["UNLEARND_WORKER_METRICS_HOST"])
+        assert settings.worker_metrics_port == 9100 and settings.worker_metrics_host == "0.0.0.0"
+        assert "ports" not in services[name]

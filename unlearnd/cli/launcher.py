@@ -115,7 +115,8 @@ def _run_locked(settings: Settings) -> int:
 
             store = open_store(settings)  # signed with the server key, as every process's store
             model_name = ensure_demo_model(store, say=lambda line: print(line, flush=True))["name"]
-        children = [janitor_child(settings), *(worker_child(settings, i) for i in range(settings.workers)),
+        local_workers = settings.model_copy(update={"worker_metrics_port": None})  # the API's /metrics shows them
+        children = [janitor_child(settings), *(worker_child(local_workers, i) for i in range(settings.workers)),
                     api_child(settings)]
         for child in children:
             child.log_path = log_dir / f"{child.name}.log"

@@ -145,6 +145,8 @@ def child_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is not None:
             env[f"UNLEARND_{name.upper()}"] = str(value)
+        else:  # unset here, unset there (e.g. worker_metrics_port, which the launcher clears for its workers)
+            env.pop(f"UNLEARND_{name.upper()}", None)
     env["UNLEARND_DATA_DIR"] = str(Path(settings.data_dir).resolve())
     env["UNLEARND_REDIS_URL"] = settings.effective_redis_url
     env.setdefault("PYTHONUNBUFFERED", "1")
