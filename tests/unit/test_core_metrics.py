@@ -150,3 +150,20 @@ def test_gated_delta_spares_inputs_outside_the_forgotten_class():
     assert gated == {"UA": 100.0, "RA": 100.0, "TA": 100.0, "TA_forgotten": 0.0}
     assert true_label_confidence(PixelLogits(), retain.x, retain.y, delta, gate_classes=[0])[0] > 0.5
     assert true_label_confidence(PixelLogits(), retain.x, retain.y, delta)[0] < 0.5
+
+
+def test_the_svc_attack_trains_on_at_most_max_shadow_of_each_side(monkeypatch):
+    import sklearn.svm
+
+    fitted = []
+
+    class RecordingSVC(sklearn.svm.SVC):
+        def fit(self, X, y, sample_weight=None):
+            fitted.append((len(X), sum(y)))
+            return super().fit(X, y, sample_weight)
+
+    monkeypatch.setattr(sklearn.svm, "SVC", RecordingSVC)
+    member, non_member = torch.full((500,), 0.99), torch.linspace(0.1, 0.5, 300)
+    assert svc_efficacy(member, non_member, _t([0.2, 0.3]), max_shadow=100) == 1.0
+    assert svc_efficacy(member, non_member, _t([0.2, 0.3]), max_shadow=1_000) == 1.0
+    assert fitted == [(200, 100), (600, 300)]  # capped, then the smaller side decides
