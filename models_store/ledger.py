@@ -72,9 +72,14 @@ def _audit(conn: Connection, action: str, actor: str, request_id: str | None, mo
 def _to_dict(row: Row[Any]) -> dict[str, Any]:
     record = dict(row._mapping)
     for key in _JSON_FIELDS:
-        if record[key] is not None:
+        if record.get(key) is not None:
             record[key] = json.loads(record[key])
     return record
+
+
+_BULKY = ("samples", "result", "receipt")
+"""Columns `Ledger.active()` leaves out: a forget set of up to UNLEARND_MAX_SAMPLE_IDS ids is megabytes of JSON,
+and the janitor reads every active request every 2 s."""
 
 @dataclass(frozen=True)
 class IdempotencyClaim:
@@ -277,8 +282,10 @@ class Ledger:
             return [_to_dict(r) for r in conn.execute(query)]
 
     def active(self) -> builtins.list[dict[str, Any]]:
-        """Every request not yet in a terminal state."""
-        query = select(_requests).where(_requests.c.status.in_(_statuses(ACTIVE))).order_by(_requests.c.seq)
+        """Every request not yet in a terminal state, in acceptance order, without its bulky columns (`_BULKY`:
+        the forget set's sample ids, result and receipt; `get` has them)."""
+        columns = [column for column in _requests.c if column.name not in _BULKY]
+        query = select(*columns).where(_requests.c.status.in_(_statuses(ACTIVE))).order_by(_requests.c.seq)
         with self.db.connect() as conn:
             return [_to_dict(r) for r in conn.execute(query)]
 

@@ -57,6 +57,7 @@ def test_active_and_list_filters(ledger):
         _create(ledger, f"r{i}")
     ledger.mark_succeeded("r0", {})
     assert [r["id"] for r in ledger.active()] == ["r1", "r2", "r3", "r4"]
+    assert "samples" not in ledger.active()[0] and ledger.active()[0]["progress"] == ledger.get("r1")["progress"]
     assert [r["id"] for r in ledger.list(status="succeeded")] == ["r0"]
     first = ledger.list(limit=2)
     assert [r["id"] for r in ledger.list(limit=2, after_seq=first[-1]["seq"])] == ["r2", "r3"]
