@@ -114,16 +114,18 @@ def _reject_booleans(inputs: list[Any]) -> None:
             stack.extend(item)
 
 
-class _FileParts:
-    """Callbacks for python-multipart's streaming parser that keep each part's headers and bytes in memory
-    (Starlette's `request.form()` would spool every file part through a temporary file)."""
+class _ImageParts:
+    """Callbacks for python-multipart's streaming parser that keep each part's bytes in memory (Starlette's
+    `request.form()` would spool every file part through a temporary file), checking each part as it ends and
+    stopping at the first part over `max_parts`, so a body of many tiny parts costs no more than `max_parts`."""
 
-    def __init__(self) -> None:
-        self.parts: list[tuple[dict[bytes, bytes], bytes]] = []
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.images: list[bytes] = []
+        self.closed = False  # the closing boundary was read
         self._headers: dict[bytes, bytes] = {}
         self._field = self._value = b""
         self._chunks: list[bytes] = []
-        self.closed = False  # the closing boundary was read
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
         return {"on_part_begin": self._begin, "on_header_field": self._header_field,
@@ -131,6 +133,9 @@ class _FileParts:
                 "on_part_data": self._data, "on_part_end": self._end, "on_end": self._close}
 
     def _begin(self) -> None:
+        if len(self.images) == self.max_parts:
+            raise Problem(413, "Too many inputs", f"more than {self.max_parts} parts; at most {self.max_parts} "
+                          "images per call (UNLEARND_MAX_PREDICT_BATCH)")
         self._headers, self._chunks = {}, []
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -147,45 +152,47 @@ class _FileParts:
         self._chunks.append(data[start:end])
 
     def _end(self) -> None:
-        self.parts.append((self._headers, b"".join(self._chunks)))
+        disposition = _header_options(self._headers.get(b"content-disposition"))
+        name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" not in disposition:
+            raise Problem(422, "Invalid multipart body", f"part {name!r} is not a file: send each image as a file "
+                          "part (Content-Disposition with a filename)")
+        part_type = self._headers.get(b"content-type", b"").decode("latin-1")
+        if media_type(part_type) not in IMAGE_TYPES:
+            raise Problem(415, "Unsupported Media Type", f"part {name!r} is {part_type!r}; each part must be one "
+                          f"of {', '.join(IMAGE_TYPES)}")
+        self.images.append(b"".join(self._chunks))
 
     def _close(self) -> None:
         self.closed = True
 
 
+def _header_options(value: bytes | str | None) -> dict[bytes, bytes]:
+    """The parameters of a header value (`boundary`, `name`, `filename`, ...); a 422 when they do not parse."""
+    try:
+        return parse_options_header(value)[1]
+    except (ValueError, TypeError) as exc:  # e.g. a parameter index of thousands of digits
+        raise Problem(422, "Invalid multipart body", f"a header's parameters do not parse: {exc}") from None
+
+
 def multipart_images(body: bytes, content_type: str, max_batch: int) -> list[bytes]:
     """The bytes of every part of a multipart/form-data body, in order: each must be a file part (a
     Content-Disposition with a filename) of type image/png or image/jpeg, and at most `max_batch` of them."""
-    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    boundary = _header_options(content_type).get(b"boundary")
     if not boundary:
         raise Problem(422, "Invalid multipart body", "the Content-Type names no boundary")
-    collector = _FileParts()
+    parts = _ImageParts(max_batch)
     try:
-        parser = MultipartParser(boundary, collector.callbacks())
+        parser = MultipartParser(boundary, parts.callbacks())
         parser.write(body)
         parser.finalize()
     except FormParserError as exc:  # a malformed body (MultipartParseError and the parser's limits)
         raise Problem(422, "Invalid multipart body", str(exc)) from None
-    if not collector.closed:
+    if not parts.closed:
         raise Problem(422, "Invalid multipart body", "the body ends before the closing boundary")
-    if not collector.parts:
+    if not parts.images:
         raise Problem(422, "Invalid multipart body", "no image part")
-    if len(collector.parts) > max_batch:
-        raise Problem(413, "Too many inputs", f"{len(collector.parts)} parts; at most {max_batch} images per "
-                      "call (UNLEARND_MAX_PREDICT_BATCH)")
-    images = []
-    for headers, data in collector.parts:
-        disposition = parse_options_header(headers.get(b"content-disposition"))[1]
-        name = disposition.get(b"name", b"").decode("utf-8", "replace")
-        if b"filename" not in disposition:
-            raise Problem(422, "Invalid multipart body", f"part {name!r} is not a file: send each image as a file "
-                          "part (Content-Disposition with a filename)")
-        part_type = headers.get(b"content-type", b"").decode("latin-1")
-        if media_type(part_type) not in IMAGE_TYPES:
-            raise Problem(415, "Unsupported Media Type", f"part {name!r} is {part_type!r}; each part must be one "
-                          f"of {', '.join(IMAGE_TYPES)}")
-        images.append(data)
-    return images
+    return parts.images
 
 
 def decode_image(data: bytes, input_shape: Sequence[int]) -> np.ndarray:

@@ -172,3 +172,20 @@ def test_a_truncated_multipart_body_is_422_not_fewer_predictions(client, model_s
     headers = {**auth("inference"), "Content-Type": request.headers["Content-Type"]}
     assert client.post(PREDICT, content=body, headers=headers).status_code == 200
     assert_problem(client.post(PREDICT, content=body[:-60], headers=headers), 422, "closing boundary")
+
+
+def test_a_body_of_many_tiny_parts_is_refused_at_the_first_part_over_the_limit(client, model_store):
+    part = (b'--B\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\r\n")
+    headers = {**auth("inference"), "Content-Type": "multipart/form-data; boundary=B"}
+    response = client.post(PREDICT, content=part * 20_000 + b"--B--\r\n", headers=headers)
+    assert_problem(response, 413, "more than 256 parts")
+
+
+@pytest.mark.parametrize("content_type", [
+    "multipart/form-data; boundary=B; x*" + "1" * 5000 + "*=utf-8''x",  # more digits than int() takes
+    "multipart/form-data; boundary=" + "B" * 300,  # over the parser's boundary limit
+])
+def test_unparsable_multipart_headers_are_422(client, model_store, content_type):
+    headers = {**auth("inference"), "Content-Type": content_type}
+    assert client.post(PREDICT, content=b"--B--\r\n", headers=headers).status_code == 422
