@@ -13,6 +13,7 @@ See docs/operations.md for the list and sample dashboards.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,17 +131,22 @@ def exposition(ledger: Any) -> bytes:
     return generate_latest(registry) + generate_latest(ledger_registry)
 
 
-def serve_worker_metrics(port: int, host: str) -> None:
+def serve_worker_metrics(port: int, host: str) -> socket.socket:
     """Serve the metrics a worker and its work-horses write to PROMETHEUS_MULTIPROC_DIR over HTTP on host:port,
-    from a thread of the calling process (a worker on a host of its own, whose series no API aggregates)."""
+    from a thread of the calling process (a worker on a host of its own, whose series no API aggregates); returns
+    the listening socket, which a forked work-horse closes. The directory is the worker's alone: it is emptied
+    first, as `unlearnd run` empties its own (counters restart from zero), so work-horses' files do not pile up."""
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         raise RuntimeError(f"UNLEARND_WORKER_METRICS_PORT needs {MULTIPROC_ENV}: a directory where the "
                            "worker's work-horses write their metrics (set it in the worker's environment)")
     Path(directory).mkdir(parents=True, exist_ok=True)
+    for stale in Path(directory).glob("*.db"):
+        stale.unlink()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
-    start_http_server(port, addr=host, registry=registry)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server.socket
 
 
 router = APIRouter(tags=["operations"])

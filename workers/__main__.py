@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 
 from rq import Worker
 from rq.serializers import JSONSerializer
@@ -25,11 +26,12 @@ WORKER_TTL_S = 20
 """A worker's registration expires this long after its last heartbeat, so /readyz stops counting a dead
 worker within about this many seconds (RQ's default is 420)."""
 
-PRELOADED_MODULES = ("unlearning", "workers.jobs", "workers.report", "safetensors.torch", "sklearn.svm",
-                     "torch._dynamo")
-"""Imported once by the worker so that each forked work-horse starts warm: torch and the job's modules,
-matplotlib (each succeeded request's report), sklearn's SVC (the membership-inference figures) and torch._dynamo,
-which torch.optim imports on a process's first optimizer. Imported in the work-horse they cost ~4 s a job."""
+PRELOADED_MODULES = ("workers.jobs", "torchvision.models", "safetensors.torch", "sklearn.svm", "torch._dynamo",
+                     "boto3", "psycopg")
+"""Imported once by the worker so that each forked work-horse starts warm: the job's modules (torch, matplotlib for
+each succeeded request's report), torchvision's models (ResNet architectures), safetensors, sklearn's SVC (the
+membership-inference figures), torch._dynamo, which torch.optim imports on a process's first optimizer, and the
+S3 and PostgreSQL clients. Imported in the work-horse they cost ~4 s a job."""
 
 
 def preload_job_modules() -> None:
@@ -38,10 +40,15 @@ def preload_job_modules() -> None:
 
 
 class _Worker(Worker):
-    """RQ's forking worker whose work-horses die with it (the worker dies with `unlearnd run`)."""
+    """RQ's forking worker whose work-horses die with it (the worker dies with `unlearnd run`) and do not hold
+    its metrics endpoint's socket (a restarted worker must be able to listen there again)."""
+
+    metrics_socket: socket.socket | None = None
 
     def main_work_horse(self, job, queue):
         die_with_parent(os.getppid())
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
         super().main_work_horse(job, queue)
 
 
@@ -49,9 +56,10 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings, "worker")
     preload_job_modules()
+    metrics_socket = None
     if settings.worker_metrics_port is not None:
         try:
-            serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host)
+            metrics_socket = serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host)
         except (RuntimeError, OSError) as exc:  # no metrics directory; the port is taken
             raise SystemExit(f"worker metrics on {settings.worker_metrics_host}:{settings.worker_metrics_port}: "
                              f"{exc}") from None
@@ -61,6 +69,7 @@ def main() -> None:
         connection=connection, serializer=JSONSerializer,
         job_monitoring_interval=JOB_MONITORING_INTERVAL_S, worker_ttl=WORKER_TTL_S,
     )
+    worker.metrics_socket = metrics_socket
     worker.work(logging_level=settings.log_level.upper())
 
 

@@ -241,7 +241,7 @@ def _drop_answered_jobs(ledger: Ledger, request_ids: list[str], settings: Settin
     start, find its request ended and return (a coalesced burst of 200 requests left about 150 of them, seconds
     each on PostgreSQL and S3). Best effort: a job a worker has taken already does just that."""
     job = get_current_job()
-    if job is None:
+    if job is None or not request_ids:
         return
     queue = forget_queue(job.connection, settings)
     try:
