@@ -3,9 +3,10 @@ dynamic batching of predictions onto one inference thread (`service.batching`).
 
 A served state is loaded once, verified (the state's signature, weights and artifact hashes, signed artifact
 manifests, artifacts bound to these weights) and kept as one immutable snapshot; one batch of predictions uses a
-single snapshot from start to end, so no prediction sees a mix of two states. Before each batch the runtime reads
-the model's state version counter in Redis (`unlearnd.state_versions`); it reads and checks the state itself (its
-signature) only when the counter moved, when UNLEARND_VERIFY_INTERVAL_S has passed since the files were last
+single snapshot from start to end, so no prediction sees a mix of two states. For each batch the runtime reads the
+model's state version counter in Redis (`unlearnd.state_versions`; sent when the batch starts, answered after its
+forward pass on the last snapshot, which runs again when the counter moved); it reads and checks the state itself
+(its signature) only when the counter moved, when UNLEARND_VERIFY_INTERVAL_S has passed since the files were last
 verified (then it also hashes them again), or on every batch while Redis does not answer or the model has no
 counter yet. A newer state replaces the snapshot, no restart. Any mismatch drops the snapshot and answers 503
 with the reason, counted and audited (`IntegrityRefusals`).
@@ -17,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -100,6 +102,10 @@ class LoadedState:
     """The state's signature: a state re-signed under the same version is loaded again."""
     channels_last: bool = False
     """Large batches may run channels-last (`takes_channels_last`; UNLEARND_CHANNELS_LAST_MIN_BATCH)."""
+
+
+Outcome = tuple[LoadedState, np.ndarray] | Problem
+"""What one caller of a batch gets: the snapshot used and its rows of probabilities, or a problem of its own."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,10 @@ class InferenceRuntime:
     def served(self, name: str) -> LoadedState:
         """The current snapshot of `name`, reloaded if its state moved on; a 503 problem (counted and audited)
         when the state, its weights or its artifacts do not verify."""
-        counter = self._counter(name)
+        return self._served(name, self._ask_counter(name)())
+
+    def _served(self, name: str, counter: int | None) -> LoadedState:
+        """`served` with the counter read."""
         checked = self._checked.get(name)
         if (checked is not None and counter is not None and counter == checked.counter
                 and time.monotonic() - checked.verified_at < self.verify_interval_s):
@@ -210,24 +219,37 @@ class InferenceRuntime:
                 self._checked.pop(name, None)
             raise self.refusals.refuse(name, str(exc)) from None
 
-    def _counter(self, name: str) -> int | None:
-        """The model's state version counter; None when it has none or Redis does not answer (said once in the
-        log per outage; Redis is asked again VERSIONS_RETRY_S later)."""
+    def _ask_counter(self, name: str) -> Callable[[], int | None]:
+        """Send the read of the model's state version counter; the returned call reads it: None when it has none
+        or Redis does not answer (said once in the log per outage; Redis is asked again VERSIONS_RETRY_S later).
+        Call it exactly once."""
         if self.versions is None or time.monotonic() < self._versions_retry_at:
-            return None
+            return lambda: None
         try:
-            counter = self.versions.current(name)
+            answer = self.versions.ask(name)
         except RedisError as exc:
-            self._versions_retry_at = time.monotonic() + VERSIONS_RETRY_S
-            if not self._versions_down:
-                self._versions_down = True
-                log.warning("state version counters unavailable (%s): reading the served state for every batch "
-                            "until Redis answers", exc)
-            return None
-        if self._versions_down:
-            self._versions_down = False
-            log.info("state version counters available again")
+            self._versions_unavailable(exc)
+            return lambda: None
+
+        def counter() -> int | None:
+            try:
+                value = answer()
+            except RedisError as exc:
+                self._versions_unavailable(exc)
+                return None
+            if self._versions_down:
+                self._versions_down = False
+                log.info("state version counters available again")
+            return value
+
         return counter
+
+    def _versions_unavailable(self, exc: RedisError) -> None:
+        self._versions_retry_at = time.monotonic() + VERSIONS_RETRY_S
+        if not self._versions_down:
+            self._versions_down = True
+            log.warning("state version counters unavailable (%s): reading the served state for every batch until "
+                        "Redis answers", exc)
 
     def _check(self, name: str, counter: int | None) -> LoadedState:
         """Read the state (its signature verified); load it when it is not the snapshot's, else verify the
@@ -294,18 +316,31 @@ class InferenceRuntime:
         torch.set_num_threads(self.torch_threads)
         torch.set_grad_enabled(False)
 
-    def _run_batch(self, name: str, inputs: list[np.ndarray]) -> list[tuple[LoadedState, np.ndarray] | Problem]:
+    def _run_batch(self, name: str, inputs: list[np.ndarray]) -> list[Outcome]:
         """One forward pass over every caller's images with one snapshot; each caller gets its own rows (or a 422
-        when its images do not have the snapshot's input shape, e.g. the model changed since they were decoded)."""
-        served = self.served(name)
+        when its images do not have the snapshot's input shape, e.g. the model changed since they were decoded).
+        The state version counter is read while the pass runs on the last snapshot (the read was sent after every
+        caller of the batch arrived); when the counter moved on, the batch runs again on the new state."""
+        counter = self._ask_counter(name)
+        guess = self._checked.get(name)
+        try:
+            outcomes = None if guess is None else self._outcomes(guess.snapshot, inputs)
+        finally:
+            read = counter()  # always: the read holds a connection until it is answered
+        served = self._served(name, read)
+        if outcomes is not None and guess is not None and served is guess.snapshot:
+            return outcomes
+        return self._outcomes(served, inputs)
+
+    def _outcomes(self, served: LoadedState, inputs: list[np.ndarray]) -> list[Outcome]:
         shape = tuple(served.input_shape)
         fitting = [x for x in inputs if x.shape[1:] == shape]
         probabilities = None
         if fitting:
             batch = fitting[0] if len(fitting) == 1 else np.concatenate(fitting)
-            FORWARD_BATCH.labels(name).observe(len(batch))
+            FORWARD_BATCH.labels(served.name).observe(len(batch))
             probabilities = self._forward(served, batch)
-        outcomes: list[tuple[LoadedState, np.ndarray] | Problem] = []
+        outcomes: list[Outcome] = []
         start = 0
         for x in inputs:
             if x.shape[1:] == shape:

@@ -1,12 +1,15 @@
 """A counter per model in Redis that moves whenever the model's served state changes.
 
 Whoever publishes a served state (a worker's job, a rollback, a registration) calls `bump` after the state is
-written and before the request it answers is marked succeeded. The API's inference runtime reads `current` for
-each batch and reads the state itself only when the counter moved, so a prediction that starts after a request
-reads `succeeded` already sees its state, without a file or database read per prediction.
+written and before the request it answers is marked succeeded. The API's inference runtime reads the counter for
+each batch (`ask`, sent when the batch starts and read after its forward pass) and reads the state itself only when
+the counter moved, so a prediction that starts after a request reads `succeeded` already sees its state, without a
+file or database read per prediction.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from redis import Redis
 
@@ -30,3 +33,28 @@ class StateVersions:
         down."""
         value = self.redis.get(self.key(model))
         return None if value is None else int(value)
+
+    def ask(self, model: str) -> Callable[[], int | None]:
+        """Send the read of `current` now and return the call that reads its answer, so that the round trip
+        overlaps other work. Call it exactly once: until then the read holds a connection of the pool. RedisError
+        from either half when Redis is down."""
+        pool = self.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_command("GET", self.key(model))
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+
+        def answer() -> int | None:
+            try:
+                value = connection.read_response()
+            except BaseException:
+                connection.disconnect()  # the answer may still be on its way: never reuse the connection
+                raise
+            finally:
+                pool.release(connection)
+            return None if value is None else int(value)
+
+        return answer

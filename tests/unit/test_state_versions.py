@@ -11,6 +11,7 @@ import time
 import fakeredis
 import numpy as np
 import pytest
+import redis
 
 from service.inference import InferenceRuntime
 from tests.service.conftest import serve_forget_vector
@@ -59,6 +60,16 @@ def test_bump_counts_per_model_and_namespace(server):
     assert one.current("m") == 2 and other.current("m") is None and one.key("m") == "unlearnd:state-version:m"
 
 
+def test_ask_sends_the_read_at_once_and_holds_one_connection_until_answered(server):
+    versions = StateVersions(fakeredis.FakeRedis(server=server, max_connections=1))
+    versions.bump("m")
+    answer = versions.ask("m")
+    StateVersions(fakeredis.FakeRedis(server=server)).bump("m")  # after the read was sent
+    with pytest.raises(redis.ConnectionError, match="Too many connections"):
+        versions.current("m")  # the pool's one connection awaits its answer
+    assert answer() == 1 and versions.current("m") == 2
+
+
 def test_the_state_is_read_only_when_the_counter_moves(store, versions, reads):
     runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
     versions.bump("tiny")
@@ -92,6 +103,50 @@ def test_a_prediction_that_starts_after_the_bump_sees_the_new_state(store, versi
     first, second = asyncio.run(scenario())
     runtime.close()
     assert (first.state_version, second.state_version) == (1, 2)
+
+
+def test_a_batch_reads_the_counter_after_its_forward_pass_and_runs_again_when_it_moved(store, versions,
+                                                                                     monkeypatch):
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
+    versions.bump("tiny")
+    x = np.full((2, 1, 8, 8), 0.3, dtype=np.float32)
+    runtime._run_batch("tiny", [x])  # no snapshot yet: the counter is read, then the state loaded
+    events: list = []
+    forward, ask = runtime._forward, versions.ask
+    monkeypatch.setattr(runtime, "_forward", lambda served, batch: events.append(("forward", served.state_version))
+                        or forward(served, batch))
+
+    def asking(model):
+        answer = ask(model)
+        events.append("asked")
+        return lambda: events.append("answered") or answer()
+
+    monkeypatch.setattr(versions, "ask", asking)
+    (served, _), = runtime._run_batch("tiny", [x])
+    assert events == ["asked", ("forward", 1), "answered"] and served.state_version == 1  # the round trip overlaps
+
+    events.clear()
+    serve_forget_vector(store, 0.5, ["r"])
+    versions.bump("tiny")
+    (served, probabilities), = runtime._run_batch("tiny", [x])
+    assert events == ["asked", ("forward", 1), "answered", ("forward", 2)] and served.state_version == 2
+    assert np.allclose(probabilities, forward(served, x), atol=1e-6)
+
+
+def test_a_failed_forward_pass_still_takes_the_counter_s_answer(store, server, monkeypatch):
+    versions = StateVersions(fakeredis.FakeRedis(server=server, max_connections=1))
+    runtime = InferenceRuntime(store, "cpu", versions=versions, verify_interval_s=3600)
+    versions.bump("tiny")
+    x = np.full((1, 1, 8, 8), 0.3, dtype=np.float32)
+    runtime._run_batch("tiny", [x])
+
+    def out_of_memory(served, batch):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runtime, "_forward", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runtime._run_batch("tiny", [x])
+    assert versions.current("tiny") == 1  # the pool's one connection is free again
 
 
 def test_without_a_counter_the_state_is_read_for_every_batch(store, versions, reads):
