@@ -311,7 +311,7 @@ class ForgetRequestPublic(BaseModel):
                      "eta_s": 2.8, "attempt": 1},
         "created_at": "2026-03-01T12:00:00.123+00:00", "started_at": "2026-03-01T12:00:00.456+00:00",
         "finished_at": None, "error": None, "result": None, "attempts": 1, "callback_url": None, "callback": None,
-        "cancel_requested": False}]})
+        "cancel_requested": False, "accepted_by": "4bf92f3577b34da6a3ce929d0e0e4736"}]})
 
     id: str = Field(..., description="`fr_` and 32 hex digits.")
     model: str
@@ -332,6 +332,8 @@ class ForgetRequestPublic(BaseModel):
     callback: Callback | None = None
     cancel_requested: bool = Field(False, description="A cancel was asked while it ran; the worker stops at its "
                                    "next progress report (or finishes first).")
+    accepted_by: str | None = Field(None, description="The X-Request-ID of the HTTP request that accepted it: the "
+                                    "API's and the job's log lines carry it (null for requests older than it).")
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ForgetRequestPublic:

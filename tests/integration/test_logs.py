@@ -43,6 +43,7 @@ def test_a_prediction_and_the_job_of_a_forget_request_share_the_clients_request_
     assert response.status_code == 202, response.text
     forget_id = response.json()["id"]
     assert stack.ledger.get(forget_id)["accepted_by"] == request_id  # what a retry by the janitor carries too
+    assert response.json()["accepted_by"] == request_id
 
     progress, views, deadline = [], [], time.monotonic() + 150
     with stack.client("admin") as admin:
@@ -53,7 +54,7 @@ def test_a_prediction_and_the_job_of_a_forget_request_share_the_clients_request_
             if record["status"] in ("succeeded", "failed"):
                 break
             time.sleep(0.1)
-        assert record["status"] == "succeeded", record
+        assert record["status"] == "succeeded" and record["accepted_by"] == request_id, record
         report = admin.get(f"/v1/forget-requests/{forget_id}/report.png")
     assert report.status_code == 200 and report.content.startswith(b"\x89PNG")
 

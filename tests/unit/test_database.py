@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from models_store import Database, StoreError, open_database
+from tests.unit.test_migrations import HEAD
 from unlearnd.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,9 +38,9 @@ def test_urls_pick_the_backend_and_driver(tmp_path):
 def test_open_database_defaults_to_the_ledger_file_and_follows_the_database_url(tmp_path, postgres_url):
     default = open_database(Settings(data_dir=tmp_path))
     assert default.backend == "sqlite" and (tmp_path / "ledger.sqlite3").exists()
-    assert default.current_revision() == "0003"
+    assert default.current_revision() == HEAD
     configured = open_database(Settings(data_dir=tmp_path, database_url=postgres_url))
-    assert configured.backend == "postgresql" and configured.current_revision() == "0003"
+    assert configured.backend == "postgresql" and configured.current_revision() == HEAD
 
 
 def test_sqlite_is_durable_waits_for_locks_and_writes_take_the_lock_at_begin(tmp_path):
