@@ -153,7 +153,7 @@ class IntegrityRefusals:
 
 class InferenceRuntime:
     def __init__(self, store: Store, device: str = "auto", *, ledger: Ledger | None = None,
-                 verify_interval_s: float = 60.0, versions: StateVersions | None = None, batch_max_size: int = 32,
+                 verify_interval_s: float = 60.0, versions: StateVersions | None = None, batch_max_size: int = 128,
                  batch_max_wait_ms: float = 2.0, batch_wait_share: float = 0.0, torch_threads: int | None = None,
                  channels_last_min_batch: int = 0):
         self.store, self.device_preference = store, device

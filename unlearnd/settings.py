@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     # Serving (docs/operations.md).
     api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn workers) `unlearnd run` starts.")
     batch_max_size: int = Field(
-        32, ge=1, le=4096, description="Dynamic batching: most images one forward pass gathers from concurrent "
+        128, ge=1, le=4096, description="Dynamic batching: most images one forward pass gathers from concurrent "
         "predictions of one model.")
     batch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="Dynamic batching: longest a prediction of a fast model waits for others "
