@@ -5,7 +5,7 @@ A served state is loaded once, verified (the state's signature, weights and arti
 manifests, artifacts bound to these weights) and kept as one immutable snapshot; one batch of predictions uses a
 single snapshot from start to end, so no prediction sees a mix of two states. For each batch the runtime reads the
 model's state version counter in Redis (`unlearnd.state_versions`; sent when the batch starts, answered after its
-forward pass on the last snapshot, which runs again when the counter moved); it reads and checks the state itself
+forward pass on the last snapshot, which runs again when the state changed); it reads and checks the state itself
 (its signature) only when the counter moved, when UNLEARND_VERIFY_INTERVAL_S has passed since the files were last
 verified (then it also hashes them again), or on every batch while Redis does not answer or the model has no
 counter yet. A newer state replaces the snapshot, no restart. Any mismatch drops the snapshot and answers 503
@@ -320,7 +320,8 @@ class InferenceRuntime:
         """One forward pass over every caller's images with one snapshot; each caller gets its own rows (or a 422
         when its images do not have the snapshot's input shape, e.g. the model changed since they were decoded).
         The state version counter is read while the pass runs on the last snapshot (the read was sent after every
-        caller of the batch arrived); when the counter moved on, the batch runs again on the new state."""
+        caller of the batch arrived); when the counter moved on and the state read then is a new one, the batch runs
+        again on it."""
         counter = self._ask_counter(name)
         guess = self._checked.get(name)
         try:

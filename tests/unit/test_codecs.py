@@ -2,6 +2,8 @@
 Pillow gives; every other image (EXIF, other sizes, depths or colour types) and every malformed one goes to Pillow."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -38,25 +40,82 @@ def refuse_pillow(monkeypatch) -> None:
 EXIF_ROTATED = Image.Exif()
 EXIF_ROTATED[0x0112] = 3  # orientation: rotated 180°
 RAW_EXIF = EXIF_ROTATED.tobytes()
+XMP_ROTATED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+               b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="3"/></rdf:RDF>'
+               b'</x:xmpmeta>')
 
 
-@pytest.mark.parametrize(("shape", "options"), [
-    ((8, 8), {}),
-    ((8, 8), {"optimize": True}),
-    ((8, 8), {"interlace": 1}),  # Adam7
-    ((8, 8), {"transparency": 0}),  # a tRNS chunk: neither decoder applies it to L or RGB
-    ((32, 32, 3), {}),
-    ((32, 32, 3), {"compress_level": 0}),
-    ((32, 32, 3), {"interlace": 1}),
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def with_chunks(data: bytes, *chunks: bytes) -> bytes:
+    """`data` with `chunks` right after its IHDR (8 + 25 bytes)."""
+    return data[:33] + b"".join(chunks) + data[33:]
+
+
+@pytest.mark.parametrize(("shape", "options", "extra"), [
+    ((8, 8), {}, ()),
+    ((8, 8), {"optimize": True}, ()),
+    ((8, 8), {"interlace": 1}, ()),  # Adam7
+    ((8, 8), {"dpi": (72, 72)}, (chunk(b"gAMA", struct.pack(">I", 45455)), chunk(b"sRGB", b"\x00"))),
+    ((32, 32, 3), {}, ()),
+    ((32, 32, 3), {"compress_level": 0}, ()),
+    ((32, 32, 3), {"interlace": 1}, ()),
 ])
-def test_plain_pngs_skip_pillow_and_decode_to_what_pillow_gives(monkeypatch, shape, options):
-    data = png(pixels(shape, seed=len(shape) + len(options)), **options)
+def test_plain_pngs_skip_pillow_and_decode_to_what_pillow_gives(monkeypatch, shape, options, extra):
+    data = with_chunks(png(pixels(shape, seed=len(shape) + len(options)), **options), *extra)
     input_shape = (1, 8, 8) if len(shape) == 2 else (3, 32, 32)
     expected = pillow_only(data, input_shape, monkeypatch)
     refuse_pillow(monkeypatch)
     decoded = decode_image(data, input_shape)
     assert decoded.dtype == np.uint8 and decoded.shape == input_shape
     np.testing.assert_array_equal(decoded, expected)
+
+
+def _flip(data: bytes, index: int) -> bytes:
+    flipped = bytearray(data)
+    flipped[index] ^= 1
+    return bytes(flipped)
+
+
+IMAGE = pixels((8, 8), seed=7)
+PLAIN = png(IMAGE)
+IDAT_PIXELS = PLAIN.index(b"IDAT") + 8  # inside the zlib stream; the chunk's CRC no longer matches
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(with_chunks(PLAIN, chunk(b"tRNS", b"\x00\x00")), id="tRNS"),
+    pytest.param(with_chunks(PLAIN, chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(XMP_ROTATED))),
+                 id="XMP orientation"),
+    pytest.param(with_chunks(PLAIN, chunk(b"tEXt", b"exif\0" + RAW_EXIF)), id="tEXt exif"),
+    pytest.param(with_chunks(PLAIN, chunk(b"acTL", struct.pack(">II", 1, 0)),
+                             chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 4, 4, 0, 0, 1, 10, 0, 0))),
+                 id="APNG frame smaller than the image"),
+    pytest.param(with_chunks(PLAIN, chunk(b"sRGB", b"")), id="sRGB of the wrong length"),
+    pytest.param(_flip(PLAIN, 29), id="IHDR CRC"),
+    pytest.param(_flip(PLAIN, IDAT_PIXELS), id="IDAT bit flip"),
+    pytest.param(PLAIN[:-12], id="no IEND"),
+])
+def test_pngs_with_other_chunks_or_bad_crcs_go_to_pillow_and_get_its_answer(monkeypatch, data):
+    expected = _answer(lambda: pillow_only(data, (1, 8, 8), monkeypatch))
+    opened = []
+    real_open = codecs.Image.open
+    monkeypatch.setattr(codecs.Image, "open", lambda *args, **kwargs: opened.append(1) or real_open(*args, **kwargs))
+    assert _answer(lambda: decode_image(data, (1, 8, 8))) == expected and opened == [1]
+
+
+def _answer(decode) -> object:
+    """What a decode gives: its pixels as bytes, or the status of the problem it raised."""
+    try:
+        return decode().tobytes()
+    except Problem as problem:
+        return problem.status
+
+
+def test_orientation_in_xmp_is_applied():
+    data = with_chunks(PLAIN, chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(XMP_ROTATED)))
+    np.testing.assert_array_equal(decode_image(data, (1, 8, 8))[0], IMAGE[::-1, ::-1])
 
 
 @pytest.mark.parametrize("options", [
