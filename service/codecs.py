@@ -156,7 +156,10 @@ class _ImageParts:
         self._value += data[start:end]
 
     def _header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
+        name = self._field.lower()
+        if name in self._headers:  # which one counts would be a guess: two parsers could read two different images
+            raise Problem(422, "Invalid multipart body", f"a part repeats its {name.decode('latin-1')} header")
+        self._headers[name] = self._value
         self._field = self._value = b""
 
     def _data(self, data: bytes, start: int, end: int) -> None:

@@ -182,6 +182,15 @@ def test_a_body_of_many_tiny_parts_is_refused_at_the_first_part_over_the_limit(c
     assert_problem(response, 413, "more than 256 parts")
 
 
+@pytest.mark.parametrize("repeated", [b"Content-Type: image/jpeg\r\n",
+                                      b'Content-Disposition: form-data; name="other"; filename="b.png"\r\n'])
+def test_a_part_that_repeats_a_header_is_422(client, model_store, repeated):
+    part = (b'--B\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n" + repeated + b"\r\n" + encoded(grey(10), "PNG") + b"\r\n--B--\r\n")
+    headers = {**auth("inference"), "Content-Type": "multipart/form-data; boundary=B"}
+    assert_problem(client.post(PREDICT, content=part, headers=headers), 422, "repeats its content-")
+
+
 @pytest.mark.parametrize("content_type", [
     "multipart/form-data; boundary=B; x*" + "1" * 5000 + "*=utf-8''x",  # more digits than int() takes
     "multipart/form-data; boundary=" + "B" * 300,  # over the parser's boundary limit
