@@ -329,7 +329,7 @@ class InferenceRuntime:
         finally:
             read = counter()  # always: the read holds a connection until it is answered
         served = self._served(name, read)
-        if outcomes is not None and guess is not None and served is guess.snapshot:
+        if guess is not None and served is guess.snapshot:  # the usual case: the pass already ran on it
             return outcomes
         return self._outcomes(served, inputs)
 
