@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -125,6 +126,11 @@ def _reject_booleans(inputs: list[Any]) -> None:
             stack.extend(item)
 
 
+_PLAIN_FILE_PART = re.compile(rb'form-data; name="[^"\\]*"; filename="[^"\\]*"')
+"""A file part's Content-Disposition as httpx, requests and curl write it: known to be a file part without the general
+parameter parser, which takes a third of the time python-multipart needs for a body of small images."""
+
+
 class _ImageParts:
     """Callbacks for python-multipart's streaming parser that keep each part's bytes in memory (Starlette's
     `request.form()` would spool every file part through a temporary file), checking each part as it ends and
@@ -166,16 +172,21 @@ class _ImageParts:
         self._chunks.append(data[start:end])
 
     def _end(self) -> None:
-        disposition = _header_options(self._headers.get(b"content-disposition"))
-        name = disposition.get(b"name", b"").decode("utf-8", "replace")
-        if b"filename" not in disposition:
-            raise Problem(422, "Invalid multipart body", f"part {name!r} is not a file: send each image as a file "
-                          "part (Content-Disposition with a filename)")
+        disposition = self._headers.get(b"content-disposition")
+        plain = disposition is not None and _PLAIN_FILE_PART.fullmatch(disposition) is not None
+        if not plain and b"filename" not in _header_options(disposition):
+            raise Problem(422, "Invalid multipart body", f"part {self._name()!r} is not a file: send each image as "
+                          "a file part (Content-Disposition with a filename)")
         part_type = self._headers.get(b"content-type", b"").decode("latin-1")
         if media_type(part_type) not in IMAGE_TYPES:
-            raise Problem(415, "Unsupported Media Type", f"part {name!r} is {part_type!r}; each part must be one "
-                          f"of {', '.join(IMAGE_TYPES)}")
+            raise Problem(415, "Unsupported Media Type", f"part {self._name()!r} is {part_type!r}; each part must be "
+                          f"one of {', '.join(IMAGE_TYPES)}")
         self.images.append(b"".join(self._chunks))
+
+    def _name(self) -> str:
+        """The part's form field name, for messages."""
+        options = _header_options(self._headers.get(b"content-disposition"))
+        return options.get(b"name", b"").decode("utf-8", "replace")
 
     def _close(self) -> None:
         self.closed = True

@@ -1,5 +1,6 @@
 """`service.codecs.decode_image`: PNGs that need no conversion are decoded with libspng, and give exactly the pixels
-Pillow gives; every other image (EXIF, other sizes, depths or colour types) and every malformed one goes to Pillow."""
+Pillow gives; every other image (EXIF, other sizes, depths or colour types) and every malformed one goes to Pillow.
+`multipart_images`: a part is an image file however its Content-Disposition is written."""
 
 import io
 import struct
@@ -160,3 +161,35 @@ def test_a_plain_png_with_a_corrupted_pixel_stream_is_a_422_problem():
     with pytest.raises(Problem) as refused:
         decode_image(bytes(whole), (1, 8, 8))
     assert refused.value.status == 422
+
+
+# ---- multipart/form-data ---------------------------------------------------------------------------------------
+def form(*dispositions: bytes, part_type: bytes = b"image/png") -> bytes:
+    """A multipart body (boundary B) of one 1-byte part per Content-Disposition."""
+    parts = [b"--B\r\nContent-Disposition: " + d + b"\r\nContent-Type: " + part_type + b"\r\n\r\nx\r\n"
+             for d in dispositions]
+    return b"".join(parts) + b"--B--\r\n"
+
+
+@pytest.mark.parametrize("disposition", [
+    b'form-data; name="images"; filename="0.png"',  # as httpx, requests and curl write it
+    b'form-data; filename="0.png"; name="images"',
+    b'form-data; name=images; filename=0.png',
+    b'form-data; name="images"; filename="a \\"quoted\\" name.png"',
+    b'Form-Data; name="images"; filename="0.png"; size=1',
+])
+def test_every_way_of_writing_a_file_part_is_one(disposition):
+    assert codecs.multipart_images(form(disposition, disposition), "multipart/form-data; boundary=B", 8) == [
+        b"x", b"x"]
+
+
+@pytest.mark.parametrize(("disposition", "part_type", "status", "message"), [
+    (b'form-data; name="filename"', b"image/png", 422, "part 'filename' is not a file"),
+    (b'form-data; name="images"; file="0.png"', b"image/png", 422, "part 'images' is not a file"),
+    (b'form-data; name="images"; filename="0.png"', b"text/plain", 415, "part 'images' is 'text/plain'"),
+])
+def test_a_part_that_is_not_an_image_file_is_refused_by_name(disposition, part_type, status, message):
+    with pytest.raises(Problem) as refused:
+        codecs.multipart_images(form(disposition, part_type=part_type), "multipart/form-data; boundary=B", 8)
+    assert refused.value.status == status
+    assert message in refused.value.detail
