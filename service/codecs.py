@@ -173,10 +173,14 @@ class _ImageParts:
 
     def _end(self) -> None:
         disposition = self._headers.get(b"content-disposition")
-        plain = disposition is not None and _PLAIN_FILE_PART.fullmatch(disposition) is not None
-        if not plain and b"filename" not in _header_options(disposition):
-            raise Problem(422, "Invalid multipart body", f"part {self._name()!r} is not a file: send each image as "
-                          "a file part (Content-Disposition with a filename)")
+        if disposition is None or _PLAIN_FILE_PART.fullmatch(disposition) is None:
+            kind, options = _header_value(disposition)
+            if kind != b"form-data":  # RFC 7578, section 4.2
+                raise Problem(422, "Invalid multipart body", f"a part's Content-Disposition is "
+                              f"{kind.decode('latin-1')!r}; each part of multipart/form-data must be 'form-data'")
+            if b"filename" not in options:
+                raise Problem(422, "Invalid multipart body", f"part {self._name()!r} is not a file: send each image "
+                              "as a file part (Content-Disposition with a filename)")
         part_type = self._headers.get(b"content-type", b"").decode("latin-1")
         if media_type(part_type) not in IMAGE_TYPES:
             raise Problem(415, "Unsupported Media Type", f"part {self._name()!r} is {part_type!r}; each part must be "
@@ -185,17 +189,18 @@ class _ImageParts:
 
     def _name(self) -> str:
         """The part's form field name, for messages."""
-        options = _header_options(self._headers.get(b"content-disposition"))
+        _, options = _header_value(self._headers.get(b"content-disposition"))
         return options.get(b"name", b"").decode("utf-8", "replace")
 
     def _close(self) -> None:
         self.closed = True
 
 
-def _header_options(value: bytes | str | None) -> dict[bytes, bytes]:
-    """The parameters of a header value (`boundary`, `name`, `filename`, ...); a 422 when they do not parse."""
+def _header_value(value: bytes | str | None) -> tuple[bytes, dict[bytes, bytes]]:
+    """A header value's lower-case type (`form-data`, ...) and parameters (`boundary`, `name`, `filename`, ...); a
+    422 when they do not parse."""
     try:
-        return parse_options_header(value)[1]
+        return parse_options_header(value)
     except (ValueError, TypeError) as exc:  # e.g. a parameter index of thousands of digits
         raise Problem(422, "Invalid multipart body", f"a header's parameters do not parse: {exc}") from None
 
@@ -203,7 +208,7 @@ def _header_options(value: bytes | str | None) -> dict[bytes, bytes]:
 def multipart_images(body: bytes, content_type: str, max_batch: int) -> list[bytes]:
     """The bytes of every part of a multipart/form-data body, in order: each must be a file part (a
     Content-Disposition with a filename) of type image/png or image/jpeg, and at most `max_batch` of them."""
-    boundary = _header_options(content_type).get(b"boundary")
+    boundary = _header_value(content_type)[1].get(b"boundary")
     if not boundary:
         raise Problem(422, "Invalid multipart body", "the Content-Type names no boundary")
     parts = _ImageParts(max_batch)

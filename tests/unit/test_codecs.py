@@ -187,6 +187,8 @@ def test_every_way_of_writing_a_file_part_is_one(disposition):
     (b'form-data; name="filename"', b"image/png", 422, "part 'filename' is not a file"),
     (b'form-data; name="images"; file="0.png"', b"image/png", 422, "part 'images' is not a file"),
     (b'form-data; name="images"; filename="0.png"', b"text/plain", 415, "part 'images' is 'text/plain'"),
+    (b'attachment; filename="0.png"', b"image/png", 422, "Content-Disposition is 'attachment'"),
+    (b'name="images"; filename="0.png"', b"image/png", 422, "Content-Disposition is 'name="),
 ])
 def test_a_part_that_is_not_an_image_file_is_refused_by_name(disposition, part_type, status, message):
     with pytest.raises(Problem) as refused:
