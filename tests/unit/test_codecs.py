@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
@@ -188,6 +189,7 @@ def test_every_way_of_writing_a_file_part_is_one(disposition):
     (b'form-data; name="images"; file="0.png"', b"image/png", 422, "part 'images' is not a file"),
     (b'form-data; name="images"; filename="0.png"', b"text/plain", 415, "part 'images' is 'text/plain'"),
     (b'attachment; filename="0.png"', b"image/png", 422, "Content-Disposition is 'attachment'"),
+    (b'attachment; name="images"; filename="0.png"', b"image/png", 422, "Content-Disposition is 'attachment'"),
     (b'name="images"; filename="0.png"', b"image/png", 422, "Content-Disposition is 'name="),
 ])
 def test_a_part_that_is_not_an_image_file_is_refused_by_name(disposition, part_type, status, message):
@@ -195,3 +197,21 @@ def test_a_part_that_is_not_an_image_file_is_refused_by_name(disposition, part_t
         codecs.multipart_images(form(disposition, part_type=part_type), "multipart/form-data; boundary=B", 8)
     assert refused.value.status == status
     assert message in refused.value.detail
+
+
+def test_a_part_without_content_disposition_is_refused():
+    body = b"--B\r\nContent-Type: image/png\r\n\r\nx\r\n--B--\r\n"
+    with pytest.raises(Problem) as refused:
+        codecs.multipart_images(body, "multipart/form-data; boundary=B", 8)
+    assert refused.value.status == 422
+    assert "has no Content-Disposition" in refused.value.detail
+
+
+def test_file_parts_as_httpx_writes_them_need_no_parameter_parser(monkeypatch):
+    parsed = []
+    parse = codecs.parse_options_header
+    monkeypatch.setattr(codecs, "parse_options_header", lambda value: parsed.append(value) or parse(value))
+    request = httpx.Request("POST", "http://127.0.0.1/", files=[("images", (f"{i}.png", b"x", "image/png"))
+                                                                 for i in range(2)])
+    assert codecs.multipart_images(request.read(), request.headers["Content-Type"], 8) == [b"x", b"x"]
+    assert parsed == [request.headers["Content-Type"]]  # the body's boundary, and no part's disposition
