@@ -132,6 +132,8 @@ def test_json_sources_builtin_and_imagefolder(client, tmp_path):
 
 @pytest.mark.parametrize("body, status", [
     ({"name": "x", "source": "imagefolder", "root": "/definitely/not/here"}, 422),
+    ({"name": "x", "source": "imagefolder", "root": "0" * 4096}, 422),  # longer than a file name may be
+    ({"name": "x", "source": "torchvision:CIFAR10", "root": "0" * 4096}, 422),
     ({"name": "x", "source": "torchvision:CIFAR10", "root": "/definitely/not/here"}, 422),
     ({"name": "x", "source": "torchvision:CIFAR10"}, 422),
     ({"name": "x", "source": "s3://bucket"}, 422),

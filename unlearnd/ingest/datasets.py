@@ -360,10 +360,13 @@ def _read_images(files: list[Path], root: Path) -> list[np.ndarray]:
 def load_source(source: str, root: str | None) -> ParsedDataset:
     if source == "builtin:digits":
         return load_builtin_digits()
-    if source.startswith("torchvision:"):
-        return load_torchvision(source.removeprefix("torchvision:"), root)
-    if source == "imagefolder":
-        return load_imagefolder(root)
+    try:
+        if source.startswith("torchvision:"):
+            return load_torchvision(source.removeprefix("torchvision:"), root)
+        if source == "imagefolder":
+            return load_imagefolder(root)
+    except OSError as exc:  # e.g. a file name too long, a folder the server may not read
+        raise InvalidDatasetError(f"root cannot be read on the server: {exc.strerror or exc}") from None
     raise InvalidDatasetError(f"unknown source {source!r}; known: {list(SOURCES)}")
 
 
