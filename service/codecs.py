@@ -63,6 +63,8 @@ def media_type(content_type: str | None) -> str:
 def check_images(x: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
     """`x` when it is (N, C, H, W) float32 pixels in [0, 1] for this input shape, with 1 <= N <= max_batch;
     otherwise a 413 (too many) or 422 problem."""
+    if x.ndim == 0:
+        raise Problem(422, "Invalid inputs", f"inputs are one number; expected [N, {', '.join(map(str, input_shape))}]")
     if len(x) > max_batch:
         raise Problem(413, "Too many inputs", f"{len(x)} images; at most {max_batch} per call "
                       "(UNLEARND_MAX_PREDICT_BATCH)")
@@ -109,7 +111,7 @@ def images_from_json(raw: bytes, input_shape: Sequence[int], max_batch: int) -> 
                       "(UNLEARND_MAX_PREDICT_BATCH)")
     try:
         x = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         raise Problem(422, "Invalid inputs", "inputs must be equally shaped nested lists of numbers") from None
     return check_images(x, input_shape, max_batch)
 
@@ -402,7 +404,7 @@ def _json_tensor(tensor: V2Tensor) -> np.ndarray:
         raise _bad("data must be numbers; true/false are not pixel values")
     try:
         values = np.asarray(tensor.data, dtype=np.float64 if dtype == np.float32 else None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         raise _bad("data must be numbers, as a flat list or nested lists of equal lengths") from None
     if dtype == np.uint8 and (values.dtype.kind not in "iu" or (values.size and not
                                                                0 <= values.min() <= values.max() <= 255)):

@@ -503,8 +503,12 @@ def parse_model_metadata(text: str) -> ModelMetadata:
     """The `metadata` form field, validated; InvalidModelError says what is wrong with it."""
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidModelError(f"metadata is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, an integer of thousands of digits, deep nesting
+        raise InvalidModelError(f"metadata is not JSON that parses: {exc}") from None
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a "\ud800" escape: text no response could carry
+        raise InvalidModelError("metadata holds a lone UTF-16 surrogate: strings must be Unicode text") from None
     try:
         return ModelMetadata.model_validate(obj)
     except ValidationError as exc:

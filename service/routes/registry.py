@@ -181,7 +181,7 @@ async def register_dataset(
             body = DatasetSource.model_validate(json.loads(await request.body()))
         except ValidationError as exc:
             raise Problem(422, "Invalid request", describe_errors(exc.errors(), unnamed="body")) from None
-        except (ValueError, TypeError) as exc:  # not JSON
+        except (ValueError, TypeError, RecursionError) as exc:  # not JSON, or too deeply nested to parse
             raise Problem(422, "Invalid request", str(exc)) from None
         name = body.name
         if body.source not in SOURCES:

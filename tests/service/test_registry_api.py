@@ -134,6 +134,7 @@ def test_json_sources_builtin_and_imagefolder(client, tmp_path):
     ({"name": "x", "source": "imagefolder", "root": "/definitely/not/here"}, 422),
     ({"name": "x", "source": "imagefolder", "root": "0" * 4096}, 422),  # longer than a file name may be
     ({"name": "x", "source": "torchvision:CIFAR10", "root": "0" * 4096}, 422),
+    ({"name": "x", "source": "imagefolder", "root": "~no_such_user_here"}, 422),
     ({"name": "x", "source": "torchvision:CIFAR10", "root": "/definitely/not/here"}, 422),
     ({"name": "x", "source": "torchvision:CIFAR10"}, 422),
     ({"name": "x", "source": "s3://bucket"}, 422),
@@ -146,6 +147,13 @@ def test_bad_json_dataset_requests(client, tmp_path, body, status):
     assert stored(tmp_path, "datasets") == []
 
 
+def test_a_json_body_too_deep_to_parse_is_422(client, tmp_path):
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    r = client.post("/v1/datasets", headers={**auth("admin"), "Content-Type": "application/json"}, content=deep)
+    assert_problem(r, 422)
+    assert stored(tmp_path, "datasets") == []
+
+
 def test_bad_npz_uploads_leave_the_store_untouched(client, tmp_path):
     good = dataset_arrays()
     nan = {**good, "x_train": np.where(good["x_train"] > 128, np.nan, 0.5)}
@@ -155,6 +163,7 @@ def test_bad_npz_uploads_leave_the_store_untouched(client, tmp_path):
         {**good, "x_train": good["x_train"] / 100.0},  # float pixels above 1
         {**good, "y_train": -good["y_train"] - 1},
         {**good, "ids_train": np.array(["same"] * 30)},
+        {**good, "class_names": np.array(["\ud800", "b", "c"])},  # a lone surrogate: no response carries it
         {"x_train": good["x_train"]},
     ]
     for arrays in cases:

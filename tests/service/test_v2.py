@@ -164,6 +164,14 @@ def test_bad_binary_requests_are_422_problems(client, model_store, change, statu
     assert_v2_problem(response, status, needle)
 
 
+def test_a_binary_tensor_of_no_dimensions_is_a_422_problem(client, model_store):
+    tensor = {"name": "input", "shape": [], "datatype": "FP32", "parameters": {"binary_data_size": 4}}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    response = client.post(INFER, content=header + np.float32(0.5).tobytes(), headers={
+        **auth("inference"), "Inference-Header-Content-Length": str(len(header))})
+    assert_v2_problem(response, 422, "one number")
+
+
 @pytest.mark.parametrize(("request_body", "status", "needle"), [
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [2.0] * 64}]}, 422, "[0, 1]"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 63}]}, 422,
@@ -172,6 +180,9 @@ def test_bad_binary_requests_are_422_problems(client, model_store, change, statu
      "true/false"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8", "data": [256] * 64}]}, 422, "0 to 255"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": ["a"] * 64}]}, 422, "numbers"),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [10**400] + [0.5] * 63}]}, 422,
+     "numbers"),  # an integer beyond any float
+    ({"inputs": [{"name": "input", "shape": [], "datatype": "FP32", "data": [0.5]}]}, 422, "one number"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}, 422, "neither"),
     ({"inputs": [{"name": "input", "shape": [0, 1, 8, 8], "datatype": "FP32", "data": []}]}, 422, "N >= 1"),
     ({"inputs": []}, 422, "inputs"),

@@ -112,6 +112,13 @@ def test_predict_refuses_nan(client, model_store):
     assert response.status_code == 422 and "NaN" in response.json()["detail"]
 
 
+def test_predict_refuses_an_integer_beyond_any_float(client, model_store):
+    body = '{"inputs": [' + "9" * 400 + "]}"
+    response = client.post("/v1/models/tiny/predict", content=body.encode(),
+                           headers={**auth("inference"), "Content-Type": "application/json"})
+    assert response.status_code == 422 and "numbers" in response.json()["detail"]
+
+
 def test_predict_batch_limit(client, settings, model_store):
     inputs = [[[[0.0] * 8] * 8]] * (settings.max_predict_batch + 1)
     response = client.post("/v1/models/tiny/predict", json={"inputs": inputs}, headers=auth("inference"))

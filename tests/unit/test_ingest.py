@@ -373,6 +373,12 @@ def test_bad_metadata(change, message):
 def test_metadata_must_be_json_and_finite():
     with pytest.raises(IngestError, match="not JSON"):
         parse_model_metadata("{name: m}")
+    with pytest.raises(IngestError, match="not JSON"):
+        parse_model_metadata("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(IngestError, match="not JSON"):
+        parse_model_metadata("9" * 5000)  # longer than Python converts to an int
+    with pytest.raises(IngestError, match="lone UTF-16 surrogate"):
+        parse_model_metadata(json.dumps({**META, "class_names": ["\ud800", "b", "c"]}))
     with pytest.raises(IngestError, match="mean"):
         parse_model_metadata(json.dumps({**META, "mean": [float("nan")]}))
 

@@ -114,6 +114,9 @@ def _check_class_names(names: Any) -> list[str]:
     out = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in names]
     if len(out) > MAX_CLASSES:
         raise InvalidDatasetError(f"at most {MAX_CLASSES} classes")
+    bad = [name for name in out if not name.isprintable()]  # also a lone surrogate, which no response can carry
+    if bad:
+        raise InvalidDatasetError(f"class names must be printable characters; e.g. {bad[0]!r}")
     return out
 
 
@@ -244,7 +247,10 @@ def load_builtin_digits() -> ParsedDataset:
 def _existing_dir(root: str | Path | None, source: str) -> Path:
     if not root:
         raise InvalidDatasetError(f"source {source!r} needs 'root', a directory on the server")
-    path = Path(root).expanduser()
+    try:
+        path = Path(root).expanduser()
+    except RuntimeError:  # ~user of no user
+        raise InvalidDatasetError(f"root {str(root)[:200]!r} names the home of no user on the server") from None
     if not path.is_dir():
         raise InvalidDatasetError(f"root {str(root)!r} is not a directory on the server")
     return path.resolve()
