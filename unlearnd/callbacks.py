@@ -217,9 +217,10 @@ _resolver_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_nam
 """Runs lookups that a caller may stop waiting for (a stuck resolver never holds up an answer or a job)."""
 
 
-def check_callback_url_at_intake(url: str, settings: Settings, resolver: Resolver = resolve) -> None:
+def check_callback_url_at_intake(url: str, settings: Settings, resolver: Resolver | None = None) -> None:
     """Refuse (CallbackRefused) a callback URL whose host is refused. A name that does not resolve in
-    INTAKE_RESOLVE_TIMEOUT_S is accepted: every delivery attempt checks again."""
+    INTAKE_RESOLVE_TIMEOUT_S is accepted: every delivery attempt checks again. `resolver`: `resolve` (looked up
+    when called) unless given."""
     _, host, port = parse_callback_url(url)
     allow = AllowList.parse(settings.callback_allow)
     literal = literal_address(host)
@@ -231,7 +232,7 @@ def check_callback_url_at_intake(url: str, settings: Settings, resolver: Resolve
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
         raise CallbackRefused(f"callback host {host!r} is refused: it names this machine (loopback); "
                               "UNLEARND_CALLBACK_ALLOW can allow it")
-    future = _resolver_pool.submit(resolver, host, port)
+    future = _resolver_pool.submit(resolver or resolve, host, port)
     try:
         addresses = future.result(timeout=INTAKE_RESOLVE_TIMEOUT_S)
     except (OSError, concurrent.futures.TimeoutError):

@@ -9,11 +9,13 @@ before the run; one mode replaces generated path parameters by those names, so r
 one sends bodies they accept (predict, forget request, rollback), so they act. Bounded and derandomized: at
 most MAX_EXAMPLES cases per operation, role and mode, the same ones on every run (about 30 s per role on an idle
 2-core machine).
-Generated `callback_url` hosts go through the intake check, which asks the system resolver (capped at
-INTAKE_RESOLVE_TIMEOUT_S per lookup; a name that does not resolve is accepted).
+Generated `callback_url` hosts go through the intake check, whose resolver is replaced by one that resolves no
+name (as for a name that does not resolve, the request is accepted): no DNS query leaves the machine.
 """
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 import schemathesis
@@ -26,6 +28,7 @@ from schemathesis.core.failures import FailureGroup
 
 from service.main import create_app
 from tests.service.conftest import KEYS, auth, serve_forget_vector
+from unlearnd import callbacks
 
 MAX_EXAMPLES = 10  # per operation, role and generation mode
 EXCLUDED = {"/metrics"}
@@ -34,10 +37,15 @@ FUZZ = hypothesis_settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline
                            report_multiple_bugs=False)
 
 
+def _no_name_resolves(host: str, port: int) -> list[str]:
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: not resolved in tests")
+
+
 @pytest.fixture
-def app(settings, model_store):
+def app(settings, model_store, monkeypatch):
     """The app with something to act on: model `tiny` (trained on dataset `tinyset`), serving state 2 (a forget
-    vector) so that state 1 can be rolled back to."""
+    vector) so that state 1 can be rolled back to. Callback hosts are never looked up."""
+    monkeypatch.setattr(callbacks, "resolve", _no_name_resolves)
     serve_forget_vector(model_store, 0.1, [])
     return create_app(settings)
 
@@ -151,3 +159,19 @@ def test_a_callback_host_the_resolver_cannot_encode_is_422_not_500(app, host):
                               json={"classes": [1], "callback_url": f"http://{host}/hook"})
     assert response.status_code == 422, response.text
     assert "invalid host" in response.json()["detail"]
+
+
+def test_the_intake_looks_callback_hosts_up_through_the_stub_here(app, monkeypatch):
+    """What keeps this module's generated callback hosts off the network: the route's lookup is the patched one."""
+    looked_up = []
+
+    def recorded(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return _no_name_resolves(host, port)
+
+    monkeypatch.setattr(callbacks, "resolve", recorded)
+    with TestClient(app) as client:
+        response = client.post("/v1/models/tiny/forget-requests", headers=auth("governance"),
+                               json={"classes": [1], "callback_url": "http://hooks.example/unlearnd"})
+    assert response.status_code == 202, response.text
+    assert looked_up == ["hooks.example"]
