@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StaleStateError, StoreError
 from unlearnd.ingest.errors import DatasetTooLargeError, InvalidDatasetError, InvalidModelError
@@ -138,6 +139,25 @@ def add_openapi_schemas(app: FastAPI, schemas: Sequence[type[BaseModel]] = ()) -
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+def _allowed_methods(request: Request, allow: str | None) -> str:
+    """Every method the API takes at the request's path, for a 405's Allow header (RFC 9110, section 15.5.6).
+    Starlette names only those of the first route that matches the path; a path served by several routes (GET and
+    POST /v1/models) takes the methods of them all, as the OpenAPI document lists them."""
+    table = getattr(request.app.state, "methods_by_path", None)
+    if table is None:
+        table = request.app.state.methods_by_path = [
+            (compile_path(path)[0], {method.upper() for method in operations if method in _HTTP_METHODS})
+            for path, operations in request.app.openapi()["paths"].items()]
+    methods = {method.strip() for method in (allow or "").split(",") if method.strip()}
+    for pattern, taken in table:
+        if pattern.match(request.url.path):
+            methods |= taken
+    return ", ".join(sorted(methods))
+
+
 def problem_response(request: Request, status: int, title: str, detail: str | None = None,
                      headers: dict[str, str] | None = None, **extensions: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "instance": request.url.path}
@@ -193,8 +213,10 @@ def register_exception_handlers(app: FastAPI) -> None:
             404: f"no endpoint at {request.url.path} (see /docs)",
             405: f"{request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, title)
-        return problem_response(request, exc.status_code, title, detail,
-                                headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request, headers.get("Allow"))
+        return problem_response(request, exc.status_code, title, detail, headers=headers or None)
 
     for error_type, status, title in _DOMAIN_ERRORS:
         def make(status: int = status, title: str = title):

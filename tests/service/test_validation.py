@@ -189,6 +189,17 @@ def test_unknown_route_and_wrong_method_are_problems_with_a_detail(client):
     assert wrong.status_code == 405 and "PUT" in wrong.json()["detail"]
 
 
+@pytest.mark.parametrize(("path", "allow"), [
+    ("/v1/models", "GET, POST"),  # two routes serve the path: the 405 names the methods of both
+    ("/v1/datasets", "GET, POST"),
+    ("/v1/forget-requests/fr_x", "DELETE, GET"),
+    ("/v2/models/tiny/infer", "POST"),
+])
+def test_a_405_allows_every_method_of_its_path(client, path, allow):
+    response = client.put(path, headers=auth("admin"))
+    assert response.status_code == 405 and response.headers["Allow"] == allow
+
+
 BODY = b'{"classes": [1]}'
 BODY_DIGEST = hashlib.sha256(b"tiny\0" + BODY).hexdigest()  # what the API binds a key to: model + raw body
 
