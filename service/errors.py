@@ -151,9 +151,10 @@ def _allowed_methods(request: Request, allow: str | None) -> str:
         table = request.app.state.methods_by_path = [
             (compile_path(path)[0], {method.upper() for method in operations if method in _HTTP_METHODS})
             for path, operations in request.app.openapi()["paths"].items()]
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))  # as the OpenAPI document writes it
     methods = {method.strip() for method in (allow or "").split(",") if method.strip()}
     for pattern, taken in table:
-        if pattern.match(request.url.path):
+        if pattern.match(path):
             methods |= taken
     return ", ".join(sorted(methods))
 

@@ -1,5 +1,6 @@
 """Parsing and validation of registered datasets and models (unlearnd.ingest) and their storage."""
 
+import errno
 import io
 import json
 import pickle
@@ -161,6 +162,27 @@ def test_imagefolder_grayscale(tmp_path):
         write_png(tmp_path / f"train/{i % 2}/{i}.png", size=(4, 4), mode="L", value=i * 100)
     parsed = load_source("imagefolder", str(tmp_path))
     assert parsed.record("f")["input_shape"] == [1, 4, 4] and parsed.record("f")["n_test"] == 0
+
+
+def test_a_root_that_cannot_be_read_is_the_requests_fault_and_a_server_fault_is_not(tmp_path, monkeypatch):
+    with pytest.raises(IngestError, match="File name too long"):
+        load_source("imagefolder", str(tmp_path / ("0" * 4096)))
+
+    def out_of_file_handles(root):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr("unlearnd.ingest.datasets.load_imagefolder", out_of_file_handles)
+    with pytest.raises(OSError) as raised:
+        load_source("imagefolder", str(tmp_path))
+    assert not isinstance(raised.value, IngestError)
+
+
+def test_class_names_are_any_unicode_text_but_not_a_lone_surrogate():
+    arrays = {"x_train": np.zeros((2, 1, 4, 4), np.uint8), "y_train": np.array([0, 1])}
+    names = ["scientist \U0001F469\u200d\U0001F52C", "a\u00a0b"]  # a joiner, a no-break space
+    assert parse_npz(npz_bytes(**arrays, class_names=np.array(names))).record("f")["class_names"] == names
+    with pytest.raises(IngestError, match="Unicode text"):
+        parse_npz(npz_bytes(**arrays, class_names=np.array(["\ud800", "b"])))
 
 
 def test_imagefolder_errors(tmp_path):

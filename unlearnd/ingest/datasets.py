@@ -7,6 +7,7 @@ the training rows.
 
 from __future__ import annotations
 
+import errno
 import io
 import zipfile
 from dataclasses import dataclass, field
@@ -114,9 +115,11 @@ def _check_class_names(names: Any) -> list[str]:
     out = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in names]
     if len(out) > MAX_CLASSES:
         raise InvalidDatasetError(f"at most {MAX_CLASSES} classes")
-    bad = [name for name in out if not name.isprintable()]  # also a lone surrogate, which no response can carry
-    if bad:
-        raise InvalidDatasetError(f"class names must be printable characters; e.g. {bad[0]!r}")
+    for name in out:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which no response can carry
+            raise InvalidDatasetError(f"class names must be Unicode text; {name!r} is not") from None
     return out
 
 
@@ -252,7 +255,7 @@ def _existing_dir(root: str | Path | None, source: str) -> Path:
     except RuntimeError:  # ~user of no user
         raise InvalidDatasetError(f"root {str(root)[:200]!r} names the home of no user on the server") from None
     if not path.is_dir():
-        raise InvalidDatasetError(f"root {str(root)!r} is not a directory on the server")
+        raise InvalidDatasetError(f"root {str(root)[:200]!r} is not a directory on the server")
     return path.resolve()
 
 
@@ -363,6 +366,10 @@ def _read_images(files: list[Path], root: Path) -> list[np.ndarray]:
     return out
 
 
+UNREADABLE_ROOT = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+"""What `root` itself can be wrong with: a name too long, a folder the server may not read, a dangling link."""
+
+
 def load_source(source: str, root: str | None) -> ParsedDataset:
     if source == "builtin:digits":
         return load_builtin_digits()
@@ -371,8 +378,10 @@ def load_source(source: str, root: str | None) -> ParsedDataset:
             return load_torchvision(source.removeprefix("torchvision:"), root)
         if source == "imagefolder":
             return load_imagefolder(root)
-    except OSError as exc:  # e.g. a file name too long, a folder the server may not read
-        raise InvalidDatasetError(f"root cannot be read on the server: {exc.strerror or exc}") from None
+    except OSError as exc:
+        if exc.errno not in UNREADABLE_ROOT:
+            raise  # the server's own fault (no file handles left, a failing disk): a 500
+        raise InvalidDatasetError(f"root cannot be read on the server: {exc.strerror}") from None
     raise InvalidDatasetError(f"unknown source {source!r}; known: {list(SOURCES)}")
 
 
