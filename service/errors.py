@@ -156,6 +156,8 @@ def _allowed_methods(request: Request, allow: str | None) -> str:
     for pattern, taken in table:
         if pattern.match(path):
             methods |= taken
+    if "GET" in methods:
+        methods.add("HEAD")  # service.head.HeadAsGet
     return ", ".join(sorted(methods))
 
 

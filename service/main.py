@@ -16,6 +16,7 @@ from service.errors import (
     problem_responses,
     register_exception_handlers,
 )
+from service.head import HeadAsGet
 from service.inference import InferenceRuntime
 from service.intake import Intake
 from service.limits import BodySizeLimit
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               settings=settings)  # group commit of forget requests
     app.router.on_shutdown.append(app.state.intake.close)
     register_exception_handlers(app)
+    app.add_middleware(HeadAsGet)  # innermost: the access log and metrics still see HEAD
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HTTPMetrics)  # sees every answer, the body limit's 413s included
     app.add_middleware(RequestContext, access_log=settings.access_log)  # outermost: request id, access log

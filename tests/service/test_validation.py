@@ -190,9 +190,9 @@ def test_unknown_route_and_wrong_method_are_problems_with_a_detail(client):
 
 
 @pytest.mark.parametrize(("path", "allow"), [
-    ("/v1/models", "GET, POST"),  # two routes serve the path: the 405 names the methods of both
-    ("/v1/datasets", "GET, POST"),
-    ("/v1/forget-requests/fr_x", "DELETE, GET"),
+    ("/v1/models", "GET, HEAD, POST"),  # two routes serve the path: the 405 names the methods of both
+    ("/v1/datasets", "GET, HEAD, POST"),
+    ("/v1/forget-requests/fr_x", "DELETE, GET, HEAD"),
     ("/v2/models/tiny/infer", "POST"),
 ])
 def test_a_405_allows_every_method_of_its_path(client, path, allow):
@@ -362,3 +362,30 @@ def test_list_takes_several_statuses_and_newest_first_and_names_an_unknown_statu
     assert [r["id"] for r in rest["data"]] == ["fr_0"] and rest["next_cursor"] is None
     bad = client.get("/v1/forget-requests", params={"status": "queued,done"}, headers=gov)
     assert bad.status_code == 422 and "done" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(("path", "role"), [("/healthz", None), ("/v1/models", "admin"), ("/v1/models/tiny", "admin"),
+                                            ("/v2/models/tiny", "inference"), ("/v1/models", None)])
+def test_head_answers_what_get_answers_without_content(client, model_store, path, role):
+    headers = auth(role) if role else {}
+    got, head = client.get(path, headers=headers), client.head(path, headers=headers)
+    assert head.status_code == got.status_code and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"] != "0"
+
+
+def test_head_is_counted_as_head_on_its_route(client, settings):
+    series = 'unlearnd_http_requests_total{method="HEAD",route="/v1/models",status="200"} '
+
+    def count() -> float:
+        return next((float(line.removeprefix(series)) for line in client.get("/metrics").text.splitlines()
+                     if line.startswith(series)), 0.0)
+
+    before = count()
+    assert client.head("/v1/models", headers=auth("admin")).status_code == 200
+    assert count() == before + 1
+
+
+def test_head_where_only_post_is_served_is_405(client):
+    response = client.head("/v2/models/tiny/infer", headers=auth("inference"))
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
