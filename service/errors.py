@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from starlette.routing import compile_path
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StaleStateError, StoreError
 from unlearnd.ingest.errors import DatasetTooLargeError, InvalidDatasetError, InvalidModelError
+from unlearnd.logs import REQUEST_ID, REQUEST_ID_HEADER
 from unlearning.errors import UnlearningError
 
 log = logging.getLogger(__name__)
@@ -232,5 +234,10 @@ def register_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return problem_response(request, 500, "Internal server error")
+        # Starlette calls this outside every middleware, once RequestContext is done: the request id is taken
+        # back from the scope, for the log line and the header.
+        request_id = request.scope.get("state", {}).get(REQUEST_ID)
+        with structlog.contextvars.bound_contextvars(**{REQUEST_ID: request_id} if request_id else {}):
+            log.exception("unhandled error on %s", request.url.path)
+        return problem_response(request, 500, "Internal server error",
+                                headers={REQUEST_ID_HEADER: request_id} if request_id else None)

@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import role_of
 from unlearnd.logs import REQUEST_ID
+from unlearnd.logs import REQUEST_ID_HEADER as HEADER
 
-HEADER = "X-Request-ID"
 _VALID = re.compile(r"[\x21-\x7e]{1,128}")
 """1 to 128 visible ASCII characters (no spaces, no control characters: safe to log and to echo)."""
 
@@ -56,6 +56,7 @@ class RequestContext:
             return
         headers = Headers(scope=scope)
         request_id = accepted_request_id(headers.get(HEADER))
+        scope.setdefault("state", {})[REQUEST_ID] = request_id  # for a 500, answered outside every middleware
         started, status = time.perf_counter(), 500
 
         async def send_with_id(message: Message) -> None:

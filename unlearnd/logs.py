@@ -24,7 +24,9 @@ PROCESSES = ("api", "worker", "janitor", "launcher")
 FIRST_KEYS = ("timestamp", "level", "process", "event")
 """The keys a line starts with, for whoever reads it."""
 REQUEST_ID = "request_id"
-"""The log key of the HTTP request id (X-Request-ID), carried from the API into the job it enqueued."""
+"""The log key of the HTTP request id (X-Request-ID), carried from the API into the job it enqueued; also where
+the API keeps it in a request's ASGI scope state."""
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def _process_fields(process: str) -> structlog.types.Processor:

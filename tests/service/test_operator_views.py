@@ -14,7 +14,7 @@ import pytest
 import structlog
 from fastapi.testclient import TestClient
 
-from models_store import open_ledger
+from models_store import Store, open_ledger
 from service.main import create_app
 from tests.service.conftest import KEYS, auth
 from unlearnd.cli.processes import redis_child, wait_for_redis
@@ -70,6 +70,23 @@ def test_errors_carry_the_request_id_too(client, log_stream):
     lines = {line["request_id"]: line for line in _access_lines(log_stream)}
     assert lines["r-404"]["status"] == 404 and lines["r-404"]["role"] == "governance"
     assert lines["r-401"]["status"] == 401 and lines["r-401"]["role"] is None
+
+
+def test_an_unexpected_error_is_a_500_problem_with_the_request_id_in_its_header_and_log_lines(
+        client, log_stream, monkeypatch):
+    def fail(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Store, "list_models", fail)
+    response = client.get("/v1/models", headers={**auth("admin"), "X-Request-ID": "r-500"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "r-500"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["title"] == "Internal server error" and "fire" not in response.text
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    (error,) = [line for line in lines if line["event"].startswith("unhandled error")]
+    assert error["request_id"] == "r-500" and "disk on fire" in error["exception"]
+    (access,) = _access_lines(log_stream)
+    assert access["request_id"] == "r-500" and access["status"] == 500
 
 
 def test_the_access_log_can_be_switched_off(tmp_path, log_stream):
