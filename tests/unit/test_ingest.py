@@ -3,6 +3,7 @@
 import errno
 import io
 import json
+import os
 import pickle
 import warnings
 
@@ -175,6 +176,20 @@ def test_a_root_that_cannot_be_read_is_the_requests_fault_and_a_server_fault_is_
     with pytest.raises(OSError) as raised:
         load_source("imagefolder", str(tmp_path))
     assert not isinstance(raised.value, IngestError)
+
+
+def test_a_root_leading_to_a_path_that_is_not_utf8_is_refused(tmp_path):
+    """The record keeps the resolved root, and no response could carry a name of bytes that are not UTF-8."""
+    target = os.fsencode(tmp_path) + b"/caf\xe9"  # Latin-1 bytes: no UTF-8 text
+    os.makedirs(target + b"/train/a")
+    Image.new("L", (4, 4)).save(os.fsdecode(target + b"/train/a/1.png"))
+    os.symlink(target, tmp_path / "link")
+    with pytest.raises(IngestError, match="not UTF-8"):
+        load_source("imagefolder", str(tmp_path / "link"))
+    os.rename(target, tmp_path / "café")
+    os.remove(tmp_path / "link")
+    os.symlink(tmp_path / "café", tmp_path / "link")
+    assert load_source("imagefolder", str(tmp_path / "link")).record("f")["root"] == str(tmp_path / "café")
 
 
 def test_class_names_are_any_unicode_text_but_not_a_lone_surrogate():

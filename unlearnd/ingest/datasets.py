@@ -256,7 +256,12 @@ def _existing_dir(root: str | Path | None, source: str) -> Path:
         raise InvalidDatasetError(f"root {str(root)[:200]!r} names the home of no user on the server") from None
     if not path.is_dir():
         raise InvalidDatasetError(f"root {str(root)[:200]!r} is not a directory on the server")
-    return path.resolve()
+    resolved = path.resolve()
+    try:
+        str(resolved).encode("utf-8")  # the record keeps it, and every response listing it must carry it
+    except UnicodeEncodeError:  # bytes of no UTF-8 character on the way (a link into such a folder)
+        raise InvalidDatasetError(f"root {str(root)[:200]!r} leads to a path that is not UTF-8 text") from None
+    return resolved
 
 
 def load_torchvision(name: str, root: str | Path | None) -> ParsedDataset:
