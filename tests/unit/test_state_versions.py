@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import fakeredis
 import numpy as np
@@ -16,6 +19,9 @@ import redis
 from service.inference import InferenceRuntime
 from tests.service.conftest import serve_forget_vector
 from tests.unit.test_batching import tiny_store
+from unlearnd.cli.processes import redis_child, wait_for_redis
+from unlearnd.queue import redis_connection
+from unlearnd.settings import Settings
 from unlearnd.state_versions import StateVersions
 
 
@@ -68,6 +74,30 @@ def test_ask_sends_the_read_at_once_and_holds_one_connection_until_answered(serv
     with pytest.raises(redis.ConnectionError, match="Too many connections"):
         versions.current("m")  # the pool's one connection awaits its answer
     assert answer() == 1 and versions.current("m") == 2
+
+
+def test_ask_after_redis_closed_the_pooled_connection_or_restarted_still_answers():
+    """A real redis-server: `ask` takes its connection from the pool, which reconnects one the server closed, as
+    for any command; a restart is not an outage of the counters."""
+    data_dir = Path(tempfile.mkdtemp(prefix="ul-sv-"))  # short: the socket path must stay < 100 chars
+    settings = Settings(data_dir=data_dir)
+    server = redis_child(settings)
+    server.start()
+    try:
+        wait_for_redis(settings)
+        versions = StateVersions(redis_connection(settings))
+        versions.bump("m")
+        assert versions.ask("m")() == 1  # the pool now holds an idle connection
+        redis.Redis.from_url(settings.effective_redis_url).client_kill_filter(_type="normal", skipme=True)
+        assert versions.ask("m")() == 1
+        server.stop()
+        server.start()
+        wait_for_redis(settings)
+        versions.bump("m")
+        assert versions.ask("m")() == 2
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_the_state_is_read_only_when_the_counter_moves(store, versions, reads):
