@@ -18,7 +18,7 @@ import pytest
 
 from models_store import Ledger, Store, open_ledger
 from unlearnd.cli.processes import Child, api_child, janitor_child, redis_child, wait_for_redis, worker_child
-from unlearnd.demo import DEMO_MODEL, ensure_demo_model
+from unlearnd.demo import DEMO_DATASET, DEMO_MODEL, ensure_demo_model
 from unlearnd.security.signing import open_store
 from unlearnd.settings import Settings
 
@@ -120,6 +120,28 @@ class Stack:
         raise TimeoutError(f"request {request_id} never reached the expected state: {record}")
 
 
+@pytest.fixture(scope="session")
+def demo_model_template():
+    """A store holding the demo model and its dataset, trained once per test session (`ensure_demo_model`, as
+    `unlearnd run` does): `install_demo_model` copies them into each installation instead of training again."""
+    data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-demo-"))
+    store = open_store(Settings(data_dir=data_dir))
+    ensure_demo_model(store)
+    yield store
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def install_demo_model(store: Store, template: Store) -> None:
+    """Register the template's demo dataset and model (its trained weights) in `store`, through the same Store
+    calls as `ensure_demo_model`, signed with `store`'s key."""
+    dataset, tensors = template.load_dataset(DEMO_DATASET)
+    store.put_dataset(dataset, tensors)
+    record = template.get_model(DEMO_MODEL)
+    weights = template.load_weights(DEMO_MODEL, record["weights_sha256"])
+    store.create_model({k: v for k, v in record.items() if k not in ("version", "weights_sha256", "created_at")},
+                       weights)
+
+
 def shared_services(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
     """The settings that put the records in a new PostgreSQL database and the blobs under a new prefix of the S3
     test server (empty for the embedded default)."""
@@ -144,7 +166,7 @@ def stack(request):
         if backend != "embedded":
             for name, value in FAKE_AWS_ENV.items():  # the children inherit them (and nothing real)
                 monkeypatch.setenv(name, value)
-        yield from _stack(backend, shared_services(request, backend))
+        yield from _stack(backend, shared_services(request, backend), request.getfixturevalue("demo_model_template"))
 
 
 @pytest.fixture
@@ -156,7 +178,7 @@ def embedded_stack(stack):
     return stack
 
 
-def _stack(backend: str, shared: dict[str, str]):
+def _stack(backend: str, shared: dict[str, str], demo_model: Store):
     # short: the Redis socket path must stay < 100 chars
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))
     settings = Settings(data_dir=data_dir, port=free_port(), worker_stale_s=10,
@@ -170,7 +192,7 @@ def _stack(backend: str, shared: dict[str, str]):
     children = [redis]
     try:
         wait_for_redis(settings)
-        ensure_demo_model(open_store(settings))
+        install_demo_model(open_store(settings), demo_model)
         worker, janitor, api = worker_child(settings, 0), janitor_child(settings), api_child(settings)
         for child in (worker, janitor, api):
             child.log_path = logs / f"{child.name}.log"

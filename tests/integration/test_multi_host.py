@@ -17,10 +17,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import KEYS, free_port, wait_ready
+from tests.integration.conftest import KEYS, free_port, install_demo_model, wait_ready
 from tests.s3_server import FAKE_AWS_ENV
 from unlearnd.cli.processes import Child, api_child, janitor_child, redis_server_binary, worker_child
-from unlearnd.demo import DEMO_MODEL, ensure_demo_model
+from unlearnd.demo import DEMO_MODEL
 from unlearnd.security.signing import open_store, signing_key_file
 from unlearnd.settings import Settings
 
@@ -62,7 +62,7 @@ class Hosts:
 
 
 @pytest.fixture
-def hosts(postgres_url, s3_location, monkeypatch):
+def hosts(postgres_url, s3_location, demo_model_template, monkeypatch):
     for name, value in FAKE_AWS_ENV.items():
         monkeypatch.setenv(name, value)
     root = Path(tempfile.mkdtemp(prefix="unlearnd-mh-"))
@@ -79,7 +79,7 @@ def hosts(postgres_url, s3_location, monkeypatch):
                       "appendfsync always\nsave \"\"\nmaxmemory-policy noeviction\ndaemonize no\n")
     try:
         deployment.start("redis", Child("redis", [str(redis_server_binary()), str(config)], {}))
-        ensure_demo_model(open_store(deployment.settings("registrar")))  # registered from yet another host
+        install_demo_model(open_store(deployment.settings("registrar")), demo_model_template)  # from another host
         deployment.start("api", api_child(deployment.settings("api")))
         deployment.start("worker-a", worker_child(deployment.settings("worker-a"), 0))
         deployment.start("worker-b", worker_child(deployment.settings("worker-b"), 0))
