@@ -329,6 +329,8 @@ class V2InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
+    model_name: str | None = Field(None, description="Not in the protocol, but KServe's Python client sends it: "
+                                   "when given, the model of the path.")
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[V2Tensor] = Field(..., min_length=1, max_length=16)
     outputs: list[V2RequestedOutput] | None = Field(None, max_length=16)
@@ -338,10 +340,10 @@ def _bad(detail: str) -> Problem:
     return Problem(422, "Invalid inference request", detail)
 
 
-def parse_v2_request(body: bytes, header_length: int | None, input_shape: Sequence[int],
+def parse_v2_request(body: bytes, header_length: int | None, model: str, input_shape: Sequence[int],
                      max_batch: int) -> tuple[V2InferenceRequest, np.ndarray]:
-    """The request and its images. With `header_length` (Inference-Header-Content-Length), the body is that many
-    bytes of JSON followed by the binary tensor data of every input that names its `binary_data_size`."""
+    """The request to `model` and its images. With `header_length` (Inference-Header-Content-Length), the body is
+    that many bytes of JSON followed by the binary tensor data of every input that names its `binary_data_size`."""
     if header_length is not None and header_length > len(body):
         raise _bad(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
     header = body if header_length is None else body[:header_length]
@@ -350,6 +352,8 @@ def parse_v2_request(body: bytes, header_length: int | None, input_shape: Sequen
         request = V2InferenceRequest.model_validate_json(header)
     except ValidationError as exc:
         raise _bad(describe_errors(exc.errors(), prefix="body")) from None
+    if request.model_name is not None and request.model_name != model:
+        raise _bad(f"the request names model {request.model_name!r}, the path {model!r}")
     if len(request.inputs) != 1 or request.inputs[0].name != V2_INPUT:
         names = [tensor.name for tensor in request.inputs]
         raise _bad(f"this model takes one input, {V2_INPUT!r}; got {names}")

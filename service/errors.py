@@ -25,6 +25,30 @@ from unlearning.errors import UnlearningError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+V2_ERROR_JSON = "application/json"
+"""The media type of a problem under /v2/: what Open Inference Protocol clients and servers use for errors (KServe's
+Python client shows a server's `error` only from an application/json answer)."""
+
+
+def _under_v2(path: str) -> bool:
+    return f"{path}/".startswith("/v2/")
+
+
+def problem_media_type(path: str) -> str:
+    """application/problem+json (RFC 9457), or V2_ERROR_JSON under /v2/."""
+    return V2_ERROR_JSON if _under_v2(path) else PROBLEM_JSON
+
+
+def problem_body(path: str, status: int, title: str, detail: str | None = None, **extensions: Any) -> dict[str, Any]:
+    """An RFC 9457 problem document about `path`; under /v2/ with one more member, `error` (the detail, or the
+    title), the member Open Inference Protocol clients read."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "instance": path}
+    if detail:
+        body["detail"] = detail
+    if _under_v2(path):
+        body["error"] = detail or title
+    body.update(extensions)
+    return body
 
 
 class Problem(Exception):
@@ -74,13 +98,14 @@ _PROBLEM_DESCRIPTIONS = {
 }
 
 
-def problem_responses(*statuses: int, descriptions: Mapping[int, str] | None = None) -> dict[int | str, Any]:
-    """`responses=` for a route: each status documented as application/problem+json with the Problem
-    schema (a route's own `description` wins)."""
+def problem_responses(*statuses: int, descriptions: Mapping[int, str] | None = None,
+                      media_type: str = PROBLEM_JSON) -> dict[int | str, Any]:
+    """`responses=` for a route: each status documented as `media_type` (application/problem+json; V2_ERROR_JSON
+    under /v2/) with the Problem schema (a route's own `description` wins)."""
     descriptions = descriptions or {}
     return {status: {"description": descriptions.get(status) or _PROBLEM_DESCRIPTIONS.get(status)
                      or HTTPStatus(status).phrase,
-                     "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}} for status in statuses}
+                     "content": {media_type: {"schema": {"$ref": PROBLEM_REF}}}} for status in statuses}
 
 
 def _roles_in(dependant: Any) -> tuple[str, ...] | None:
@@ -112,12 +137,12 @@ def document_problems(router: APIRouter, *, all_roles: Sequence[str]) -> None:
         if (get_flat_params(route.dependant) or route.body_field is not None
                 or "requestBody" in (route.openapi_extra or {})):
             statuses.append(422)
-        documented = problem_responses(*statuses)
+        media_type = problem_media_type(route.path)
+        documented = problem_responses(*statuses, media_type=media_type)
         for status, response in route.responses.items():  # the route's own word wins
             code = int(status) if str(status).isdigit() else 0
             if code >= 400 and "content" not in response and "model" not in response:
-                response = {**problem_responses(code)[code], **response,
-                            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}}
+                response = {**problem_responses(code, media_type=media_type)[code], **response}
             documented[status] = response
         route.responses = documented
 
@@ -165,13 +190,9 @@ def _allowed_methods(request: Request, allow: str | None) -> str:
 
 def problem_response(request: Request, status: int, title: str, detail: str | None = None,
                      headers: dict[str, str] | None = None, **extensions: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "instance": request.url.path}
-    if detail:
-        body["detail"] = detail
-    if f"{request.url.path}/".startswith("/v2/"):  # Open Inference Protocol clients read `error`
-        body["error"] = detail or title
-    body.update(extensions)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    path = request.url.path
+    return JSONResponse(problem_body(path, status, title, detail, **extensions), status_code=status,
+                        media_type=problem_media_type(path), headers=headers)
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]], *, limit: int = 5, prefix: str = "",

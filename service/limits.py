@@ -6,6 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import problem_body, problem_media_type
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int):
@@ -43,13 +45,11 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps({
-            "type": "about:blank", "title": "Request body too large", "status": 413,
-            "detail": f"the body exceeds {self.max_bytes} bytes (UNLEARND_MAX_BODY_BYTES)",
-            "instance": scope.get("path", ""),
-        }).encode()
+        path = scope.get("path", "")
+        body = json.dumps(problem_body(path, 413, "Request body too large",
+                                       f"the body exceeds {self.max_bytes} bytes (UNLEARND_MAX_BODY_BYTES)")).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/problem+json"),
+                    "headers": [(b"content-type", problem_media_type(path).encode()),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 

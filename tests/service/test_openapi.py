@@ -43,17 +43,17 @@ def test_no_operation_references_http_validation_error(schema):
     assert "HTTPValidationError" not in schema["components"]["schemas"]
 
 
-def test_every_error_is_documented_as_problem_json(schema):
-    assert {"type", "title", "status", "detail", "instance"} <= set(
+def test_every_error_is_documented_as_problem_json_and_under_v2_as_json(schema):
+    assert {"type", "title", "status", "detail", "instance", "error"} <= set(
         schema["components"]["schemas"]["Problem"]["properties"])
-    seen = 0
+    seen = {"application/problem+json": 0, "application/json": 0}
     for method, path, operation in _operations(schema):
+        media_type = "application/json" if path.startswith("/v2") else "application/problem+json"
         for status, response in operation["responses"].items():
             if int(status) >= 400:
-                seen += 1
-                assert response["content"] == {"application/problem+json": {"schema": PROBLEM}}, \
-                    (method, path, status)
-    assert seen > 20
+                seen[media_type] += 1
+                assert response["content"] == {media_type: {"schema": PROBLEM}}, (method, path, status)
+    assert seen["application/problem+json"] > 20 and seen["application/json"] > 5
 
 
 def test_the_statuses_routes_can_answer_are_documented(schema):

@@ -47,8 +47,9 @@ def binary_outputs(response) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def assert_v2_problem(response, status: int, needle: str) -> dict:
+    """An RFC 9457 problem with `error`, as application/json: what V2 clients read (KServe's only then)."""
     assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["content-type"] == "application/json"
     problem = response.json()
     assert needle in problem["detail"] and problem["error"] == problem["detail"], problem
     return problem
@@ -186,6 +187,10 @@ def test_a_binary_tensor_of_no_dimensions_is_a_422_problem(client, model_store):
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32"}]}, 422, "neither"),
     ({"inputs": [{"name": "input", "shape": [0, 1, 8, 8], "datatype": "FP32", "data": []}]}, 422, "N >= 1"),
     ({"inputs": []}, 422, "inputs"),
+    ({"model_name": "other", "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                         "data": [0.5] * 64}]}, 422, "names model 'other', the path 'tiny'"),
+    ({"model": "tiny", "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}]},
+     422, "body.model: Extra inputs"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
       "outputs": [{"name": "logits"}]}, 422, "unknown output 'logits'"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
@@ -194,6 +199,23 @@ def test_a_binary_tensor_of_no_dimensions_is_a_422_problem(client, model_store):
 def test_bad_json_requests_are_problems(client, model_store, request_body, status, needle):
     response = client.post(INFER, json=request_body, headers=auth("inference"))
     assert_v2_problem(response, status, needle)
+
+
+def test_the_model_name_that_kserves_client_sends_is_taken_when_it_is_the_paths(client, model_store):
+    body = {"id": "k", "model_name": "tiny",
+            "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}]}
+    response = client.post(INFER, json=body, headers=auth("inference"))
+    assert response.status_code == 200 and response.json()["model_name"] == "tiny", response.text
+
+
+def test_a_body_over_the_size_limit_is_a_v2_error_under_v2_and_a_problem_elsewhere(settings, model_store):
+    small = settings.model_copy(update={"max_body_bytes": 100})
+    body, headers = binary_request(images(1))
+    with TestClient(create_app(small), raise_server_exceptions=False) as client:
+        assert_v2_problem(client.post(INFER, content=body, headers=headers), 413, "UNLEARND_MAX_BODY_BYTES")
+        response = client.post("/v1/models/tiny/predict", content=body, headers=headers)
+    assert response.status_code == 413 and response.headers["content-type"] == "application/problem+json"
+    assert "error" not in response.json()
 
 
 def test_more_images_than_the_batch_limit_is_413(settings, model_store):
