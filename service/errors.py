@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
+from starlette.types import Scope
 
 from models_store.errors import AlreadyExistsError, IntegrityError, NotFoundError, StaleStateError, StoreError
 from unlearnd.ingest.errors import DatasetTooLargeError, InvalidDatasetError, InvalidModelError
@@ -30,22 +31,29 @@ V2_ERROR_JSON = "application/json"
 Python client shows a server's `error` only from an application/json answer)."""
 
 
-def _under_v2(path: str) -> bool:
-    return f"{path}/".startswith("/v2/")
+def app_path(scope: Scope) -> str:
+    """The request's path as the app's routes and OpenAPI document write it (behind a root path, without it)."""
+    return scope.get("path", "").removeprefix(scope.get("root_path", ""))
 
 
-def problem_media_type(path: str) -> str:
+def _under_v2(scope: Scope) -> bool:
+    return f"{app_path(scope)}/".startswith("/v2/")
+
+
+def problem_media_type(scope: Scope) -> str:
     """application/problem+json (RFC 9457), or V2_ERROR_JSON under /v2/."""
-    return V2_ERROR_JSON if _under_v2(path) else PROBLEM_JSON
+    return V2_ERROR_JSON if _under_v2(scope) else PROBLEM_JSON
 
 
-def problem_body(path: str, status: int, title: str, detail: str | None = None, **extensions: Any) -> dict[str, Any]:
-    """An RFC 9457 problem document about `path`; under /v2/ with one more member, `error` (the detail, or the
-    title), the member Open Inference Protocol clients read."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "instance": path}
+def problem_body(scope: Scope, status: int, title: str, detail: str | None = None,
+                 **extensions: Any) -> dict[str, Any]:
+    """An RFC 9457 problem document about the request of `scope`; under /v2/ with one more member, `error` (the
+    detail, or the title), the member Open Inference Protocol clients read."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "instance": scope.get("path", "")}
     if detail:
         body["detail"] = detail
-    if _under_v2(path):
+    if _under_v2(scope):
         body["error"] = detail or title
     body.update(extensions)
     return body
@@ -137,7 +145,7 @@ def document_problems(router: APIRouter, *, all_roles: Sequence[str]) -> None:
         if (get_flat_params(route.dependant) or route.body_field is not None
                 or "requestBody" in (route.openapi_extra or {})):
             statuses.append(422)
-        media_type = problem_media_type(route.path)
+        media_type = problem_media_type({"path": route.path})
         documented = problem_responses(*statuses, media_type=media_type)
         for status, response in route.responses.items():  # the route's own word wins
             code = int(status) if str(status).isdigit() else 0
@@ -178,7 +186,7 @@ def _allowed_methods(request: Request, allow: str | None) -> str:
         table = request.app.state.methods_by_path = [
             (compile_path(path)[0], {method.upper() for method in operations if method in _HTTP_METHODS})
             for path, operations in request.app.openapi()["paths"].items()]
-    path = request.url.path.removeprefix(request.scope.get("root_path", ""))  # as the OpenAPI document writes it
+    path = app_path(request.scope)
     methods = {method.strip() for method in (allow or "").split(",") if method.strip()}
     for pattern, taken in table:
         if pattern.match(path):
@@ -190,9 +198,8 @@ def _allowed_methods(request: Request, allow: str | None) -> str:
 
 def problem_response(request: Request, status: int, title: str, detail: str | None = None,
                      headers: dict[str, str] | None = None, **extensions: Any) -> JSONResponse:
-    path = request.url.path
-    return JSONResponse(problem_body(path, status, title, detail, **extensions), status_code=status,
-                        media_type=problem_media_type(path), headers=headers)
+    return JSONResponse(problem_body(request.scope, status, title, detail, **extensions), status_code=status,
+                        media_type=problem_media_type(request.scope), headers=headers)
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]], *, limit: int = 5, prefix: str = "",

@@ -45,11 +45,10 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        path = scope.get("path", "")
-        body = json.dumps(problem_body(path, 413, "Request body too large",
+        body = json.dumps(problem_body(scope, 413, "Request body too large",
                                        f"the body exceeds {self.max_bytes} bytes (UNLEARND_MAX_BODY_BYTES)")).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", problem_media_type(path).encode()),
+                    "headers": [(b"content-type", problem_media_type(scope).encode()),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 

@@ -218,6 +218,17 @@ def test_a_body_over_the_size_limit_is_a_v2_error_under_v2_and_a_problem_elsewhe
     assert "error" not in response.json()
 
 
+def test_behind_a_root_path_errors_are_judged_by_the_apps_own_path(settings, model_store):
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}]}
+    with TestClient(create_app(settings), root_path="/api", raise_server_exceptions=False) as client:
+        problem = assert_v2_problem(client.post("/api/v2/models/nope/infer", json=body, headers=auth("inference")),
+                                    404, "nope")
+        assert problem["instance"] == "/api/v2/models/nope/infer"
+        refused = client.put("/api/v1/models", headers=auth("admin"))
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD, POST"
+    assert refused.headers["content-type"] == "application/problem+json" and "error" not in refused.json()
+
+
 def test_more_images_than_the_batch_limit_is_413(settings, model_store):
     small = settings.model_copy(update={"max_predict_batch": 2})
     body, headers = binary_request(images(3))
