@@ -32,8 +32,12 @@ Python client shows a server's `error` only from an application/json answer)."""
 
 
 def app_path(scope: Scope) -> str:
-    """The request's path as the app's routes and OpenAPI document write it (behind a root path, without it)."""
-    return scope.get("path", "").removeprefix(scope.get("root_path", ""))
+    """The request's path as the app's routes and OpenAPI document write it: behind a root path, without it (only
+    where the root path ends a segment, as Starlette's router strips it)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):]
+    return path
 
 
 def _under_v2(scope: Scope) -> bool:
@@ -60,7 +64,7 @@ def problem_body(scope: Scope, status: int, title: str, detail: str | None = Non
 
 
 class Problem(Exception):
-    """Raise from a route to answer with a problem+json body."""
+    """Raise from a route to answer with a problem (`problem_response`)."""
 
     def __init__(self, status: int, title: str, detail: str | None = None,
                  headers: dict[str, str] | None = None, **extensions: Any):
@@ -75,7 +79,8 @@ class ProblemFieldError(BaseModel):
 
 
 class ProblemDetails(BaseModel):
-    """The OpenAPI schema `Problem`: what every error answers, as `application/problem+json`."""
+    """The OpenAPI schema `Problem`: what every error answers, as `application/problem+json` (under /v2/, with
+    `error`, as `application/json`)."""
 
     model_config = ConfigDict(title="Problem", extra="allow", json_schema_extra={"examples": [{
         "type": "about:blank", "title": "Not found", "status": 404,
@@ -108,8 +113,8 @@ _PROBLEM_DESCRIPTIONS = {
 
 def problem_responses(*statuses: int, descriptions: Mapping[int, str] | None = None,
                       media_type: str = PROBLEM_JSON) -> dict[int | str, Any]:
-    """`responses=` for a route: each status documented as `media_type` (application/problem+json; V2_ERROR_JSON
-    under /v2/) with the Problem schema (a route's own `description` wins)."""
+    """`responses=` for a route: each status documented as `media_type` with the Problem schema (a route's own
+    `description` wins); `document_problems` gives those of /v2/ routes V2_ERROR_JSON."""
     descriptions = descriptions or {}
     return {status: {"description": descriptions.get(status) or _PROBLEM_DESCRIPTIONS.get(status)
                      or HTTPStatus(status).phrase,
@@ -130,8 +135,9 @@ def _roles_in(dependant: Any) -> tuple[str, ...] | None:
 def document_problems(router: APIRouter, *, all_roles: Sequence[str]) -> None:
     """Make the OpenAPI say what the error handlers send, on every route of `router` (before it is
     included): 400 where FastAPI parses a body, 401/403 where it needs a key (403 only when some role is
-    refused), 404 where it has path parameters, 422 where it takes input, each an application/problem+json
-    `Problem`; an error response the route documents without a body gets that body. FastAPI's
+    refused), 404 where it has path parameters, 422 where it takes input, each a `Problem` as the route's
+    problems are served (application/problem+json; V2_ERROR_JSON under /v2/); an error response the route
+    documents without a body gets that body, and one with a Problem body gets that media type. FastAPI's
     `HTTPValidationError` is then never used. Idempotent."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
@@ -151,6 +157,8 @@ def document_problems(router: APIRouter, *, all_roles: Sequence[str]) -> None:
             code = int(status) if str(status).isdigit() else 0
             if code >= 400 and "content" not in response and "model" not in response:
                 response = {**problem_responses(code, media_type=media_type)[code], **response}
+            elif code >= 400 and set(response.get("content", {})) == {PROBLEM_JSON}:
+                response = {**response, "content": {media_type: response["content"][PROBLEM_JSON]}}
             documented[status] = response
         route.responses = documented
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.codecs import V2_INPUT, V2_OUTPUTS, parse_v2_request, v2_response
 from service.deps import AnyRole, Inference, RuntimeDep, SettingsDep
-from service.errors import V2_ERROR_JSON, Problem, problem_responses
+from service.errors import Problem, problem_responses
 from service.inference import LoadedState
 from service.schemas import ModelName
 
@@ -47,14 +47,14 @@ def _metadata(served: LoadedState) -> dict[str, Any]:
                         {"name": "label", "datatype": V2_OUTPUTS["label"], "shape": [-1]}]}
 
 
-@router.get("/models/{model}", responses=problem_responses(503, media_type=V2_ERROR_JSON))
+@router.get("/models/{model}", responses=problem_responses(503))
 def model_metadata(model: ModelName, runtime: RuntimeDep, _: AnyRole) -> dict[str, Any]:
     """The served model version, its input (FP32 in [0, 1]; UINT8 0-255 is accepted too) and its outputs:
     class probabilities and the most probable class."""
     return _metadata(runtime.served(model))
 
 
-@router.get("/models/{model}/ready", responses=problem_responses(503, media_type=V2_ERROR_JSON))
+@router.get("/models/{model}/ready", responses=problem_responses(503))
 def model_ready(model: ModelName, runtime: RuntimeDep, _: AnyRole) -> dict[str, Any]:
     """200 when the model's served state loads and verifies; 503 with the reason when it does not."""
     runtime.served(model)
@@ -78,7 +78,7 @@ _ANSWER = {200: {"description": "Inference response: JSON, or (when an output is
 
 
 @router.post("/models/{model}/infer", openapi_extra=_BODY, response_class=Response, responses={
-    **_ANSWER, **problem_responses(413, 422, 503, media_type=V2_ERROR_JSON, descriptions={
+    **_ANSWER, **problem_responses(413, 422, 503, descriptions={
         413: "Body too large, or more images than UNLEARND_MAX_PREDICT_BATCH",
         422: "Not a valid inference request for this model (input name, datatype, shape, sizes, values)"})})
 async def infer(model: ModelName, request: Request, runtime: RuntimeDep, settings: SettingsDep,

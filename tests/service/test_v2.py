@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from starlette._utils import get_route_path  # the router's own rule, as the reference
 
+from service.errors import app_path
 from service.main import create_app
 from tests.service.conftest import auth, serve_forget_vector
 
@@ -227,6 +229,15 @@ def test_behind_a_root_path_errors_are_judged_by_the_apps_own_path(settings, mod
         refused = client.put("/api/v1/models", headers=auth("admin"))
     assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD, POST"
     assert refused.headers["content-type"] == "application/problem+json" and "error" not in refused.json()
+
+
+@pytest.mark.parametrize(("path", "root_path", "expected"), [
+    ("/api/v2/models/m/infer", "/api", "/v2/models/m/infer"), ("/api", "/api", ""),
+    ("/v2/models/m/infer", "/v", "/v2/models/m/infer"),  # a root path strips whole segments only, as routing does
+    ("/v2/models/m/infer", "", "/v2/models/m/infer"), ("/other/v2", "/api", "/other/v2")])
+def test_the_apps_own_path_is_the_one_its_router_matches(path, root_path, expected):
+    assert app_path({"path": path, "root_path": root_path}) == expected
+    assert get_route_path({"type": "http", "path": path, "root_path": root_path}) == expected
 
 
 def test_more_images_than_the_batch_limit_is_413(settings, model_store):
