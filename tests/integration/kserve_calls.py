@@ -40,7 +40,9 @@ async def calls(base_url: str, key: str, model: str, x: np.ndarray) -> dict:
             await client.infer(base_url, InferRequest(model, [InferInput("input", [1, 2], "FP32", [[0.5, 0.5]])]),
                                model_name=model, headers=dict(headers))
         except httpx.HTTPStatusError as exc:
-            answers["bad_shape"] = {"status": exc.response.status_code, "message": str(exc)}
+            answers["bad_shape"] = {"status": exc.response.status_code, "message": str(exc),
+                                    "content_type": exc.response.headers["content-type"],
+                                    "error": exc.response.json().get("error")}
     finally:
         await client.close()
     return answers

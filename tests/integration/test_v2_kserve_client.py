@@ -50,6 +50,6 @@ def test_inference_agrees_with_v1(embedded_stack, kserve_answers, encoding):
 
 
 def test_a_bad_request_is_the_clients_http_error_with_the_servers_message(kserve_answers):
-    answers, _ = kserve_answers
-    assert answers["bad_shape"]["status"] == 422
-    assert "shape" in answers["bad_shape"]["message"]
+    bad = kserve_answers[0]["bad_shape"]
+    assert bad["status"] == 422 and bad["content_type"] == "application/json"
+    assert "shape" in bad["error"] and bad["message"].startswith(bad["error"])  # the client shows the server's word
