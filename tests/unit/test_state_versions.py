@@ -85,16 +85,17 @@ def test_ask_after_redis_closed_the_pooled_connection_or_restarted_still_answers
     server.start()
     try:
         wait_for_redis(settings)
-        versions = StateVersions(redis_connection(settings))
-        versions.bump("m")
-        assert versions.ask("m")() == 1  # the pool now holds an idle connection
-        redis.Redis.from_url(settings.effective_redis_url).client_kill_filter(_type="normal", skipme=True)
-        assert versions.ask("m")() == 1
-        server.stop()
-        server.start()
-        wait_for_redis(settings)
-        versions.bump("m")
-        assert versions.ask("m")() == 2
+        with redis_connection(settings) as client, redis.Redis.from_url(settings.effective_redis_url) as killer:
+            versions = StateVersions(client)
+            versions.bump("m")
+            assert versions.ask("m")() == 1  # the pool now holds an idle connection
+            killer.client_kill_filter(_type="normal", skipme=True)
+            assert versions.ask("m")() == 1
+            server.stop()
+            server.start()
+            wait_for_redis(settings)
+            versions.bump("m")
+            assert versions.ask("m")() == 2
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
