@@ -200,14 +200,15 @@ def check_addresses(host: str, addresses: list[str], allow: AllowList) -> IPAddr
     return checked[0]
 
 
-def check_callback_target(url: str, allow: AllowList, resolver: Resolver = resolve) -> tuple[IPAddress, str, int]:
-    """(address to connect to, host, port) for a callback URL, or CallbackRefused with the reason."""
+def check_callback_target(url: str, allow: AllowList, resolver: Resolver | None = None) -> tuple[IPAddress, str, int]:
+    """(address to connect to, host, port) for a callback URL, or CallbackRefused with the reason. `resolver`:
+    `resolve` (looked up when called) unless given."""
     _, host, port = parse_callback_url(url)
     literal = literal_address(host)
     if literal is not None:
         return check_addresses(host, [str(literal)], allow), host, port
     try:
-        addresses = resolver(host, port)
+        addresses = (resolver or resolve)(host, port)
     except OSError as exc:
         raise CallbackRefused(f"callback host {host!r} does not resolve: {exc}") from None
     return check_addresses(host, addresses, allow), host, port
@@ -362,13 +363,15 @@ async def _post(url: str, body: bytes, headers: dict[str, str], allow: AllowList
 
 
 def attempt_delivery(url: str, body: bytes, headers: dict[str, str], settings: Settings,
-                     resolver: Resolver = resolve) -> Attempt:
+                     resolver: Resolver | None = None) -> Attempt:
     """One POST of `body` to `url` under a total deadline of `settings.callback_timeout_s` (resolving,
-    connecting, sending and reading the answer, however slowly the other side drips it)."""
+    connecting, sending and reading the answer, however slowly the other side drips it). `resolver`: `resolve`
+    (looked up when called) unless given."""
     allow = AllowList.parse(settings.callback_allow)
+    lookup = resolver or resolve
 
     async def bounded() -> Attempt:
-        return await asyncio.wait_for(_post(url, body, headers, allow, resolver), settings.callback_timeout_s)
+        return await asyncio.wait_for(_post(url, body, headers, allow, lookup), settings.callback_timeout_s)
 
     try:
         return asyncio.run(bounded())
@@ -385,7 +388,7 @@ class DeliveryFailed(Exception):
 
 
 def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, settings: Settings, attempt: int,
-            resolver: Resolver = resolve) -> Attempt:
+            resolver: Resolver | None = None) -> Attempt:
     """Attempt `attempt` (1-based) of one message; records the outcome when it is final (delivered, or
     the last attempt failed). Returns what happened."""
     record = ledger.get(request_id)

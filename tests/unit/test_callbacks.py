@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from models_store import Ledger, open_ledger
+from unlearnd import callbacks
 from unlearnd.callbacks import (
     AllowList,
     CallbackRefused,
@@ -251,6 +252,22 @@ def test_an_attempt_refuses_a_refused_address_before_connecting(tmp_path, receiv
                                loopback_settings(tmp_path), lambda h, p: ["127.0.0.1", "10.0.0.1"])
     assert not outcome.delivered and "10.0.0.1" in outcome.error
     assert receiver.requests == []
+
+
+def test_without_a_resolver_given_the_module_resolve_is_looked_up_when_called(tmp_path, receiver_factory,
+                                                                            monkeypatch):
+    """What lets a test (or a deployment) replace the resolver everywhere: no delivery binds it in advance."""
+    receiver = receiver_factory(answer(204))
+    lookups = []
+
+    def stub(host, port):
+        lookups.append((host, port))
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(callbacks, "resolve", stub)
+    assert check_callback_target("http://hook.test:81/", LOOPBACK)[0] == ipaddress.ip_address("127.0.0.1")
+    outcome = attempt_delivery(f"http://hook.test:{receiver.port}/", b"{}", {}, loopback_settings(tmp_path))
+    assert outcome.delivered and lookups == [("hook.test", 81), ("hook.test", receiver.port)]
 
 
 def test_redirects_are_never_followed(tmp_path, receiver_factory):
