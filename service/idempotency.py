@@ -3,7 +3,9 @@
 A request with a key claims it in the ledger transaction that records the request, together with its answer
 (`service.intake`), so a key is either unknown or bound to an accepted request and its 202. A later request with
 the key and the same body gets that answer again (`answer_key_in_use`, marked `Idempotent-Replayed`); with
-another body it is refused (422). A refused request claims nothing: the client may retry with the same key.
+another body it is refused (422). A refused request claims nothing: the client may retry with the same key. The
+key is looked up before a refusal is answered (`earlier_answer`), so a retry of an accepted request is replayed
+even when its checks would refuse it today.
 
 Ledgers written before claims were recorded with their request may hold a claim bound to no request (its process
 died while accepting, or is still accepting): 409 while it is fresh, taken over after `STALE_CLAIM_S`.
@@ -49,6 +51,15 @@ class Answer:
     def response(self, headers: dict[str, str] | None = None) -> Response:
         return Response(self.body, status_code=self.status_code, headers={**self.headers, **(headers or {})},
                         media_type="application/json")
+
+
+def earlier_answer(ledger: Ledger, claim: IdempotencyClaim) -> Response | None:
+    """For a request that a check refuses now: the answer of its Idempotency-Key's first request (as
+    `answer_key_in_use`), None when the key is unknown. A retry must replay what was accepted even when the same
+    body would be refused today (e.g. another request has forgotten classes since, or the callback host's
+    address changed)."""
+    row = ledger.idempotency_row(claim)
+    return None if row is None else answer_key_in_use(ledger, claim, row)
 
 
 def answer_key_in_use(ledger: Ledger, claim: IdempotencyClaim, row: dict[str, Any]) -> Response:

@@ -27,7 +27,7 @@ from models_store import Ledger, Store
 from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest, StoredAnswer
 from service.domain import check_forget_request
 from service.handoff import answer_callers
-from service.idempotency import STALE_CLAIM_S, Answer, answer_key_in_use
+from service.idempotency import STALE_CLAIM_S, Answer, answer_key_in_use, earlier_answer
 from service.metrics import FORGET_REQUESTS_ACCEPTED
 from service.schemas import ForgetRequestCreate
 from unlearnd.logs import current_request_id
@@ -128,7 +128,7 @@ class Intake:
                 check_forget_request(model=submission.model, body=submission.body, store=self.store,
                                      settings=self.settings, reads=reads)
             except Exception as exc:
-                settled.append((submission, exc))
+                settled.append((submission, self._refused(submission, exc)))
             else:
                 checked.append(submission)
         if not checked:
@@ -151,6 +151,15 @@ class Intake:
                             exc_info=not isinstance(exc, RedisError))  # Redis being down needs no traceback
         return settled + [(submission, self._answer(submission, outcome, answers))
                           for submission, outcome in zip(checked, outcomes, strict=True)]
+
+    def _refused(self, submission: _Submission, refusal: Exception) -> Any:
+        """What a caller refused by a check gets: its key's earlier answer if it has one, else the refusal."""
+        if submission.claim is None:
+            return refusal
+        try:
+            return earlier_answer(self.ledger, submission.claim) or refusal
+        except Exception as exc:  # 422 key reused, 409 in progress, or the database failing
+            return exc
 
     def _answer(self, submission: _Submission, outcome: dict[str, Any] | KeyInUse | Exception,
                 answers: dict[str, Answer]) -> Any:

@@ -8,9 +8,11 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from models_store import Ledger
 from models_store.ledger import ACTIVE, TERMINAL, IdempotencyClaim, RequestStatus
 from service.deps import Governance, IntakeDep, LedgerDep, QueueDep, SettingsDep
 from service.errors import Problem, describe_errors, problem_responses
+from service.idempotency import earlier_answer
 from service.schemas import (
     FORGET_REQUEST_EXAMPLES,
     STORE_NAME,
@@ -21,6 +23,7 @@ from service.schemas import (
     Receipt,
 )
 from unlearnd.callbacks import CallbackRefused, check_callback_url_at_intake, notify_terminal
+from unlearnd.settings import Settings
 
 router = APIRouter(tags=["forget requests"])
 
@@ -78,15 +81,28 @@ async def create_forget_request(
         body = ForgetRequestCreate.model_validate_json(raw)
     except ValidationError as exc:
         raise Problem(422, "Invalid request", describe_errors(exc.errors())) from None
-    if body.callback_url is not None:
-        try:
-            await run_in_threadpool(check_callback_url_at_intake, body.callback_url, settings)
-        except CallbackRefused as exc:
-            raise Problem(422, "Callback refused", f"callback_url: {exc}") from None
     claim = None if idempotency_key is None else IdempotencyClaim.of(principal.key_id, idempotency_key, model, raw)
-    response = await intake.submit(model, body, claim, principal.key_id)
+    response = await _callback_refusal(body, claim, intake.ledger, settings) or await intake.submit(
+        model, body, claim, principal.key_id)
     response.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)  # just queued: no rate measured yet
     return response
+
+
+async def _callback_refusal(body: ForgetRequestCreate, claim: IdempotencyClaim | None, ledger: Ledger,
+                            settings: Settings) -> Response | None:
+    """None when the request has no callback_url or may call it back; else its key's earlier answer (a retry of an
+    accepted request is replayed, wherever its callback host points now), or raises the 422."""
+    if body.callback_url is None:
+        return None
+    try:
+        await run_in_threadpool(check_callback_url_at_intake, body.callback_url, settings)
+        return None
+    except CallbackRefused as exc:
+        refusal = Problem(422, "Callback refused", f"callback_url: {exc}")
+    earlier = None if claim is None else await run_in_threadpool(earlier_answer, ledger, claim)
+    if earlier is None:
+        raise refusal
+    return earlier
 
 
 @router.get("/v1/forget-requests")

@@ -264,6 +264,53 @@ def test_idempotency_key_of_a_refused_request_is_released(client, settings, mode
     assert accepted.status_code == 202, accepted.text
     assert "Idempotent-Replayed" not in accepted.headers and open_ledger(settings).count() == 1
 
+
+def test_a_retry_of_an_accepted_request_is_replayed_even_when_its_checks_would_refuse_it_now(
+        client, settings, model_store):
+    """draft-ietf-httpapi-idempotency-key-header: a duplicate gets the first answer. Here another request has
+    forgotten classes since, so the same body checked afresh would leave the model no class: still a replay."""
+    headers = {**auth("governance"), "Idempotency-Key": "k4", "Content-Type": "application/json"}
+    body = b'{"classes": [7, 8, 9]}'
+    first = client.post("/v1/models/tiny/forget-requests", content=body, headers=headers)
+    assert first.status_code == 202, first.text
+    state = model_store.read_state("tiny")
+    model_store.publish_state(state.advanced(forgotten_classes=[0, 1, 2, 3], smoothed_classes=[4, 5, 6]))
+    retry = client.post("/v1/models/tiny/forget-requests", content=body, headers=headers)
+    assert retry.status_code == 202, retry.text
+    assert retry.json()["id"] == first.json()["id"] and retry.headers["Idempotent-Replayed"] == "true"
+    other = client.post("/v1/models/tiny/forget-requests", content=b'{"classes": [8, 9]}', headers=headers)
+    assert other.status_code == 422 and other.json()["title"] == "Idempotency key reused"
+    fresh = client.post("/v1/models/tiny/forget-requests", content=body, headers=auth("governance"))
+    assert fresh.status_code == 422 and "no class" in fresh.json()["detail"]  # the check itself still refuses
+    assert open_ledger(settings).count() == 1
+
+
+def test_a_retry_of_an_accepted_request_is_replayed_after_its_callback_host_moved(
+        tmp_path, model_store, monkeypatch):
+    """The callback host resolved to an allowed address when the request was accepted and to a refused one at
+    the retry (no traffic: the resolver is a stub)."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from unlearnd import callbacks
+    from unlearnd.settings import Settings
+
+    addresses = {"hooks.test": ["127.0.0.1"]}
+    monkeypatch.setattr(callbacks, "resolve", lambda host, port: addresses[host])
+    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0",
+                        callback_allow="127.0.0.0/8", api_keys=",".join(f"{r}:{k}" for r, k in KEYS.items()))
+    body = b'{"classes": [1], "callback_url": "http://hooks.test:9/hook"}'
+    headers = {**auth("governance"), "Idempotency-Key": "k5", "Content-Type": "application/json"}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        first = c.post("/v1/models/tiny/forget-requests", content=body, headers=headers)
+        assert first.status_code == 202, first.text
+        addresses["hooks.test"] = ["10.0.0.1"]
+        retry = c.post("/v1/models/tiny/forget-requests", content=body, headers=headers)
+        assert retry.status_code == 202 and retry.headers["Idempotent-Replayed"] == "true", retry.text
+        assert retry.json()["id"] == first.json()["id"]
+        refused = c.post("/v1/models/tiny/forget-requests", content=body, headers=auth("governance"))
+        assert refused.status_code == 422 and "callback_url" in refused.json()["detail"]
+
 def test_rollback_of_an_unknown_model_is_404_and_writes_nothing(client, settings):
     response = client.post("/v1/models/nope/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"
