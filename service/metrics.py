@@ -76,9 +76,14 @@ def observe_job(method: str, outcome: str, started: float) -> None:
 
 
 # ---- the HTTP middleware --------------------------------------------------------------------------------
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+"""The methods of RFC 9110 and PATCH: labelled as they are; any other token a client sends is `other`."""
+
+
 class HTTPMetrics:
     """Counts and times every request by its route template (`/v1/forget-requests/{request_id}`, never the
-    raw path; `unmatched` for paths no route has), method and status. Pure ASGI, outermost, so it sees
+    raw path; `unmatched` for paths no route has), method (`other` for a method no RFC defines: a client
+    must not be able to mint series) and status. Pure ASGI, outermost, so it sees
     every answer, 413s from the body limit and 500s included."""
 
     def __init__(self, app: ASGIApp):
@@ -100,7 +105,8 @@ class HTTPMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path_format", None) or getattr(scope.get("route"), "path", None)
-            labels = (scope.get("method", ""), route or "unmatched", str(status))
+            method = scope.get("method", "")
+            labels = (method if method in HTTP_METHODS else "other", route or "unmatched", str(status))
             HTTP_REQUESTS.labels(*labels).inc()
             HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
 

@@ -64,6 +64,18 @@ def test_requests_are_labelled_by_route_template_and_status(client):
     assert not any("fr_nope" in str(labels) or "12345" in str(labels) for _, labels in after)
 
 
+def test_a_method_no_rfc_defines_is_labelled_other(client):
+    """Any token is a syntactically valid method: labelled as sent, each would be a new series."""
+    before = _samples(client)
+    for method in ("XRANDOM1", "XRANDOM2"):
+        assert client.request(method, "/v1/forget-requests").status_code == 405
+    after = _samples(client)
+    other = {"method": "other", "route": "/v1/forget-requests", "status": "405"}
+    assert _value(after, "unlearnd_http_requests_total", **other) - \
+        _value(before, "unlearnd_http_requests_total", **other) == 2
+    assert not any("XRANDOM" in str(labels) for _, labels in after)
+
+
 def test_an_accepted_forget_request_moves_the_ledger_and_http_series(settings, model_store):  # noqa: F811
     """A queue that records instead of Redis (as in test_validation): the request is accepted for real."""
     from fastapi.testclient import TestClient
