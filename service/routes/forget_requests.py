@@ -69,7 +69,7 @@ def _record(description: str) -> dict[str, Any]:
                  "examples": FORGET_REQUEST_EXAMPLES}}}})
 async def create_forget_request(
     model: ModelName, request: Request, principal: Governance, intake: IntakeDep, settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Response:
     """Accept a deletion request: record it durably, queue its job, answer 202 with where to poll.
 

@@ -436,3 +436,11 @@ def test_head_is_counted_as_head_on_its_route(client, settings):
 def test_head_where_only_post_is_served_is_405(client):
     response = client.head("/v2/models/tiny/infer", headers=auth("inference"))
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
+
+
+def test_an_empty_idempotency_key_is_422_and_records_nothing(client, settings, model_store):
+    """An empty key would bind every keyless-by-mistake request of a client to one first answer."""
+    response = client.post("/v1/models/tiny/forget-requests", content=BODY,
+                           headers={**auth("governance"), "Idempotency-Key": "", "Content-Type": "application/json"})
+    assert response.status_code == 422 and "idempotency-key" in response.text.lower(), response.text
+    assert open_ledger(settings).count() == 0
