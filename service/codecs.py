@@ -52,6 +52,8 @@ V2_DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 """Input datatypes of the V2 endpoint, with their wire formats (little-endian)."""
 V2_OUTPUTS = {"probabilities": "FP32", "label": "INT64"}
 """Output name -> datatype: class probabilities [N, classes] and the most probable class [N]."""
+V2_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""Content-Encoding of a V2 inference request -> zlib's `wbits`: gzip, and deflate (the zlib format, RFC 9110)."""
 
 
 def media_type(content_type: str | None) -> str:
@@ -65,13 +67,13 @@ def check_images(x: np.ndarray, input_shape: Sequence[int], max_batch: int) -> n
     otherwise a 413 (too many) or 422 problem."""
     if x.ndim == 0:
         raise Problem(422, "Invalid inputs", f"inputs are one number; expected [N, {', '.join(map(str, input_shape))}]")
+    expected = (len(x), *input_shape)
+    if x.shape != expected or len(x) == 0:  # before the batch limit: a wrong shape is the problem to report
+        raise Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
+                      f"[N, {', '.join(map(str, input_shape))}] with N >= 1")
     if len(x) > max_batch:
         raise Problem(413, "Too many inputs", f"{len(x)} images; at most {max_batch} per call "
                       "(UNLEARND_MAX_PREDICT_BATCH)")
-    expected = (len(x), *input_shape)
-    if x.shape != expected or len(x) == 0:
-        raise Problem(422, "Invalid inputs", f"inputs have shape {list(x.shape)}; expected "
-                      f"[N, {', '.join(map(str, input_shape))}] with N >= 1")
     low, high = float(x.min()), float(x.max())
     if not (low >= 0.0 and high <= 1.0):  # also false for NaN
         if not np.isfinite(x).all():
@@ -340,10 +342,35 @@ def _bad(detail: str) -> Problem:
     return Problem(422, "Invalid inference request", detail)
 
 
+def v2_decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """`body` decoded from its Content-Encoding (identity, gzip or deflate), never beyond `max_bytes`: a 413 problem
+    when it would decompress to more, a 415 for another encoding, a 422 for a stream that does not decode."""
+    coding = (encoding or "identity").strip().lower()
+    if coding == "identity":
+        return body
+    if coding not in V2_ENCODINGS:
+        raise Problem(415, "Unsupported Media Type", f"Content-Encoding {encoding!r} is not supported; send the "
+                      f"body as is (identity) or compressed with {' or '.join(V2_ENCODINGS)}")
+    inflater = zlib.decompressobj(V2_ENCODINGS[coding])
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise _bad(f"the body is not valid {coding} data: {exc}") from None
+    if len(data) > max_bytes:
+        raise Problem(413, "Request body too large", f"the body decompresses to more than {max_bytes} bytes "
+                      "(UNLEARND_MAX_BODY_BYTES)")
+    if not inflater.eof or inflater.unused_data:
+        raise _bad(f"the body is not one complete {coding} stream")
+    return data
+
+
 def parse_v2_request(body: bytes, header_length: int | None, model: str, input_shape: Sequence[int],
                      max_batch: int) -> tuple[V2InferenceRequest, np.ndarray]:
     """The request to `model` and its images. With `header_length` (Inference-Header-Content-Length), the body is
     that many bytes of JSON followed by the binary tensor data of every input that names its `binary_data_size`."""
+    if header_length == 0:
+        raise _bad("Inference-Header-Content-Length is 0: a body of only tensor bytes, without a JSON inference "
+                   "header, is not supported; send the JSON inference header first and its length in bytes")
     if header_length is not None and header_length > len(body):
         raise _bad(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
     header = body if header_length is None else body[:header_length]
@@ -357,11 +384,7 @@ def parse_v2_request(body: bytes, header_length: int | None, model: str, input_s
     if len(request.inputs) != 1 or request.inputs[0].name != V2_INPUT:
         names = [tensor.name for tensor in request.inputs]
         raise _bad(f"this model takes one input, {V2_INPUT!r}; got {names}")
-    for output in request.outputs or ():
-        if output.name not in V2_OUTPUTS:
-            raise _bad(f"unknown output {output.name!r}; outputs are {list(V2_OUTPUTS)}")
-        if "classification" in output.parameters:
-            raise _bad("the classification extension is not supported: ask for the 'label' output")
+    _check_outputs(request)
     tensor = request.inputs[0]
     size = tensor.parameters.get("binary_data_size")
     if size is None:
@@ -374,6 +397,28 @@ def parse_v2_request(body: bytes, header_length: int | None, model: str, input_s
         pixels = _binary_tensor(tensor, binary)
     x = from_uint8(pixels) if pixels.dtype == np.uint8 else np.array(pixels, dtype=np.float32)
     return request, check_images(x, input_shape, max_batch)
+
+
+def _check_outputs(request: V2InferenceRequest) -> None:
+    """Each output asked for is known, asked for once, and says `binary_data` (or, for the request,
+    `binary_data_output`) as a JSON boolean, if at all."""
+    _check_boolean(request.parameters, "binary_data_output", "the request's")
+    names: set[str] = set()
+    for output in request.outputs or ():
+        if output.name not in V2_OUTPUTS:
+            raise _bad(f"unknown output {output.name!r}; outputs are {list(V2_OUTPUTS)}")
+        if output.name in names:
+            raise _bad(f"output {output.name!r} is asked for twice")
+        names.add(output.name)
+        if "classification" in output.parameters:
+            raise _bad("the classification extension is not supported: ask for the 'label' output")
+        _check_boolean(output.parameters, "binary_data", f"output {output.name!r}:")
+
+
+def _check_boolean(parameters: dict[str, Any], name: str, whose: str) -> None:
+    value = parameters.get(name, False)
+    if type(value) is not bool:
+        raise _bad(f"{whose} {name} must be true or false; got {json.dumps(value)}")
 
 
 def _element_count(tensor: V2Tensor) -> int:
@@ -404,31 +449,39 @@ def _json_tensor(tensor: V2Tensor) -> np.ndarray:
     dtype = _datatype(tensor)
     if tensor.data is None:
         raise _bad("the input has neither `data` nor a binary_data_size")
-    if _has_booleans(tensor.data):
-        raise _bad("data must be numbers; true/false are not pixel values")
+    leaves = _leaf_types(tensor.data)
+    for kind, why in _NOT_NUMBERS.items():  # numpy would read each as a number, or as NaN
+        if kind in leaves:
+            raise _bad(f"data must be numbers; {why}")
     try:
         values = np.asarray(tensor.data, dtype=np.float64 if dtype == np.float32 else None)
     except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         raise _bad("data must be numbers, as a flat list or nested lists of equal lengths") from None
-    if dtype == np.uint8 and (values.dtype.kind not in "iu" or (values.size and not
-                                                               0 <= values.min() <= values.max() <= 255)):
-        raise _bad("UINT8 data must be integers from 0 to 255")
     count = _element_count(tensor)
     if values.size != count:
         raise _bad(f"data has {values.size} values; shape {tensor.shape} needs {count}")
+    if dtype == np.uint8 and values.size and (values.dtype.kind not in "iu"
+                                              or not 0 <= values.min() <= values.max() <= 255):
+        raise _bad("UINT8 data must be integers from 0 to 255")
     return values.astype(dtype).reshape(tensor.shape)
 
 
-def _has_booleans(data: list[Any]) -> bool:
+_NOT_NUMBERS = {bool: "true/false are not pixel values", type(None): "null is not a number",
+                str: "strings are not numbers"}
+"""JSON values in `data` that are no pixel values -> why, for the message."""
+
+
+def _leaf_types(data: list[Any]) -> set[type]:
+    """The types of every value in nested lists `data`, lists aside."""
+    types: set[type] = set()
     stack = [data]
     while stack:
         items = stack.pop()
-        types = set(map(type, items))
-        if bool in types:
-            return True
-        if list in types:
+        kinds = set(map(type, items))
+        types |= kinds - {list}
+        if list in kinds:
             stack.extend(item for item in items if type(item) is list)
-    return False
+    return types
 
 
 def v2_response(request: V2InferenceRequest, probabilities: np.ndarray, header: dict[str, Any]) -> \

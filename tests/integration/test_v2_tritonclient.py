@@ -1,6 +1,7 @@
 """The Open Inference Protocol with the real client (tritonclient[http]) against the real server (uvicorn started
-by the `stack` fixture, the digits demo model): health, metadata, inference with binary and JSON tensors, errors;
-and a served state announced by a bump in another process reaches the API at once."""
+by the `stack` fixture, the digits demo model): health, metadata, inference with binary and JSON tensors, errors,
+the paths of a model version, compressed requests; and a served state announced by a bump in another process
+reaches the API at once."""
 
 from __future__ import annotations
 
@@ -95,6 +96,29 @@ def test_errors_reach_the_client_with_their_detail(triton):
     assert unauthorized.value.status() == "401"
     with pytest.raises(InferenceServerException, match="no model named"):
         triton.infer("no-such-model", [tensor(x, "FP32", binary=True)], headers=key())
+
+
+def test_the_version_paths_the_client_builds_for_a_model_version(embedded_stack, triton):
+    assert triton.get_model_metadata(DEMO_MODEL, "1", headers=key())["versions"] == ["1"]
+    assert triton.is_model_ready(DEMO_MODEL, "1", headers=key())
+    assert not triton.is_model_ready(DEMO_MODEL, "2", headers=key())
+    x = images(2, seed=4)
+    result = triton.infer(DEMO_MODEL, [tensor(x, "FP32", binary=True)], model_version="1", headers=key())
+    assert result.get_response()["model_version"] == "1"
+    assert np.allclose(result.as_numpy("probabilities"), v1_probabilities(embedded_stack, x), atol=1e-6)
+    with pytest.raises(InferenceServerException, match=r"has no version '2'; its versions are \['1'\]") as refused:
+        triton.infer(DEMO_MODEL, [tensor(x, "FP32", binary=True)], model_version="2", headers=key())
+    assert refused.value.status() == "404"
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(embedded_stack, triton, algorithm):
+    x = images(3, seed=5)
+    expected = v1_probabilities(embedded_stack, x)
+    for binary in (True, False):
+        result = triton.infer(DEMO_MODEL, [tensor(x, "FP32", binary)], request_compression_algorithm=algorithm,
+                              headers=key())
+        assert np.allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
 
 
 def test_a_state_announced_by_a_bump_is_served_at_once(stack, triton):

@@ -62,7 +62,7 @@ def known(running) -> dict[str, str]:
     """Path parameter values that name what exists: the model, the dataset and an accepted forget request."""
     response = running.post("/v1/models/tiny/forget-requests", json={"classes": [3]}, headers=auth("governance"))
     assert response.status_code == 202, response.text
-    return {"model": "tiny", "name": "tinyset", "request_id": response.json()["id"]}
+    return {"model": "tiny", "name": "tinyset", "request_id": response.json()["id"], "version": "1"}
 
 
 # Bodies that the operations taking JSON accept for the fixture's model, fuzzed around (headers, query).
@@ -79,7 +79,8 @@ BODIES = {
 #   store (a class beyond the model's classes, unknown sample ids, an image or V2 tensor of another shape, a file
 #   that is not a model or an .npz, a rollback without the reason it needs): no schema can say that.
 SEMANTIC_422 = ["POST /v1/models", "POST /v1/datasets", "POST /v1/models/{model}/forget-requests",
-                "POST /v1/models/{model}/predict", "POST /v1/models/{model}/rollback", "POST /v2/models/{model}/infer"]
+                "POST /v1/models/{model}/predict", "POST /v1/models/{model}/rollback", "POST /v2/models/{model}/infer",
+                "POST /v2/models/{model}/versions/{version}/infer"]
 
 
 def _config(role: str) -> SchemathesisConfig:

@@ -124,6 +124,21 @@ def test_every_body_and_answer_is_declared(schema):
     assert "Retry-After" in paths["/v1/forget-requests/{request_id}"]["get"]["responses"]["200"]["headers"]
 
 
+@pytest.mark.parametrize(("path", "method"), [("/v2/models/{model}", "get"), ("/v2/models/{model}/ready", "get"),
+                                              ("/v2/models/{model}/infer", "post")])
+def test_the_v2_version_paths_are_documented_as_the_paths_without_a_version(schema, path, method):
+    plain = schema["paths"][path][method]
+    versioned = schema["paths"][path.replace("{model}", "{model}/versions/{version}")][method]
+    assert [p["name"] for p in versioned["parameters"] if p["in"] == "path"] == ["model", "version"]
+    assert versioned.get("requestBody") == plain.get("requestBody")
+    assert [p for p in versioned["parameters"] if p["in"] != "path"] == [
+        p for p in plain["parameters"] if p["in"] != "path"]
+    assert set(versioned["responses"]) == set(plain["responses"])
+    assert "not one of the versions its metadata lists" in versioned["responses"]["404"]["description"]
+    if method == "post":
+        assert {"413", "415", "422"} <= set(versioned["responses"])
+
+
 def test_operation_ids_are_the_route_names_and_unique(schema):
     ids = [operation["operationId"] for _, _, operation in _operations(schema)]
     assert len(ids) == len(set(ids))

@@ -2,6 +2,7 @@
 and the binary tensor data extension; answers agree with /v1 predict; errors are problems that carry `error`."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from service.main import create_app
 from tests.service.conftest import auth, serve_forget_vector
 
 INFER = "/v2/models/tiny/infer"
+VERSION_1 = "/v2/models/tiny/versions/1"
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -182,6 +184,12 @@ def test_a_binary_tensor_of_no_dimensions_is_a_422_problem(client, model_store):
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [True] * 64}]}, 422,
      "true/false"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8", "data": [256] * 64}]}, 422, "0 to 255"),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "UINT8", "data": []}]}, 422,
+     "data has 0 values; shape [1, 1, 8, 8] needs 64"),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [None] + [0.5] * 63}]}, 422,
+     "null is not a number"),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": ["0.5"] * 64}]}, 422,
+     "strings are not numbers"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": ["a"] * 64}]}, 422, "numbers"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [10**400] + [0.5] * 63}]}, 422,
      "numbers"),  # an integer beyond any float
@@ -197,6 +205,15 @@ def test_a_binary_tensor_of_no_dimensions_is_a_422_problem(client, model_store):
       "outputs": [{"name": "logits"}]}, 422, "unknown output 'logits'"),
     ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
       "outputs": [{"name": "label", "parameters": {"classification": 3}}]}, 422, "classification"),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
+      "outputs": [{"name": "label", "parameters": {"binary_data": "true"}}]}, 422,
+     "output 'label': binary_data must be true or false; got \"true\""),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
+      "parameters": {"binary_data_output": 1}}, 422, "binary_data_output must be true or false; got 1"),
+    ({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
+      "outputs": [{"name": "label"}, {"name": "label"}]}, 422, "output 'label' is asked for twice"),
+    ({"inputs": [{"name": "input", "shape": [100_000, 1], "datatype": "FP32", "data": [0.5] * 100_000}]}, 422,
+     "shape [100000, 1]; expected [N, 1, 8, 8]"),  # the shape is the problem, not the batch limit
 ])
 def test_bad_json_requests_are_problems(client, model_store, request_body, status, needle):
     response = client.post(INFER, json=request_body, headers=auth("inference"))
@@ -245,6 +262,108 @@ def test_more_images_than_the_batch_limit_is_413(settings, model_store):
     body, headers = binary_request(images(3))
     with TestClient(create_app(small), raise_server_exceptions=False) as client:
         assert_v2_problem(client.post(INFER, content=body, headers=headers), 413, "at most 2")
+
+
+def test_a_wrongly_shaped_binary_tensor_is_refused_for_its_shape_before_the_batch_limit(client, model_store):
+    body, headers = binary_request(np.full((100_000, 1), 0.5, dtype=np.float32))
+    assert_v2_problem(client.post(INFER, content=body, headers=headers), 422, "expected [N, 1, 8, 8]")
+
+
+def test_a_body_of_tensor_bytes_only_is_refused_clearly(client, model_store):
+    raw = images(1).astype("<f4").tobytes()
+    response = client.post(INFER, content=raw, headers={**auth("inference"), "Inference-Header-Content-Length": "0",
+                                                        "Content-Type": "application/octet-stream"})
+    problem = assert_v2_problem(response, 422, "without a JSON inference header, is not supported")
+    assert "send the JSON inference header" in problem["detail"] and "JSON:" not in problem["detail"]
+
+
+def test_the_versions_the_metadata_lists_are_served_at_their_paths(client, model_store):
+    headers = auth("inference")
+    assert client.get(VERSION_1, headers=headers).json() == client.get("/v2/models/tiny", headers=headers).json()
+    assert client.get(f"{VERSION_1}/ready", headers=headers).json() == {"name": "tiny", "ready": True}
+    body, binary_headers = binary_request(images(2))
+    response = client.post(f"{VERSION_1}/infer", content=body, headers=binary_headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "1"
+    assert response.json()["outputs"] == client.post(INFER, content=body, headers=binary_headers).json()["outputs"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v2/models/tiny/versions/2"),
+                                              ("GET", "/v2/models/tiny/versions/2/ready"),
+                                              ("POST", "/v2/models/tiny/versions/01/infer")])
+def test_any_other_version_is_a_404_naming_the_versions_there_are(client, model_store, method, path):
+    body, headers = binary_request(images(1))
+    problem = assert_v2_problem(client.request(method, path, content=body if method == "POST" else None,
+                                               headers=headers), 404, "has no version")
+    assert problem["detail"].endswith("its versions are ['1']")
+    missing = client.request(method, path.replace("tiny", "nope"), content=body if method == "POST" else None,
+                             headers=headers)
+    assert_v2_problem(missing, 404, "nope")
+
+
+def test_head_and_405_on_the_version_paths(client, model_store):
+    headers = auth("inference")
+    for path in (VERSION_1, f"{VERSION_1}/ready"):
+        head = client.head(path, headers=headers)
+        assert head.status_code == 200 and head.content == b"", path
+        refused = client.post(path, headers=headers)
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD", path
+    refused = client.get(f"{VERSION_1}/infer", headers=headers)
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert refused.headers["content-type"] == "application/json" and refused.json()["error"]
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [
+    ("gzip", lambda data: zlib.compress(data, wbits=31)), ("deflate", zlib.compress),
+    ("GZip", lambda data: zlib.compress(data, wbits=31)), ("identity", lambda data: data)])
+def test_compressed_bodies_are_decompressed(client, model_store, encoding, compress):
+    body, headers = binary_request(images(3), parameters={"binary_data_output": True})
+    plain = client.post(INFER, content=body, headers=headers)
+    response = client.post(INFER, content=compress(body), headers={**headers, "Content-Encoding": encoding})
+    assert response.status_code == 200, response.text
+    assert response.content == plain.content
+
+
+@pytest.mark.parametrize(("encoding", "body", "status", "needle"), [
+    ("br", b"{}", 415, "Content-Encoding 'br' is not supported; send the body as is (identity) or compressed with "
+                       "gzip or deflate"),
+    ("gzip, gzip", b"{}", 415, "gzip or deflate"),
+    ("gzip", b"{}", 422, "not valid gzip data"),
+    ("deflate", zlib.compress(b'{"inputs": []}')[:-3], 422, "not one complete deflate stream"),
+    ("gzip", zlib.compress(b"{}", wbits=31) + b"more", 422, "not one complete gzip stream"),
+])
+def test_bad_encodings_are_problems(client, model_store, encoding, body, status, needle):
+    response = client.post(INFER, content=body, headers={**auth("inference"), "Content-Encoding": encoding})
+    assert_v2_problem(response, status, needle)
+
+
+def test_a_body_that_decompresses_beyond_the_size_limit_is_413_unread(settings, model_store, monkeypatch):
+    small = settings.model_copy(update={"max_body_bytes": 4096})
+    request = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}]}
+    fits = json.dumps(request).encode()
+    bomb = zlib.compress(fits + b" " * 3_000_000, wbits=31)  # valid JSON, 3 MB: refused for its size alone
+    assert len(bomb) < 4096
+    asked: list[int] = []
+
+    class Inflater:  # zlib's, recording how much each call may decompress
+        def __init__(self, wbits: int):
+            self.inflater = decompressobj(wbits)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            asked.append(max_length)
+            return self.inflater.decompress(data, max_length)
+
+        def __getattr__(self, name: str):
+            return getattr(self.inflater, name)
+
+    decompressobj = zlib.decompressobj
+    monkeypatch.setattr(zlib, "decompressobj", Inflater)
+    headers = {**auth("inference"), "Content-Encoding": "gzip"}
+    with TestClient(create_app(small), raise_server_exceptions=False) as client:
+        assert client.post(INFER, content=zlib.compress(fits, wbits=31), headers=headers).status_code == 200
+        assert_v2_problem(client.post(INFER, content=bomb, headers=headers), 413,
+                          "the body decompresses to more than 4096 bytes (UNLEARND_MAX_BODY_BYTES)")
+    assert asked == [4097, 4097]  # never more than the limit (and one byte to tell that it is over)
 
 
 def test_malformed_bodies_and_headers_are_problems(client, model_store):
