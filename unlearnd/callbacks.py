@@ -2,10 +2,12 @@
 
 A request that ends gets its callback *queued* (`notify_terminal`) on the callbacks queue
 (`<UNLEARND_QUEUE_NAME>-callbacks`), which the workers serve after the forget queue; each RQ job is one
-delivery attempt under a total deadline (`UNLEARND_CALLBACK_TIMEOUT_S`), retried by RQ up to
-`UNLEARND_CALLBACK_ATTEMPTS`. So no delivery runs inside a forget job and a slow endpoint holds a worker
-for at most one deadline at a time. The outcome (delivered or not, attempts, last error) is recorded on the
-request once known.
+delivery attempt under a total deadline (`UNLEARND_CALLBACK_TIMEOUT_S`). A failed attempt schedules the next
+one itself (RQ's scheduler, which the workers run) after `UNLEARND_CALLBACK_RETRY_DELAYS_S`, or after the
+receiver's `Retry-After` (429, 503), up to `UNLEARND_CALLBACK_ATTEMPTS`; 410 Gone ends them. So no delivery
+runs inside a forget job, a slow endpoint holds a worker for at most one deadline at a time, and no worker
+waits between attempts. The outcome (delivered or not, attempts, last error) is recorded on the request once
+known.
 
 Where a callback may go (checked at intake and again before every attempt):
 - http or https only, no user info; the host is resolved and *every* address it resolves to must be
@@ -30,16 +32,19 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import email.utils
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import math
 import secrets
 import socket
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,8 +63,8 @@ PUBLIC_FIELDS = ("id", "model", "classes", "samples", "method", "reason", "statu
 INTAKE_RESOLVE_TIMEOUT_S = 2.0
 """At intake, a host name that does not resolve within this many seconds is accepted (checked again before
 each delivery attempt); one that resolves to a refused address is refused."""
-BACKOFF_S = 0.5
-"""Wait before attempt n >= 2: BACKOFF_S * 2**(n-2) seconds (0.5 s, 1 s, ...)."""
+JOB_GRACE_S = 30
+"""An attempt's RQ job timeout is its deadline (UNLEARND_CALLBACK_TIMEOUT_S) plus this, seconds."""
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -303,28 +308,41 @@ def notify_terminal(ledger: Ledger, request_id: str, settings: Settings, connect
     record = ledger.get(request_id)
     if not record.get("callback_url"):
         return None
-    from rq import Retry
-
     from unlearnd.queue import redis_connection
 
     message_id = f"msg_{uuid.uuid4().hex}"
     try:
         queue = callback_queue(connection if connection is not None else redis_connection(settings), settings)
-        retry = Retry(max=settings.callback_attempts - 1) if settings.callback_attempts > 1 else None
-        queue.enqueue(JOB_FUNCTION, request_id, message_id, _payload(record), job_id=f"cb-{message_id}",
-                      job_timeout=int(_attempt_budget_s(settings)) + 30, retry=retry,
-                      result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                      description=f"callback of {request_id}")
+        enqueue_attempt(queue, settings, request_id, message_id, _payload(record), attempt=1)
     except Exception as exc:  # Redis down: say so on the request rather than fail whoever ended it
-        error = f"could not queue the callback: {exc}"[:300]
-        log.warning("callback of %s: %s", request_id, error)
-        ledger.set_callback(request_id, {"delivered": False, "attempts": 0, "error": error, "at": now_iso()})
-        ledger.audit("callback.failed", "system", request_id, record["model"], {"error": error})
+        _record_failure(ledger, record, message_id, 0, None, f"could not queue the callback: {exc}")
     return message_id
 
 
-def _attempt_budget_s(settings: Settings) -> float:
-    return settings.callback_timeout_s + BACKOFF_S * 2 ** max(settings.callback_attempts - 2, 0)
+def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id: str, payload: str, attempt: int,
+                    delay_s: float | None = None) -> None:
+    """Queue attempt `attempt` of a message as its own RQ job, now or (RQ's scheduler) at least `delay_s` from
+    now: RQ keeps whole seconds, so the time is rounded up to the next one."""
+    options: dict[str, Any] = {
+        "job_id": f"cb-{message_id}-{attempt}", "job_timeout": int(settings.callback_timeout_s) + JOB_GRACE_S,
+        "result_ttl": 24 * 3600, "failure_ttl": 7 * 24 * 3600,
+        "description": f"callback of {request_id} (attempt {attempt})"}
+    args = (JOB_FUNCTION, request_id, message_id, payload, attempt)
+    if delay_s is None:
+        queue.enqueue(*args, **options)
+    else:
+        due = datetime.fromtimestamp(math.ceil(time.time() + delay_s), timezone.utc)
+        queue.enqueue_at(due, *args, **options)
+
+
+def _record_failure(ledger: Ledger, record: dict[str, Any], message_id: str, attempts: int, status: int | None,
+                    error: str) -> None:
+    """Record (and audit) that a message will not be delivered."""
+    error = error[:300]
+    log.warning("callback of %s: %s", record["id"], error)
+    ledger.set_callback(record["id"], {"delivered": False, "status": status, "attempts": attempts,
+                                       "message_id": message_id, "error": error, "at": now_iso()})
+    ledger.audit("callback.failed", "system", record["id"], record["model"], {"error": error})
 
 
 @dataclass(frozen=True)
@@ -332,6 +350,39 @@ class Attempt:
     delivered: bool
     status: int | None = None
     error: str | None = None
+    retry_after_s: float | None = None
+    """What the receiver's Retry-After asked for (429, 503), seconds."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` value (delta-seconds or an HTTP-date) asks to wait; None when it means nothing."""
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, zone unknown
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def ascii_host(url: str) -> str:
+    """A URL's host as sent on the wire: its ASCII (IDNA) form, without brackets or a trailing dot."""
+    import httpx
+
+    return httpx.URL(url).raw_host.decode("ascii").rstrip(".")
+
+
+def host_header(url: str) -> str:
+    """The `Host` value of a URL: the ASCII host, brackets around IPv6, the port unless the default."""
+    import httpx
+
+    host, port = ascii_host(url), httpx.URL(url).port
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port is None else f"{host}:{port}"
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str], allow: AllowList, resolver: Resolver) -> Attempt:
@@ -347,19 +398,23 @@ async def _post(url: str, body: bytes, headers: dict[str, str], allow: AllowList
         except OSError as exc:
             raise CallbackRefused(f"callback host {host!r} does not resolve: {exc}") from None
         address = check_addresses(host, addresses, allow)
-    # Connect to the checked address; Host and (https) SNI and certificate checks use the name.
+    # Connect to the checked address; Host and (https) SNI and certificate checks use the name (its ASCII form).
     pinned = httpx.URL(url).copy_with(host=str(address), port=port)
-    extensions = {"sni_hostname": host} if scheme == "https" and literal is None else {}
-    headers = {**headers, "Host": host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"}
+    extensions = {"sni_hostname": ascii_host(url)} if scheme == "https" and literal is None else {}
+    headers = {**headers, "Host": host_header(url)}
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=None) as client:
         request = client.build_request("POST", pinned, content=body, headers=headers, extensions=extensions)
-        response = await client.send(request)
+        response = await client.send(request, stream=True)  # the status is all we need: never read the body
         await response.aclose()
-    if response.is_redirect or 300 <= response.status_code < 400:
-        return Attempt(False, response.status_code, f"answered {response.status_code} (redirects are not followed)")
+    status = response.status_code
+    if response.is_redirect or 300 <= status < 400:
+        return Attempt(False, status, f"answered {status} (redirects are not followed)")
+    if status == 410:
+        return Attempt(False, status, "answered 410 Gone (not retried)")
     if not response.is_success:
-        return Attempt(False, response.status_code, f"answered {response.status_code}")
-    return Attempt(True, response.status_code)
+        retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        return Attempt(False, status, f"answered {status}", retry_after)
+    return Attempt(True, status)
 
 
 def attempt_delivery(url: str, body: bytes, headers: dict[str, str], settings: Settings,
@@ -383,17 +438,24 @@ def attempt_delivery(url: str, body: bytes, headers: dict[str, str], settings: S
         return Attempt(False, None, f"{type(exc).__name__}: {exc}"[:300])
 
 
-class DeliveryFailed(Exception):
-    """One delivery attempt failed and RQ will retry it."""
+def next_delay_s(settings: Settings, attempt: int, outcome: Attempt) -> float | None:
+    """Seconds to wait before the attempt after `attempt`, or None when there is none: delivered, 410 Gone, or
+    the last attempt. The schedule's delay (its last one repeats), or the receiver's Retry-After when longer,
+    capped at the schedule's longest delay."""
+    if outcome.delivered or outcome.status == 410 or attempt >= settings.callback_attempts:
+        return None
+    delays = settings.callback_retry_delays
+    delay = delays[min(attempt - 1, len(delays) - 1)]
+    if outcome.retry_after_s is not None:
+        delay = max(delay, min(outcome.retry_after_s, max(delays)))
+    return delay
 
 
 def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, settings: Settings, attempt: int,
             resolver: Resolver | None = None) -> Attempt:
-    """Attempt `attempt` (1-based) of one message; records the outcome when it is final (delivered, or
-    the last attempt failed). Returns what happened."""
+    """Attempt `attempt` (1-based) of one message; records the outcome when it is final (delivered, 410 Gone,
+    or the last attempt failed). Returns what happened."""
     record = ledger.get(request_id)
-    if attempt > 1:
-        time.sleep(BACKOFF_S * 2 ** (attempt - 2))
     body = payload.encode()
     try:
         signature = webhook_headers(load_or_create_webhook_secret(settings), message_id, body)
@@ -408,27 +470,35 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
         ledger.set_callback(request_id, {"delivered": True, "status": outcome.status, "attempts": attempt,
                                          "message_id": message_id, "at": now_iso()})
         return outcome
-    CALLBACK_ATTEMPTS.labels("failed" if attempt >= settings.callback_attempts else "retried").inc()
+    final = next_delay_s(settings, attempt, outcome) is None
+    CALLBACK_ATTEMPTS.labels("failed" if final else "retried").inc()
     log.warning("callback of %s failed (attempt %d of %d): %s", request_id, attempt, settings.callback_attempts,
                 outcome.error)
-    if attempt >= settings.callback_attempts:
-        ledger.set_callback(request_id, {"delivered": False, "status": outcome.status, "attempts": attempt,
-                                         "message_id": message_id, "error": outcome.error, "at": now_iso()})
-        ledger.audit("callback.failed", "system", request_id, record["model"], {"error": outcome.error})
+    if final:
+        _record_failure(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
     return outcome
 
 
-def deliver_callback(request_id: str, message_id: str, payload: str) -> dict[str, Any]:
-    """The RQ job of one delivery attempt; raises DeliveryFailed so that RQ retries while attempts remain."""
+def deliver_callback(request_id: str, message_id: str, payload: str, attempt: int = 1) -> dict[str, Any]:
+    """The RQ job of one delivery attempt. When it fails and attempts remain, it schedules the next one (RQ's
+    scheduler enqueues it when due) and returns: no worker waits in between."""
     from rq import get_current_job
 
+    from unlearnd.queue import redis_connection
     from unlearnd.settings import get_settings
 
     settings = get_settings()
-    job = get_current_job()
-    retries_left = (job.retries_left or 0) if job is not None else 0
-    attempt = max(1, settings.callback_attempts - retries_left)
-    outcome = deliver(open_ledger(settings), request_id, message_id, payload, settings, attempt)
-    if not outcome.delivered and retries_left > 0:
-        raise DeliveryFailed(outcome.error)
-    return {"request_id": request_id, "delivered": outcome.delivered, "attempt": attempt, "error": outcome.error}
+    ledger = open_ledger(settings)
+    outcome = deliver(ledger, request_id, message_id, payload, settings, attempt)
+    delay = next_delay_s(settings, attempt, outcome)
+    if delay is not None:
+        job = get_current_job()
+        connection = job.connection if job is not None else redis_connection(settings)
+        try:
+            enqueue_attempt(callback_queue(connection, settings), settings, request_id, message_id, payload,
+                            attempt + 1, delay)
+        except Exception as exc:  # Redis down: no attempt will follow, so this one is the last
+            _record_failure(ledger, ledger.get(request_id), message_id, attempt, outcome.status,
+                            f"{outcome.error}; could not schedule the next attempt: {exc}")
+    return {"request_id": request_id, "delivered": outcome.delivered, "attempt": attempt, "error": outcome.error,
+            "next_attempt_in_s": delay}

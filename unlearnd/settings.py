@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(
         "127.0.0.1", description="Address of a worker's metrics endpoint (0.0.0.0: scraped from other hosts; "
         "keep it on an internal network).")
-    callback_attempts: int = Field(3, ge=1, le=20, description="Delivery attempts per callback.")
+    callback_attempts: int = Field(8, ge=1, le=20, description="Delivery attempts per callback.")
+    callback_retry_delays_s: str = Field(
+        "5,300,1800,7200,18000,36000,36000", description="Comma-separated delays before attempts 2, 3, ... of a "
+        "callback, seconds (each > 0, at most 7 days); the last one repeats when there are more attempts.")
     callback_timeout_s: float = Field(
         5.0, gt=0, le=60, description="Total deadline of one callback delivery attempt (resolve, connect, "
         "send, read the answer), seconds.")
@@ -115,6 +118,16 @@ class Settings(BaseSettings):
         AllowList.parse(v)  # ValueError names the bad entry
         return v
 
+    @field_validator("callback_retry_delays_s")
+    @classmethod
+    def _callback_retry_delays_s(cls, v: str) -> str:
+        parse_delays(v)  # ValueError names the bad entry
+        return v
+
+    @property
+    def callback_retry_delays(self) -> tuple[float, ...]:
+        return parse_delays(self.callback_retry_delays_s)
+
     @property
     def redis_dir(self) -> Path:
         return self.data_dir / "redis"
@@ -138,6 +151,25 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+
+MAX_RETRY_DELAY_S = 7 * 24 * 3600.0
+
+
+def parse_delays(text: str) -> tuple[float, ...]:
+    """The delays of UNLEARND_CALLBACK_RETRY_DELAYS_S ("5,300,1800"), seconds; ValueError unless each is a
+    number > 0 and at most MAX_RETRY_DELAY_S, and there is at least one."""
+    delays = []
+    for entry in text.split(","):
+        try:
+            delay = float(entry)
+        except ValueError:
+            raise ValueError(f"callback retry delay {entry.strip()!r} is not a number of seconds") from None
+        if not 0 < delay <= MAX_RETRY_DELAY_S:  # also refuses nan
+            raise ValueError(f"callback retry delay {entry.strip()!r} must be > 0 and at most "
+                             f"{MAX_RETRY_DELAY_S:g} s")
+        delays.append(delay)
+    return tuple(delays)
 
 
 @lru_cache

@@ -1,7 +1,9 @@
 """`python -m workers`: one forking RQ worker on the forget queue, then the callbacks queue (JSON serializer).
 
 Queues are served in that order: a queued forget job always goes before a queued callback delivery, and a
-delivery attempt holds the worker for at most UNLEARND_CALLBACK_TIMEOUT_S.
+delivery attempt holds the worker for at most UNLEARND_CALLBACK_TIMEOUT_S. The worker also runs RQ's scheduler
+(one process of its own; with several workers, one of them holds the lock), which enqueues the callback attempts
+that a failed attempt scheduled (unlearnd.callbacks) when they are due.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import socket
 
 from rq import Worker
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from service.metrics import serve_worker_metrics
@@ -39,9 +42,21 @@ def preload_job_modules() -> None:
         importlib.import_module(name)
 
 
+class _Scheduler(RQScheduler):
+    """RQ's scheduler, whose process (forked by the worker) dies with the worker and closes its metrics socket."""
+
+    metrics_socket: socket.socket | None = None
+
+    def work(self):
+        die_with_parent(os.getppid())
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
+        super().work()
+
+
 class _Worker(Worker):
-    """RQ's forking worker whose work-horses die with it (the worker dies with `unlearnd run`) and do not hold
-    its metrics endpoint's socket (a restarted worker must be able to listen there again)."""
+    """RQ's forking worker whose work-horses and scheduler die with it (the worker dies with `unlearnd run`) and
+    do not hold its metrics endpoint's socket (a restarted worker must be able to listen there again)."""
 
     metrics_socket: socket.socket | None = None
 
@@ -50,6 +65,17 @@ class _Worker(Worker):
         if self.metrics_socket is not None:
             self.metrics_socket.close()
         super().main_work_horse(job, queue)
+
+    def _start_scheduler(self, burst=False, logging_level="INFO", *args, **kwargs):
+        """RQ's, with `_Scheduler`: started now if this worker gets the scheduler lock, else by RQ's maintenance
+        once the lock is free. (Burst mode, which only enqueues what is due, is RQ's own.)"""
+        if burst:
+            super()._start_scheduler(burst, logging_level, *args, **kwargs)
+            return
+        self.scheduler = _Scheduler(self.queues, connection=self.connection, serializer=self.serializer,
+                                    logging_level=logging_level if logging_level is not None else self.log.level)
+        self.scheduler.metrics_socket = self.metrics_socket
+        self.scheduler.acquire_locks(auto_start=True)
 
 
 def main() -> None:
@@ -70,7 +96,7 @@ def main() -> None:
         job_monitoring_interval=JOB_MONITORING_INTERVAL_S, worker_ttl=WORKER_TTL_S,
     )
     worker.metrics_socket = metrics_socket
-    worker.work(logging_level=settings.log_level.upper())
+    worker.work(logging_level=settings.log_level.upper(), with_scheduler=True)
 
 
 if __name__ == "__main__":

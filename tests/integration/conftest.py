@@ -183,6 +183,7 @@ def _stack(backend: str, shared: dict[str, str], demo_model: Store):
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-it-"))
     settings = Settings(data_dir=data_dir, port=free_port(), worker_stale_s=10,
                         callback_allow="127.0.0.0/8", callback_timeout_s=2,  # test receivers live on loopback
+                        callback_attempts=3, callback_retry_delays_s="0.2",  # short retries: tests stay fast
                         api_keys=",".join(f"{role}:{key}" for role, key in KEYS.items()), **shared)
     logs = data_dir / "logs"
     logs.mkdir()

@@ -55,9 +55,9 @@ def test_run_serves_and_ctrl_c_stops_everything(embedded_stack):
         assert answered is None, "a worker of unlearnd run serves metrics of its own"
 
         # kill -9 the worker and the embedded Redis: the launcher brings both back, the API keeps answering
-        def supervised():  # the live worker and Redis processes under the launcher now
+        def supervised():  # the live worker and Redis processes the launcher started (not the worker's own children)
             found = []
-            for p in psutil.Process(launcher.pid).children(recursive=True):
+            for p in psutil.Process(launcher.pid).children():
                 try:
                     argv = p.cmdline()
                 except psutil.Error:  # killed and not reaped yet
@@ -68,6 +68,12 @@ def test_run_serves_and_ctrl_c_stops_everything(embedded_stack):
 
         victims = supervised()
         assert len(victims) == 2, [p.cmdline() for p in family]
+        worker = next(p for p in victims if p.cmdline()[-2:] == ["-m", "workers"])
+        scheduler, until = worker.children(), time.monotonic() + 10  # RQ's scheduler, forked by the worker
+        while not scheduler and time.monotonic() < until:  # (it starts just after the worker registers)
+            time.sleep(0.2)
+            scheduler = worker.children()
+        assert scheduler, "the worker runs no scheduler"
         for victim in victims:
             victim.kill()
         deadline, back = time.monotonic() + 60, False
@@ -78,6 +84,8 @@ def test_run_serves_and_ctrl_c_stops_everything(embedded_stack):
                     and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200)
             time.sleep(0.3)
         assert back, "the worker and Redis were not restarted"
+        gone, alive = psutil.wait_procs(scheduler, timeout=10)
+        assert alive == [], "the killed worker's scheduler outlived it"
         family = psutil.Process(launcher.pid).children(recursive=True)
     finally:
         launcher.send_signal(signal.SIGINT)

@@ -7,13 +7,14 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 from sqlalchemy import insert
 
@@ -208,6 +209,46 @@ def test_a_stalled_callback_endpoint_never_holds_up_forget_jobs(embedded_stack):
     outcome = record["callback"]
     assert outcome["delivered"] is False and outcome["attempts"] == stack.settings.callback_attempts
     assert "within 2 s" in outcome["error"]
+
+
+def test_failed_callbacks_are_retried_on_schedule_and_410_ends_them(embedded_stack):
+    """The workers run RQ's scheduler: a failed attempt schedules the next one (UNLEARND_CALLBACK_RETRY_DELAYS_S,
+    0.2 s here) and returns, so a receiver that answers 503 twice is delivered on the third attempt; one that
+    answers 410 Gone gets exactly one attempt."""
+    stack = embedded_stack
+    statuses = {"/flaky": [503, 503, 204], "/gone": [410, 204]}
+    received: list[tuple[str, float, str]] = []  # (path, when, webhook-id)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, time.monotonic(), self.headers["webhook-id"]))
+            self.send_response(statuses[self.path].pop(0))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        model = stack.clone_demo_model("digits-retried-hook")
+        flaky = _submit(stack, model, {"classes": [3], "callback_url": f"{base}/flaky"}).json()["id"]
+        gone = _submit(stack, model, {"classes": [7], "callback_url": f"{base}/gone"}).json()["id"]
+        delivered = stack.wait_for(flaky, lambda r: r["callback"] is not None, timeout_s=150)["callback"]
+        refused = stack.wait_for(gone, lambda r: r["callback"] is not None, timeout_s=60)["callback"]
+        time.sleep(2.5)  # the scheduler polls about once a second: time for an attempt that must not come
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert delivered["delivered"] and delivered["status"] == 204 and delivered["attempts"] == 3
+    flaky_posts = [(when, message_id) for path, when, message_id in received if path == "/flaky"]
+    assert len(flaky_posts) == 3 and {m for _, m in flaky_posts} == {delivered["message_id"]}
+    assert all(later - earlier >= 0.2 for (earlier, _), (later, _) in itertools.pairwise(flaky_posts))
+    assert refused["delivered"] is False and refused["status"] == 410 and refused["attempts"] == 1
+    assert [path for path, _, _ in received].count("/gone") == 1
 
 
 def test_list_pages_and_rollback(stack):

@@ -5,6 +5,8 @@ a stub resolver (no DNS)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import email.utils
 import hashlib
 import hmac
 import http.server
@@ -29,9 +31,13 @@ from unlearnd.callbacks import (
     check_callback_target,
     check_callback_url_at_intake,
     deliver,
+    deliver_callback,
+    host_header,
     literal_address,
     load_or_create_webhook_secret,
+    next_delay_s,
     notify_terminal,
+    parse_retry_after,
     webhook_headers,
     webhook_signature,
 )
@@ -176,9 +182,9 @@ def test_the_webhook_secret_is_its_own_key(tmp_path):
 
 # ---- one attempt, against loopback only -----------------------------------------------------------------
 class Receiver:
-    """A loopback HTTP server whose handler a test chooses; records each request."""
+    """A loopback HTTP server (127.0.0.1, or `host`) whose handler a test chooses; records each request."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, host="127.0.0.1"):
         self.requests = []
         receiver = self
 
@@ -191,7 +197,9 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = type("Server", (http.server.ThreadingHTTPServer,),
+                            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+        self.server = server_class((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -205,8 +213,8 @@ class Receiver:
 def receiver_factory():
     made = []
 
-    def make(handler):
-        made.append(Receiver(handler))
+    def make(handler, host="127.0.0.1"):
+        made.append(Receiver(handler, host))
         return made[-1]
 
     yield make
@@ -318,7 +326,7 @@ def test_deliver_signs_and_records_the_final_outcome(tmp_path, receiver_factory)
 
     counted = {o: attempts(o) for o in ("retried", "failed")}
     first = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=1)
-    assert not first.delivered and ledger.get(request_id)["callback"] is None  # RQ will retry it
+    assert not first.delivered and ledger.get(request_id)["callback"] is None  # another attempt follows
     last = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=2)
     assert not last.delivered
     assert {o: attempts(o) - n for o, n in counted.items()} == {"retried": 1, "failed": 1}
@@ -335,33 +343,203 @@ def test_deliver_signs_and_records_the_final_outcome(tmp_path, receiver_factory)
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
 
 
-def test_callbacks_go_to_their_own_queue_and_rq_retries_them(tmp_path, receiver_factory, monkeypatch):
-    """End to end on an in-memory Redis: the forget queue stays empty, failed attempts are retried by RQ,
-    and the ledger records the attempt that got through."""
+def _fake_rq(settings, monkeypatch):
+    """An in-memory Redis and its callbacks queue, with `get_settings` answering `settings` (as in a worker)."""
     fakeredis = pytest.importorskip("fakeredis")
-    from rq import Queue, SimpleWorker
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
     import unlearnd.settings
 
+    monkeypatch.setattr(unlearnd.settings, "get_settings", lambda: settings)
+    connection = fakeredis.FakeStrictRedis()
+    return connection, Queue(callback_queue_name(settings), connection=connection, serializer=JSONSerializer)
+
+
+def _run_callbacks(queue, until: float | None = None) -> None:
+    """What a worker with RQ's scheduler does: enqueue the attempts due (at `until`, unix seconds), run them."""
+    from rq import SimpleWorker
+    from rq.scheduler import RQScheduler
+
+    if until is not None:
+        time.sleep(max(0.0, until + 0.05 - time.time()))
+    scheduler = RQScheduler([queue], connection=queue.connection, serializer=queue.serializer)
+    scheduler.prepare_registries([queue.name])
+    scheduler.enqueue_scheduled_jobs()
+    SimpleWorker([queue], connection=queue.connection, serializer=queue.serializer).work(burst=True)
+
+
+def test_callbacks_go_to_their_own_queue_and_each_failure_schedules_the_next_attempt(tmp_path, receiver_factory,
+                                                                                   monkeypatch):
+    """End to end on an in-memory Redis: the forget queue stays empty, a failed attempt schedules the next one
+    (RQ's scheduler enqueues it when due) instead of waiting, and the ledger records the attempt that got
+    through."""
+    from rq import Queue
+
     answers = [answer(503), answer(500), answer(204)]
     receiver = receiver_factory(lambda h: answers.pop(0)(h))
-    settings = loopback_settings(tmp_path, callback_attempts=3)
-    monkeypatch.setattr(unlearnd.settings, "get_settings", lambda: settings)
-    monkeypatch.setattr("unlearnd.callbacks.BACKOFF_S", 0.01)
+    settings = loopback_settings(tmp_path, callback_attempts=3, callback_retry_delays_s="0.3,0.6")
+    connection, callbacks_queue = _fake_rq(settings, monkeypatch)
     ledger = open_ledger(settings)
     request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
-    connection = fakeredis.FakeStrictRedis()
 
     message_id = notify_terminal(ledger, request_id, settings, connection)
-    callbacks = Queue(callback_queue_name(settings), connection=connection, serializer=JSONSerializer)
-    assert callbacks.count == 1 and Queue(settings.queue_name, connection=connection).count == 0
-    SimpleWorker([callbacks], connection=connection, serializer=JSONSerializer).work(burst=True)
+    assert callbacks_queue.job_ids == [f"cb-{message_id}-1"]
+    assert Queue(settings.queue_name, connection=connection).count == 0
+    started = time.time()
+    _run_callbacks(callbacks_queue)
+    assert time.time() - started < 0.3 and len(receiver.requests) == 1  # returned without waiting
+    scheduled = callbacks_queue.scheduled_job_registry
+    assert scheduled.get_job_ids() == [f"cb-{message_id}-2"] and callbacks_queue.count == 0
+    due = scheduled.get_scheduled_time(f"cb-{message_id}-2").timestamp()
+    assert started + 0.3 <= due <= time.time() + 1.3  # at least the delay (RQ keeps whole seconds)
+    _run_callbacks(callbacks_queue)  # not due yet: nothing runs
+    assert len(receiver.requests) == 1 and ledger.get(request_id)["callback"] is None
 
+    _run_callbacks(callbacks_queue, until=due)  # attempt 2 fails: attempt 3 in 0.6 s or more
+    assert len(receiver.requests) == 2 and scheduled.get_job_ids() == [f"cb-{message_id}-3"]
+    _run_callbacks(callbacks_queue, until=scheduled.get_scheduled_time(f"cb-{message_id}-3").timestamp())
     recorded = ledger.get(request_id)["callback"]
     assert recorded["delivered"] and recorded["status"] == 204 and recorded["attempts"] == 3
     ids = {headers["webhook-id"] for _, headers, _ in receiver.requests}
     assert len(receiver.requests) == 3 and ids == {message_id}  # one message, three attempts
+    assert scheduled.count == 0 and callbacks_queue.count == 0
+
+
+def test_the_schedule_its_last_delay_repeating_and_retry_after_within_it():
+    default = Settings()
+    assert default.callback_attempts == 8
+    assert [next_delay_s(default, n, callbacks.Attempt(False, 500)) for n in range(1, 9)] == \
+        [5, 300, 1800, 7200, 18000, 36000, 36000, None]  # Standard Webhooks' example schedule
+    more = Settings(callback_attempts=12, callback_retry_delays_s="1,2")
+    assert [next_delay_s(more, n, callbacks.Attempt(False, 500)) for n in (1, 2, 3, 11, 12)] == [1, 2, 2, 2, None]
+    assert next_delay_s(more, 1, callbacks.Attempt(True, 204)) is None
+    assert next_delay_s(more, 1, callbacks.Attempt(False, 410)) is None  # Gone: final at once
+    assert next_delay_s(more, 1, callbacks.Attempt(False, 429, retry_after_s=1.5)) == 1.5  # at least that long
+    assert next_delay_s(more, 1, callbacks.Attempt(False, 503, retry_after_s=3600)) == 2  # capped at the longest
+    assert next_delay_s(more, 2, callbacks.Attempt(False, 503, retry_after_s=0)) == 2  # never shorter
+    assert next_delay_s(default, 1, callbacks.Attempt(False, 503, retry_after_s=10**9)) == 36000
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "1,,2", "5,abc", "nan", "inf", "1e9"])
+def test_retry_delays_must_be_positive_seconds(text):
+    with pytest.raises(ValueError, match="callback retry delay"):
+        Settings(callback_retry_delays_s=text)
+
+
+def test_retry_delays_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("UNLEARND_CALLBACK_RETRY_DELAYS_S", " 0.2, 7 ")
+    assert Settings().callback_retry_delays == (0.2, 7.0)
+
+
+def test_retry_after_is_seconds_or_an_http_date():
+    now = 1_700_000_000.0
+    assert parse_retry_after("120", now) == 120.0 and parse_retry_after(" 0 ", now) == 0.0
+    assert parse_retry_after(email.utils.formatdate(now + 90, usegmt=True), now) == 90.0
+    assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0  # in the past: now
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 -0000", now) == 30.0  # no zone: UTC
+    for garbage in (None, "", "soon", "-5", "1.5", "²", "12 s", "Mon, 99 Foo 2023 00:00:00 GMT"):
+        assert parse_retry_after(garbage, now) is None, garbage
+
+
+def test_retry_after_of_a_429_or_503_reaches_the_schedule(tmp_path, receiver_factory):
+    settings = loopback_settings(tmp_path)
+    for status, value, expected in ((503, "120", 120.0), (429, "7", 7.0), (503, "whenever", None),
+                                    (500, "120", None)):
+        receiver = receiver_factory(answer(status, {"Retry-After": value}))
+        outcome = attempt_delivery(f"http://127.0.0.1:{receiver.port}/", b"{}", {}, settings)
+        assert not outcome.delivered and outcome.status == status and outcome.retry_after_s == expected
+
+
+def test_410_gone_is_final_at_once(tmp_path, receiver_factory, monkeypatch):
+    receiver = receiver_factory(answer(410))
+    settings = loopback_settings(tmp_path, callback_attempts=5, callback_retry_delays_s="0.1")
+    connection, callbacks_queue = _fake_rq(settings, monkeypatch)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+    notify_terminal(ledger, request_id, settings, connection)
+    _run_callbacks(callbacks_queue)
+    _run_callbacks(callbacks_queue, until=time.time() + 1.2)  # when a second attempt would be due
+    assert len(receiver.requests) == 1 and callbacks_queue.scheduled_job_registry.count == 0
+    recorded = ledger.get(request_id)["callback"]
+    assert recorded["delivered"] is False and recorded["status"] == 410 and recorded["attempts"] == 1
+    assert "410" in recorded["error"]
+    assert [e["action"] for e in ledger.audit_entries(request_id=request_id)][-1] == "callback.failed"
+
+
+def test_a_failure_to_schedule_the_next_attempt_is_recorded(tmp_path, receiver_factory, monkeypatch):
+    receiver = receiver_factory(answer(500))
+    settings = loopback_settings(tmp_path, callback_attempts=3)
+    _fake_rq(settings, monkeypatch)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+
+    def redis_down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(callbacks, "enqueue_attempt", redis_down)
+    result = deliver_callback(request_id, "msg_x", "{}", attempt=1)
+    assert result["delivered"] is False
+    recorded = ledger.get(request_id)["callback"]
+    assert recorded["delivered"] is False and recorded["attempts"] == 1 and "Redis is down" in recorded["error"]
+
+
+def test_the_answer_body_is_never_read(tmp_path, receiver_factory):
+    """A receiver that answers 200 and then streams a body without end: the status is enough."""
+    def endless(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(10**12))
+        h.end_headers()
+        chunk = b"x" * 65536
+        with contextlib.suppress(OSError):
+            for _ in range(100_000):
+                h.wfile.write(chunk)
+
+    receiver = receiver_factory(endless)
+    started = time.monotonic()
+    outcome = attempt_delivery(f"http://127.0.0.1:{receiver.port}/", b"{}", {}, loopback_settings(tmp_path))
+    assert outcome.delivered and outcome.status == 200
+    assert time.monotonic() - started < 0.9  # well within the 1 s deadline that reading it would hit
+
+
+def test_the_host_header_is_ascii_with_brackets_for_ipv6():
+    assert host_header("http://bücher.test/x") == "xn--bcher-kva.test"
+    assert host_header("https://BÜCHER.test:8443/") == "xn--bcher-kva.test:8443"
+    assert host_header("http://[::1]:9000/") == "[::1]:9000"
+    assert host_header("https://[2001:db8::1]:443/") == "[2001:db8::1]"
+    assert host_header("http://hooks.test./") == "hooks.test"
+
+
+def test_an_idn_host_is_sent_as_its_ascii_form(tmp_path, receiver_factory):
+    receiver = receiver_factory(answer(204))
+    lookups = []
+
+    def resolver(host, port):
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    outcome = attempt_delivery(f"http://bücher.test:{receiver.port}/", b"{}", {}, loopback_settings(tmp_path),
+                               resolver)
+    assert outcome.delivered, outcome.error
+    assert receiver.requests[0][1]["Host"] == f"xn--bcher-kva.test:{receiver.port}"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_literal_host_is_bracketed(tmp_path, receiver_factory):
+    receiver = receiver_factory(answer(204), host="::1")
+    settings = Settings(data_dir=tmp_path, callback_allow="::1", callback_timeout_s=1.0)
+    outcome = attempt_delivery(f"http://[::1]:{receiver.port}/hook", b"{}", {}, settings)
+    assert outcome.delivered, outcome.error
+    assert receiver.requests[0][1]["Host"] == f"[::1]:{receiver.port}"
 
 
 def test_a_request_without_callback_url_queues_nothing(tmp_path, database):
