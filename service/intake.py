@@ -26,6 +26,7 @@ from rq import Queue
 from models_store import Ledger, Store
 from models_store.ledger import IdempotencyClaim, KeyInUse, NewRequest, StoredAnswer
 from service.domain import check_forget_request
+from service.errors import Problem
 from service.handoff import answer_callers
 from service.idempotency import STALE_CLAIM_S, Answer, answer_key_in_use, earlier_answer
 from service.metrics import FORGET_REQUESTS_ACCEPTED
@@ -158,8 +159,11 @@ class Intake:
             return refusal
         try:
             return earlier_answer(self.ledger, submission.claim) or refusal
-        except Exception as exc:  # 422 key reused, 409 in progress, or the database failing
+        except Problem as exc:  # 422 key reused, 409 in progress
             return exc
+        except Exception as exc:  # the database failing: the check's refusal stands
+            log.warning("could not look up the Idempotency-Key of a refused request: %s", exc)
+            return refusal
 
     def _answer(self, submission: _Submission, outcome: dict[str, Any] | KeyInUse | Exception,
                 answers: dict[str, Answer]) -> Any:

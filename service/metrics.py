@@ -82,7 +82,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OP
 
 class HTTPMetrics:
     """Counts and times every request by its route template (`/v1/forget-requests/{request_id}`, never the
-    raw path; `unmatched` for paths no route has), method (`other` for a method no RFC defines: a client
+    raw path; `unmatched` for paths no route has), method (`other` outside RFC 9110's and PATCH: a client
     must not be able to mint series) and status. Pure ASGI, outermost, so it sees
     every answer, 413s from the body limit and 500s included."""
 

@@ -65,6 +65,9 @@ INTAKE_RESOLVE_TIMEOUT_S = 2.0
 each delivery attempt); one that resolves to a refused address is refused."""
 JOB_GRACE_S = 30
 """An attempt's RQ job timeout is its deadline (UNLEARND_CALLBACK_TIMEOUT_S) plus this, seconds."""
+CRASH_RETRY_DELAYS_S = (60, 300)
+"""An attempt whose job crashed (an exception, its worker killed) runs again after these delays, seconds: a failed
+delivery never raises, so RQ's retries only ever cover a crash, which would otherwise lose the message."""
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -142,7 +145,9 @@ def address_refusal(address: IPAddress, allow: AllowList = AllowList()) -> str |
 
 
 def parse_callback_url(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of a callback URL, or CallbackRefused. The host is lower-case, without brackets."""
+    """(scheme, host, port) of a callback URL, or CallbackRefused. The host is what is resolved, checked and sent
+    (Host, SNI): lower-case, without brackets or a trailing dot, a name in its ASCII form (IDNA 2008, as httpx
+    encodes it: `bücher.test` is `xn--bcher-kva.test`)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -157,11 +162,23 @@ def parse_callback_url(url: str) -> tuple[str, str, int]:
         raise CallbackRefused("callback_url has no host")
     if any(ch.isspace() or ch in "%\\" for ch in host):
         raise CallbackRefused("callback_url has an invalid host")
+    return parts.scheme, _ascii_host(url, host), port or (443 if parts.scheme == "https" else 80)
+
+
+def _ascii_host(url: str, host: str) -> str:
+    """`host` (of `url`) as it is resolved and sent: an address written as a number as that address, a name as
+    httpx encodes it (IDNA 2008); CallbackRefused for a name it cannot (e.g. '\x91', an empty or 64+ label)."""
+    import httpx
+
+    literal = literal_address(host)
+    if literal is not None:
+        return str(literal)
     try:
-        host.encode("idna")  # what the resolver does first: UnicodeError for e.g. '\x91', an empty or 64+ label
-    except UnicodeError:
+        host = httpx.URL(url).raw_host.decode("ascii").rstrip(".")
+        host.encode("idna")  # what the resolver does with it: UnicodeError for an empty or 64+ label
+    except (httpx.InvalidURL, UnicodeError):
         raise CallbackRefused("callback_url has an invalid host name") from None
-    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
+    return host
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -323,8 +340,11 @@ def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id:
                     delay_s: float | None = None) -> None:
     """Queue attempt `attempt` of a message as its own RQ job, now or (RQ's scheduler) at least `delay_s` from
     now: RQ keeps whole seconds, so the time is rounded up to the next one."""
+    from rq import Retry
+
     options: dict[str, Any] = {
         "job_id": f"cb-{message_id}-{attempt}", "job_timeout": int(settings.callback_timeout_s) + JOB_GRACE_S,
+        "retry": Retry(max=len(CRASH_RETRY_DELAYS_S), interval=list(CRASH_RETRY_DELAYS_S)),
         "result_ttl": 24 * 3600, "failure_ttl": 7 * 24 * 3600,
         "description": f"callback of {request_id} (attempt {attempt})"}
     args = (JOB_FUNCTION, request_id, message_id, payload, attempt)
@@ -368,21 +388,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def ascii_host(url: str) -> str:
-    """A URL's host as sent on the wire: its ASCII (IDNA) form, without brackets or a trailing dot."""
-    import httpx
-
-    return httpx.URL(url).raw_host.decode("ascii").rstrip(".")
-
-
 def host_header(url: str) -> str:
-    """The `Host` value of a URL: the ASCII host, brackets around IPv6, the port unless the default."""
-    import httpx
-
-    host, port = ascii_host(url), httpx.URL(url).port
+    """The `Host` value of a callback URL: its ASCII host (`parse_callback_url`), brackets around IPv6, the port
+    unless the scheme's default."""
+    scheme, host, port = parse_callback_url(url)
     if ":" in host:
         host = f"[{host}]"
-    return host if port is None else f"{host}:{port}"
+    return host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str], allow: AllowList, resolver: Resolver) -> Attempt:
@@ -400,7 +412,7 @@ async def _post(url: str, body: bytes, headers: dict[str, str], allow: AllowList
         address = check_addresses(host, addresses, allow)
     # Connect to the checked address; Host and (https) SNI and certificate checks use the name (its ASCII form).
     pinned = httpx.URL(url).copy_with(host=str(address), port=port)
-    extensions = {"sni_hostname": ascii_host(url)} if scheme == "https" and literal is None else {}
+    extensions = {"sni_hostname": host} if scheme == "https" and literal is None else {}
     headers = {**headers, "Host": host_header(url)}
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=None) as client:
         request = client.build_request("POST", pinned, content=body, headers=headers, extensions=extensions)

@@ -13,6 +13,7 @@ import os
 import socket
 
 from rq import Worker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
@@ -25,6 +26,9 @@ from unlearnd.settings import get_settings
 
 JOB_MONITORING_INTERVAL_S = 5
 """How often the worker refreshes a running job's heartbeat, seconds; the janitor reads it."""
+MAINTENANCE_INTERVAL_S = 60
+"""How often the worker cleans RQ's registries and, when the scheduler lock is free (the worker holding it died),
+takes the scheduler over, seconds (RQ's default is 600: scheduled callback attempts would wait that long)."""
 WORKER_TTL_S = 20
 """A worker's registration expires this long after its last heartbeat, so /readyz stops counting a dead
 worker within about this many seconds (RQ's default is 420)."""
@@ -42,39 +46,48 @@ def preload_job_modules() -> None:
         importlib.import_module(name)
 
 
-class _Scheduler(RQScheduler):
-    """RQ's scheduler, whose process (forked by the worker) dies with the worker and closes its metrics socket."""
+def _detach(worker_pid: int, metrics_socket: socket.socket | None) -> None:
+    """In a process the worker forked: die with the worker (`worker_pid`, read before the fork, so that a worker
+    dying meanwhile is noticed), and let go of the worker's metrics socket (a restarted worker must be able to
+    listen there again)."""
+    die_with_parent(worker_pid)
+    if metrics_socket is not None:
+        metrics_socket.close()
 
+
+class _Scheduler(RQScheduler):
+    """RQ's scheduler, whose process (forked by the worker) dies with the worker."""
+
+    worker_pid: int
     metrics_socket: socket.socket | None = None
 
     def work(self):
-        die_with_parent(os.getppid())
-        if self.metrics_socket is not None:
-            self.metrics_socket.close()
+        _detach(self.worker_pid, self.metrics_socket)
         super().work()
 
 
 class _Worker(Worker):
-    """RQ's forking worker whose work-horses and scheduler die with it (the worker dies with `unlearnd run`) and
-    do not hold its metrics endpoint's socket (a restarted worker must be able to listen there again)."""
+    """RQ's forking worker whose work-horses and scheduler die with it (the worker dies with `unlearnd run`) and do
+    not hold its metrics endpoint's socket."""
 
     metrics_socket: socket.socket | None = None
 
     def main_work_horse(self, job, queue):
-        die_with_parent(os.getppid())
-        if self.metrics_socket is not None:
-            self.metrics_socket.close()
+        _detach(self.pid, self.metrics_socket)  # self.pid: the worker's, set before the fork
         super().main_work_horse(job, queue)
 
-    def _start_scheduler(self, burst=False, logging_level="INFO", *args, **kwargs):
+    def _start_scheduler(self, burst=False, logging_level="INFO", date_format=DEFAULT_LOGGING_DATE_FORMAT,
+                         log_format=DEFAULT_LOGGING_FORMAT):
         """RQ's, with `_Scheduler`: started now if this worker gets the scheduler lock, else by RQ's maintenance
-        once the lock is free. (Burst mode, which only enqueues what is due, is RQ's own.)"""
+        (every MAINTENANCE_INTERVAL_S) once the lock is free. (Burst mode, which only enqueues what is due, is
+        RQ's own.)"""
         if burst:
-            super()._start_scheduler(burst, logging_level, *args, **kwargs)
+            super()._start_scheduler(burst, logging_level, date_format, log_format)
             return
         self.scheduler = _Scheduler(self.queues, connection=self.connection, serializer=self.serializer,
-                                    logging_level=logging_level if logging_level is not None else self.log.level)
-        self.scheduler.metrics_socket = self.metrics_socket
+                                    logging_level=logging_level if logging_level is not None else self.log.level,
+                                    date_format=date_format, log_format=log_format)
+        self.scheduler.worker_pid, self.scheduler.metrics_socket = os.getpid(), self.metrics_socket
         self.scheduler.acquire_locks(auto_start=True)
 
 
@@ -94,6 +107,7 @@ def main() -> None:
         [forget_queue(connection, settings), callback_queue(connection, settings)],
         connection=connection, serializer=JSONSerializer,
         job_monitoring_interval=JOB_MONITORING_INTERVAL_S, worker_ttl=WORKER_TTL_S,
+        maintenance_interval=MAINTENANCE_INTERVAL_S,
     )
     worker.metrics_socket = metrics_socket
     worker.work(logging_level=settings.log_level.upper(), with_scheduler=True)

@@ -82,13 +82,13 @@ async def create_forget_request(
     except ValidationError as exc:
         raise Problem(422, "Invalid request", describe_errors(exc.errors())) from None
     claim = None if idempotency_key is None else IdempotencyClaim.of(principal.key_id, idempotency_key, model, raw)
-    response = await _callback_refusal(body, claim, intake.ledger, settings) or await intake.submit(
+    response = await _replay_if_callback_refused(body, claim, intake.ledger, settings) or await intake.submit(
         model, body, claim, principal.key_id)
     response.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)  # just queued: no rate measured yet
     return response
 
 
-async def _callback_refusal(body: ForgetRequestCreate, claim: IdempotencyClaim | None, ledger: Ledger,
+async def _replay_if_callback_refused(body: ForgetRequestCreate, claim: IdempotencyClaim | None, ledger: Ledger,
                             settings: Settings) -> Response | None:
     """None when the request has no callback_url or may call it back; else its key's earlier answer (a retry of an
     accepted request is replayed, wherever its callback host points now), or raises the 422."""

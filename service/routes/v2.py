@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.codecs import V2_ENCODINGS, V2_INPUT, V2_OUTPUTS, parse_v2_request, v2_decompressed, v2_response
 from service.deps import AnyRole, Inference, RuntimeDep, SettingsDep
@@ -147,7 +148,9 @@ async def _infer(model: str, version: str | None, request: Request, runtime: Inf
                                           and len(header_length) <= 13):
         raise Problem(422, "Invalid inference request", f"{_HEADER_LENGTH} must be a number of bytes")
     served = _check_version(await runtime.snapshot(model), version)
-    body = v2_decompressed(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
+    body, encoding = await request.body(), request.headers.get("content-encoding")
+    if encoding is not None:  # inflating up to the body limit takes a while: not on the event loop
+        body = await run_in_threadpool(v2_decompressed, body, encoding, settings.max_body_bytes)
     parsed, x = parse_v2_request(body, None if header_length is None else int(header_length),
                                  model, served.input_shape, settings.max_predict_batch)
     served, probabilities = await runtime.predict(model, x)

@@ -311,6 +311,7 @@ def test_a_retry_of_an_accepted_request_is_replayed_after_its_callback_host_move
         refused = c.post("/v1/models/tiny/forget-requests", content=body, headers=auth("governance"))
         assert refused.status_code == 422 and "callback_url" in refused.json()["detail"]
 
+
 def test_rollback_of_an_unknown_model_is_404_and_writes_nothing(client, settings):
     response = client.post("/v1/models/nope/rollback", json={"state_version": 1}, headers=auth("admin"))
     assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"

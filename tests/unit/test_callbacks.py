@@ -484,6 +484,37 @@ def test_a_failure_to_schedule_the_next_attempt_is_recorded(tmp_path, receiver_f
     assert recorded["delivered"] is False and recorded["attempts"] == 1 and "Redis is down" in recorded["error"]
 
 
+def test_an_attempt_whose_job_crashes_runs_again(tmp_path, receiver_factory, monkeypatch):
+    """A failed delivery never raises; a crash (here the ledger unreachable once) does, and RQ runs the attempt
+    again after CRASH_RETRY_DELAYS_S instead of losing the message with nothing recorded."""
+    receiver = receiver_factory(answer(204))
+    settings = loopback_settings(tmp_path, callback_attempts=3)
+    connection, callbacks_queue = _fake_rq(settings, monkeypatch)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+    crashes = [OSError("the database is unreachable")]
+    real_deliver = callbacks.deliver
+
+    def crash_once(*args, **kwargs):
+        if crashes:
+            raise crashes.pop()
+        return real_deliver(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "deliver", crash_once)
+    message_id = notify_terminal(ledger, request_id, settings, connection)
+    _run_callbacks(callbacks_queue)
+    job_id = f"cb-{message_id}-1"
+    scheduled = callbacks_queue.scheduled_job_registry
+    assert scheduled.get_job_ids() == [job_id] and len(receiver.requests) == 0  # not failed: to run again
+    due = scheduled.get_scheduled_time(job_id).timestamp()
+    assert due >= time.time() + callbacks.CRASH_RETRY_DELAYS_S[0] - 2
+    import rq.scheduler
+
+    monkeypatch.setattr(rq.scheduler, "current_timestamp", lambda: int(due) + 1)  # what RQ's scheduler calls now
+    _run_callbacks(callbacks_queue)
+    assert len(receiver.requests) == 1 and ledger.get(request_id)["callback"]["delivered"]
+
+
 def test_the_answer_body_is_never_read(tmp_path, receiver_factory):
     """A receiver that answers 200 and then streams a body without end: the status is enough."""
     def endless(h):
@@ -508,6 +539,22 @@ def test_the_host_header_is_ascii_with_brackets_for_ipv6():
     assert host_header("http://[::1]:9000/") == "[::1]:9000"
     assert host_header("https://[2001:db8::1]:443/") == "[2001:db8::1]"
     assert host_header("http://hooks.test./") == "hooks.test"
+
+
+def test_the_name_resolved_is_the_name_sent():
+    """Python's resolver encodes with IDNA 2003 ('faß.de' -> fass.de), httpx's Host and SNI with IDNA 2008
+    (xn--fa-hia.de): the lookup is given the ASCII name, so it connects where the name it sends points."""
+    lookups = []
+
+    def recording(host, port):
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    assert check_callback_target("http://faß.de/hook", LOOPBACK, resolver=recording)[1:] == ("xn--fa-hia.de", 80)
+    assert lookups == ["xn--fa-hia.de"]
+    with pytest.raises(CallbackRefused, match="invalid host name"):  # httpx could never send it: refused at intake
+        check_callback_url_at_intake("http://☃.net/hook", Settings(callback_allow="127.0.0.0/8"), resolver=recording)
+    assert lookups == ["xn--fa-hia.de"]
 
 
 def test_an_idn_host_is_sent_as_its_ascii_form(tmp_path, receiver_factory):
