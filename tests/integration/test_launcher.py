@@ -130,7 +130,7 @@ def _alive(processes: list[psutil.Process]) -> list[str]:
     return left
 
 
-def test_kill_9_of_the_launcher_takes_every_child_with_it():
+def test_kill_9_of_the_launcher_takes_every_child_with_it_and_a_second_launcher_is_refused():
     data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-k9-"))
     port = free_port()
     launcher = _launch(data_dir, port)
@@ -150,6 +150,13 @@ def test_kill_9_of_the_launcher_takes_every_child_with_it():
         again = _launch(data_dir, port)
         try:
             _wait_ready(port, again)
+            # while it runs, another launcher on the same data directory is refused and leaves it unharmed
+            second = _launch(data_dir, free_port())
+            output, _ = second.communicate(timeout=60)
+            assert second.returncode == 1, output
+            assert "in use by another `unlearnd run`" in output and str(again.pid) in output
+            assert "Traceback" not in output
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
         finally:
             again.send_signal(signal.SIGINT)
             again.communicate(timeout=60)
@@ -161,22 +168,3 @@ def test_kill_9_of_the_launcher_takes_every_child_with_it():
             with contextlib.suppress(psutil.Error):
                 p.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def test_a_second_launcher_on_the_same_data_directory_is_refused():
-    data_dir = Path(tempfile.mkdtemp(prefix="unlearnd-2x-"))
-    port = free_port()
-    first = _launch(data_dir, port)
-    try:
-        _wait_ready(port, first)
-        second = _launch(data_dir, free_port())
-        output, _ = second.communicate(timeout=60)
-        assert second.returncode == 1, output
-        assert "in use by another `unlearnd run`" in output and str(first.pid) in output
-        assert "Traceback" not in output
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200  # first unharmed
-    finally:
-        first.send_signal(signal.SIGINT)
-        first.communicate(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
-    assert first.returncode == 0
