@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Row, case, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models_store import schema
@@ -78,6 +78,17 @@ def _to_dict(row: Row[Any]) -> dict[str, Any]:
 
 
 _BULKY = ("samples", "result", "receipt")
+
+
+def _ending(at: str, *, finished: bool = True) -> dict[str, Any]:
+    """The values that end a request at `at` (`finished`: it sets `finished_at`; a reversal keeps it). When it has a
+    callback_url, its callback becomes pending (a record without a message yet) in the same statement as the
+    ending, so that no crash between ending it and queueing the callback loses the callback: the janitor queues
+    what stayed unqueued."""
+    has_url = _requests.c.callback_url.is_not(None)
+    marker = json.dumps({"delivered": False, "pending": True, "attempts": 0, "message_id": None, "at": at})
+    return {"callback": case((has_url, marker), else_=_requests.c.callback),
+            "callback_pending": case((has_url, 1), else_=0), **({"finished_at": at} if finished else {})}
 """Columns `Ledger.active()` leaves out: a forget set of up to UNLEARND_MAX_SAMPLE_IDS ids is megabytes of JSON,
 and the janitor reads every active request every 2 s."""
 
@@ -293,7 +304,8 @@ class Ledger:
                 actor: str = "system", detail: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Set fields if the request is in one of `allowed_from` (and audit it); returns whether it
         changed."""
-        values = {k: json.dumps(v) if k in _JSON_FIELDS else _plain(v) for k, v in fields.items()}
+        values = {k: v if isinstance(v, ColumnElement) else json.dumps(v) if k in _JSON_FIELDS else _plain(v)
+                  for k, v in fields.items()}
         with self.db.transaction() as conn:
             changed = conn.execute(
                 update(_requests)
@@ -331,8 +343,8 @@ class Ledger:
         return self._update(
             request_id, ACTIVE, audit="request.succeeded", actor="worker",
             detail={"artifact_id": result.get("artifact_id"), "state_version": result.get("state_version")},
-            status=RequestStatus.SUCCEEDED, result=result, receipt=receipt, finished_at=now_iso(), error=None,
-            progress={"fraction": 1.0, "stage": "done"},
+            status=RequestStatus.SUCCEEDED, result=result, receipt=receipt, error=None,
+            progress={"fraction": 1.0, "stage": "done"}, **_ending(now_iso()),
         )
 
     def mark_reverted(self, request_id: str, *, actor: str, to_state: int, reason: str | None) -> bool:
@@ -342,16 +354,17 @@ class Ledger:
             record = self.get(request_id)
         except NotFoundError:  # a state may name requests this ledger never held (another installation's)
             return False
-        reverted = {"by": actor, "to_state": to_state, "reason": reason, "at": now_iso()}
+        at = now_iso()
+        reverted = {"by": actor, "to_state": to_state, "reason": reason, "at": at}
         return self._update(request_id, (RequestStatus.SUCCEEDED,), audit="request.reverted", actor=actor,
                             detail={"to_state": to_state, "reason": reason}, status=RequestStatus.REVERTED,
-                            result={**(record["result"] or {}), "reverted": reverted})
+                            result={**(record["result"] or {}), "reverted": reverted}, **_ending(at, finished=False))
 
     def mark_failed(self, request_id: str, error: str, actor: str = "worker",
                     result: dict[str, Any] | None = None) -> bool:
         """End the request `failed` with `error`; `result` keeps what was measured (e.g. the guard's figures)."""
         return self._update(request_id, ACTIVE, audit="request.failed", actor=actor, detail={"error": error},
-                            status=RequestStatus.FAILED, error=error, finished_at=now_iso(), result=result)
+                            status=RequestStatus.FAILED, error=error, result=result, **_ending(now_iso()))
 
     def request_cancel(self, request_id: str, actor: str) -> str:
         """Cancel a queued request at once, or ask the worker to stop a running one.
@@ -368,8 +381,8 @@ class Ledger:
             status, model = row
             if status == RequestStatus.QUEUED:
                 conn.execute(update(_requests).where(where).values(
-                    status=RequestStatus.CANCELLED.value, finished_at=now_iso(),
-                    progress=json.dumps({"fraction": 0.0, "stage": "cancelled"})))
+                    status=RequestStatus.CANCELLED.value, progress=json.dumps({"fraction": 0.0, "stage": "cancelled"}),
+                    **_ending(now_iso())))
                 _audit(conn, "request.cancelled", actor, request_id, model, {})
                 return "cancelled-now"
             if status == RequestStatus.RUNNING:
@@ -393,8 +406,8 @@ class Ledger:
 
     def mark_cancelled(self, request_id: str, actor: str) -> bool:
         return self._update(request_id, ACTIVE, audit="request.cancelled", actor=actor,
-                            status=RequestStatus.CANCELLED,
-                            finished_at=now_iso(), progress={"fraction": 0.0, "stage": "cancelled"})
+                            status=RequestStatus.CANCELLED, progress={"fraction": 0.0, "stage": "cancelled"},
+                            **_ending(now_iso()))
 
     def count_attempt(self, request_id: str) -> bool:
         """Count an attempt whose job died before it could mark the request running."""
@@ -417,9 +430,26 @@ class Ledger:
             progress={"fraction": 0.0, "stage": "waiting to retry"}, **refund,
         )
 
-    def set_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+    def set_callback(self, request_id: str, outcome: dict[str, Any], *, new_message: bool = False) -> bool:
+        """Record where the request's callback stands (`outcome["pending"]`: attempts are still to come). Only
+        for the message the ledger tracks, unless `new_message` (a new message replaces it): a late attempt of
+        a superseded message changes nothing. Returns whether it was recorded."""
+        where = _requests.c.id == request_id
         with self.db.transaction() as conn:
-            conn.execute(update(_requests).where(_requests.c.id == request_id).values(callback=json.dumps(outcome)))
+            if not new_message:
+                current = conn.scalar(select(_requests.c.callback).where(where).with_for_update())
+                tracked = json.loads(current).get("message_id") if current else None
+                if tracked not in (None, outcome.get("message_id")):
+                    return False
+            return conn.execute(update(_requests).where(where).values(
+                callback=json.dumps(outcome), callback_pending=1 if outcome.get("pending") else 0)).rowcount == 1
+
+    def pending_callbacks(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
+        """Requests whose callback is not settled, oldest first, without their bulky columns."""
+        columns = [column for column in _requests.c if column.name not in _BULKY]
+        query = select(*columns).where(_requests.c.callback_pending == 1).order_by(_requests.c.seq).limit(limit)
+        with self.db.connect() as conn:
+            return [_to_dict(r) for r in conn.execute(query)]
 
     def queued_for_model(self, model: str, exclude: str) -> builtins.list[dict[str, Any]]:
         """Other queued requests of a model, oldest first (candidates to coalesce into one job)."""

@@ -37,7 +37,9 @@ forget_requests = Table(
     Column("receipt", Text),
     Column("cancel_requested", Integer, nullable=False, server_default="0"),
     Column("accepted_by", Text),  # the X-Request-ID of the HTTP request that accepted it
+    Column("callback_pending", Integer, nullable=False, server_default="0"),  # 1: its callback is not settled yet
     Index("forget_requests_model_status", "model", "status"),
+    Index("forget_requests_callback_pending", "callback_pending"),
     sqlite_autoincrement=True,
 )
 

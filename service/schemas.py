@@ -234,18 +234,23 @@ class Result(BaseModel):
 
 
 class Callback(BaseModel):
-    """How the callback to `callback_url` went, once known."""
+    """Where the callback to `callback_url` stands: pending from the moment the request ends until it is delivered
+    or given up."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"delivered": True, "status": 204, "attempts": 1, "message_id": "msg_5b1c…",
+        {"delivered": True, "pending": False, "status": 204, "attempts": 1, "message_id": "msg_5b1c…",
          "at": "2026-03-01T12:00:05.002+00:00"}]})
 
     delivered: bool
+    pending: bool = Field(False, description="Attempts are still to come (`delivered` is false meanwhile).")
     status: int | None = Field(None, description="HTTP status of the receiver's last answer, if it answered.")
     attempts: int = Field(..., ge=0, description="Delivery attempts made.")
-    message_id: str | None = Field(None, description="`webhook-id` of the message (the same on every attempt).")
-    error: str | None = Field(None, description="Why the last attempt failed.")
-    at: Timestamp
+    message_id: str | None = Field(None, description="`webhook-id` of the message (the same on every attempt); "
+                                   "null until the message is made.")
+    error: str | None = Field(None, description="Why the last attempt failed (or why the message is not queued "
+                              "yet).")
+    next_attempt_at: Timestamp | None = Field(None, description="When the next attempt is due, if one is scheduled.")
+    at: Timestamp = Field(..., description="When this was recorded.")
 
 
 class ReceiptArtifact(BaseModel):

@@ -6,8 +6,9 @@ delivery attempt under a total deadline (`UNLEARND_CALLBACK_TIMEOUT_S`). A faile
 one itself (RQ's scheduler, which the workers run) after `UNLEARND_CALLBACK_RETRY_DELAYS_S`, or after the
 receiver's `Retry-After` (429, 503), up to `UNLEARND_CALLBACK_ATTEMPTS`; 410 Gone ends them. So no delivery
 runs inside a forget job, a slow endpoint holds a worker for at most one deadline at a time, and no worker
-waits between attempts. The outcome (delivered or not, attempts, last error) is recorded on the request once
-known.
+waits between attempts. The request's `callback` record is pending from its ending (the ledger marks it so
+in the same statement) until the message is delivered or given up; it names the message, the attempts made
+and when the next is due, which is what the janitor needs to queue whatever Redis never got or lost.
 
 Where a callback may go (checked at intake and again before every attempt):
 - http or https only, no user info; the host is resolved and *every* address it resolves to must be
@@ -317,23 +318,43 @@ def _payload(record: dict[str, Any]) -> str:
     return json.dumps({k: record.get(k) for k in PUBLIC_FIELDS}, sort_keys=True)
 
 
+def pending(message_id: str, attempts: int, status: int | None = None, error: str | None = None,
+            next_attempt_at: str | None = None) -> dict[str, Any]:
+    """The ledger's callback record while attempts of `message_id` are still to come (`attempts` made so far)."""
+    return {"delivered": False, "pending": True, "status": status, "attempts": attempts, "message_id": message_id,
+            "error": error, "next_attempt_at": next_attempt_at, "at": now_iso()}
+
+
 def notify_terminal(ledger: Ledger, request_id: str, settings: Settings, connection: Any = None) -> str | None:
     """Queue the callback of a request that ended (if it has a callback_url); returns the message id.
 
-    The body is the record as it ended, fixed now; delivery happens on the callbacks queue. Never raises
-    for a queue that cannot be reached: the outcome is recorded on the request instead."""
+    The body is the record as it ended, fixed now; delivery happens on the callbacks queue. The message is
+    recorded as pending before it is queued. Never raises for a queue that cannot be reached: the message stays
+    pending, and the janitor queues it (`workers.janitor.reconcile_callbacks`)."""
     record = ledger.get(request_id)
     if not record.get("callback_url"):
         return None
     from unlearnd.queue import redis_connection
 
     message_id = f"msg_{uuid.uuid4().hex}"
+    ledger.set_callback(request_id, pending(message_id, 0), new_message=True)
     try:
         queue = callback_queue(connection if connection is not None else redis_connection(settings), settings)
         enqueue_attempt(queue, settings, request_id, message_id, _payload(record), attempt=1)
     except Exception as exc:  # Redis down: say so on the request rather than fail whoever ended it
-        _record_failure(ledger, record, message_id, 0, None, f"could not queue the callback: {exc}")
+        log.warning("could not queue the callback of %s now, the janitor will: %s", request_id, exc)
+        ledger.set_callback(request_id, pending(message_id, 0, error=f"not queued yet: {exc}"[:300]))
     return message_id
+
+
+def payload_of(ledger: Ledger, request_id: str) -> str:
+    """The body of a request's callback: its public fields as they are now."""
+    return _payload(ledger.get(request_id))
+
+
+def attempt_job_id(message_id: str, attempt: int) -> str:
+    """The RQ job id of attempt `attempt` (1-based) of a message."""
+    return f"cb-{message_id}-{attempt}"
 
 
 def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id: str, payload: str, attempt: int,
@@ -343,7 +364,7 @@ def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id:
     from rq import Retry
 
     options: dict[str, Any] = {
-        "job_id": f"cb-{message_id}-{attempt}", "job_timeout": int(settings.callback_timeout_s) + JOB_GRACE_S,
+        "job_id": attempt_job_id(message_id, attempt), "job_timeout": int(settings.callback_timeout_s) + JOB_GRACE_S,
         "retry": Retry(max=len(CRASH_RETRY_DELAYS_S), interval=list(CRASH_RETRY_DELAYS_S)),
         "result_ttl": 24 * 3600, "failure_ttl": 7 * 24 * 3600,
         "description": f"callback of {request_id} (attempt {attempt})"}
@@ -355,14 +376,15 @@ def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id:
         queue.enqueue_at(due, *args, **options)
 
 
-def _record_failure(ledger: Ledger, record: dict[str, Any], message_id: str, attempts: int, status: int | None,
-                    error: str) -> None:
-    """Record (and audit) that a message will not be delivered."""
+def fail_message(ledger: Ledger, record: dict[str, Any], message_id: str, attempts: int, status: int | None,
+                 error: str) -> None:
+    """Record (and audit) that a message will not be delivered (unless a newer message replaced it)."""
     error = error[:300]
     log.warning("callback of %s: %s", record["id"], error)
-    ledger.set_callback(record["id"], {"delivered": False, "status": status, "attempts": attempts,
-                                       "message_id": message_id, "error": error, "at": now_iso()})
-    ledger.audit("callback.failed", "system", record["id"], record["model"], {"error": error})
+    if ledger.set_callback(record["id"], {"delivered": False, "pending": False, "status": status,
+                                          "attempts": attempts, "message_id": message_id, "error": error,
+                                          "at": now_iso()}):
+        ledger.audit("callback.failed", "system", record["id"], record["model"], {"error": error})
 
 
 @dataclass(frozen=True)
@@ -464,9 +486,10 @@ def next_delay_s(settings: Settings, attempt: int, outcome: Attempt) -> float | 
 
 
 def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, settings: Settings, attempt: int,
-            resolver: Resolver | None = None) -> Attempt:
-    """Attempt `attempt` (1-based) of one message; records the outcome when it is final (delivered, 410 Gone,
-    or the last attempt failed). Returns what happened."""
+            resolver: Resolver | None = None) -> tuple[Attempt, float | None]:
+    """Attempt `attempt` (1-based) of one message; records the outcome on the request: final (delivered, 410
+    Gone, or the last attempt failed) or pending until the next attempt. Returns what happened and the seconds
+    until the next attempt (None: there is none)."""
     record = ledger.get(request_id)
     body = payload.encode()
     try:
@@ -479,16 +502,19 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
         outcome = attempt_delivery(record["callback_url"], body, headers, settings, resolver)
     if outcome.delivered:
         CALLBACK_ATTEMPTS.labels("delivered").inc()
-        ledger.set_callback(request_id, {"delivered": True, "status": outcome.status, "attempts": attempt,
-                                         "message_id": message_id, "at": now_iso()})
-        return outcome
-    final = next_delay_s(settings, attempt, outcome) is None
-    CALLBACK_ATTEMPTS.labels("failed" if final else "retried").inc()
+        ledger.set_callback(request_id, {"delivered": True, "pending": False, "status": outcome.status,
+                                         "attempts": attempt, "message_id": message_id, "at": now_iso()})
+        return outcome, None
+    delay = next_delay_s(settings, attempt, outcome)
+    CALLBACK_ATTEMPTS.labels("failed" if delay is None else "retried").inc()
     log.warning("callback of %s failed (attempt %d of %d): %s", request_id, attempt, settings.callback_attempts,
                 outcome.error)
-    if final:
-        _record_failure(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
-    return outcome
+    if delay is None:
+        fail_message(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
+    else:
+        due = datetime.fromtimestamp(time.time() + delay, timezone.utc).isoformat(timespec="milliseconds")
+        ledger.set_callback(request_id, pending(message_id, attempt, outcome.status, outcome.error, due))
+    return outcome, delay
 
 
 def deliver_callback(request_id: str, message_id: str, payload: str, attempt: int = 1) -> dict[str, Any]:
@@ -501,16 +527,15 @@ def deliver_callback(request_id: str, message_id: str, payload: str, attempt: in
 
     settings = get_settings()
     ledger = open_ledger(settings)
-    outcome = deliver(ledger, request_id, message_id, payload, settings, attempt)
-    delay = next_delay_s(settings, attempt, outcome)
+    outcome, delay = deliver(ledger, request_id, message_id, payload, settings, attempt)
     if delay is not None:
         job = get_current_job()
         connection = job.connection if job is not None else redis_connection(settings)
         try:
             enqueue_attempt(callback_queue(connection, settings), settings, request_id, message_id, payload,
                             attempt + 1, delay)
-        except Exception as exc:  # Redis down: no attempt will follow, so this one is the last
-            _record_failure(ledger, ledger.get(request_id), message_id, attempt, outcome.status,
-                            f"{outcome.error}; could not schedule the next attempt: {exc}")
+        except Exception as exc:  # Redis down: the message stays pending, and the janitor schedules the attempt
+            log.warning("could not schedule attempt %d of the callback of %s, the janitor will: %s", attempt + 1,
+                        request_id, exc)
     return {"request_id": request_id, "delivered": outcome.delivered, "attempt": attempt, "error": outcome.error,
             "next_attempt_in_s": delay}

@@ -1,9 +1,16 @@
-"""The janitor makes sure every accepted request ends `succeeded` or `failed`, whatever crashed.
+"""The janitor makes sure every accepted request ends `succeeded` or `failed`, and every callback is settled,
+whatever crashed.
 
 The ledger says which requests are still active; RQ says what happened to the job carrying each one.
 A request whose job is gone (Redis lost it, the API died before enqueueing), failed without the job
 recording an outcome (work-horse killed), or stopped heartbeating (whole worker killed) is enqueued again,
-until it has used `max_attempts`; then it ends `failed` with the last error. `python -m workers.janitor`.
+until it has used `max_attempts`; then it ends `failed` with the last error.
+
+Likewise for callbacks (`reconcile_callbacks`): a request whose callback is pending names its message and the
+attempts made; the job of the next attempt must be in Redis. A message never queued (Redis down, or a crash just
+after the request ended) is queued, an attempt Redis lost is queued again for when it was due, and an attempt
+whose job failed for good (it crashed on every RQ retry) settles the callback as failed.
+`python -m workers.janitor`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ from rq.job import Job, JobStatus
 
 from models_store import Ledger, open_ledger
 from models_store.ledger import RequestStatus
-from unlearnd.callbacks import notify_terminal
+from unlearnd.callbacks import (
+    attempt_job_id,
+    callback_queue,
+    enqueue_attempt,
+    fail_message,
+    notify_terminal,
+    payload_of,
+)
 from unlearnd.logs import configure_logging
 from unlearnd.queue import enqueue_request, forget_queue, redis_connection
 from unlearnd.settings import Settings, get_settings
@@ -32,6 +46,9 @@ RETRY_BACKOFF_S = (2.0, 10.0, 30.0, 60.0)
 """Wait before retrying after the n-th failed attempt (the last value repeats)."""
 INTERVAL_S = 2.0
 """Seconds between two passes."""
+CALLBACK_GRACE_S = 60.0
+"""A pending callback recorded less than this long ago is left alone: whoever recorded it may be queueing its
+attempt right now."""
 
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
@@ -123,19 +140,49 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
     return actions
 
 
+def reconcile_callbacks(ledger: Ledger, queue: Queue, settings: Settings) -> list[str]:
+    """One pass over the pending callbacks (`queue`: the callbacks queue); returns what it did, one line each."""
+    actions: list[str] = []
+    due = [record for record in ledger.pending_callbacks()
+           if _age_s((record["callback"] or {}).get("at")) >= CALLBACK_GRACE_S]
+    queued = [record for record in due if (record["callback"] or {}).get("message_id")]
+    for record in due:
+        if not (record["callback"] or {}).get("message_id"):  # the request ended; its message was never made
+            notify_terminal(ledger, record["id"], settings, queue.connection)
+            actions.append(f"queued the callback of {record['id']}")
+    next_attempts = [attempt_job_id(record["callback"]["message_id"], record["callback"]["attempts"] + 1)
+                     for record in queued]
+    jobs = _jobs_of([{"job_id": job_id} for job_id in next_attempts], queue)
+    for record, job in zip(queued, jobs, strict=True):
+        request_id, marker = record["id"], record["callback"]
+        attempt = marker["attempts"] + 1
+        if job is None:
+            wait_s = -_age_s(marker.get("next_attempt_at")) if marker.get("next_attempt_at") else 0.0
+            enqueue_attempt(queue, settings, request_id, marker["message_id"], payload_of(ledger, request_id),
+                            attempt, wait_s if wait_s > 0 else None)
+            actions.append(f"queued attempt {attempt} of the callback of {request_id}: the queue had lost it")
+        elif job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            error = f"attempt {attempt} could not run: {_job_error(job)}"
+            fail_message(ledger, record, marker["message_id"], attempt, marker.get("status"), error)
+            actions.append(f"gave up the callback of {request_id}: {error}")
+    return actions
+
+
 def main() -> None:
     settings = get_settings()
     configure_logging(settings, "janitor")
     ledger = open_ledger(settings)
-    queue = forget_queue(redis_connection(settings), settings)
+    connection = redis_connection(settings)
+    queue, callbacks = forget_queue(connection, settings), callback_queue(connection, settings)
     while True:
-        try:
-            for action in reconcile_once(ledger, queue, settings):
-                log.info(action)
-        except RedisError as exc:
-            log.warning("Redis unavailable, will retry: %s", exc)
-        except Exception:  # keep reconciling; one bad pass must not stop the janitor
-            log.exception("janitor pass failed")
+        for reconcile, on in ((reconcile_once, queue), (reconcile_callbacks, callbacks)):
+            try:
+                for action in reconcile(ledger, on, settings):
+                    log.info(action)
+            except RedisError as exc:
+                log.warning("Redis unavailable, will retry: %s", exc)
+            except Exception:  # keep reconciling; one bad pass must not stop the janitor
+                log.exception("janitor pass failed")
         time.sleep(INTERVAL_S)
 
 

@@ -24,6 +24,11 @@ from tests.integration.conftest import KEYS
 from unlearnd.security.secret_files import key_id
 
 
+def settled_callback(record: dict) -> bool:
+    """The request's callback was delivered or given up (it is pending from the moment the request ends)."""
+    return record["callback"] is not None and not record["callback"]["pending"]
+
+
 def _submit(stack, model: str, body: dict, headers: dict | None = None):
     with stack.client("governance") as c:
         return c.post(f"/v1/models/{model}/forget-requests", json=body, headers=headers or {})
@@ -125,7 +130,7 @@ def test_cancel_a_queued_request(stack):
                 assert c.delete(f"/v1/forget-requests/{request_id}").status_code == 409
         finally:
             stack.paused.discard(stack.worker.name)
-        record = stack.wait_for(request_id, lambda r: r["callback"] is not None, timeout_s=30)
+        record = stack.wait_for(request_id, settled_callback, timeout_s=30)
     assert record["callback"]["delivered"]
     assert [json.loads(body)["status"] for body, _ in received] == ["cancelled"]
     stack.wait_ready()
@@ -150,7 +155,7 @@ def test_callback_is_signed_and_recorded(stack):
         model = stack.clone_demo_model("digits-callback")
         request_id = _submit(stack, model, {"classes": [6], "callback_url": url}).json()["id"]
         stack.wait_terminal(request_id)
-        record = stack.wait_for(request_id, lambda r: r["callback"] is not None, timeout_s=30)
+        record = stack.wait_for(request_id, settled_callback, timeout_s=30)
     assert record["callback"]["delivered"] and record["callback"]["status"] == 204
     payload, headers = received[0]
     # Standard Webhooks, under a key of its own (not the receipt key)
@@ -202,7 +207,7 @@ def test_a_stalled_callback_endpoint_never_holds_up_forget_jobs(embedded_stack):
         assert stack.wait_terminal(second)["status"] in ("succeeded", "failed")
         # at most one attempt (2 s here) can be in the worker's hands when the forget job arrives
         assert time.monotonic() - started < 60
-        record = stack.wait_for(first, lambda r: r["callback"] is not None, timeout_s=60)
+        record = stack.wait_for(first, settled_callback, timeout_s=60)
     finally:
         stop.set()
         listener.close()
@@ -237,8 +242,8 @@ def test_failed_callbacks_are_retried_on_schedule_and_410_ends_them(embedded_sta
         model = stack.clone_demo_model("digits-retried-hook")
         flaky = _submit(stack, model, {"classes": [3], "callback_url": f"{base}/flaky"}).json()["id"]
         gone = _submit(stack, model, {"classes": [7], "callback_url": f"{base}/gone"}).json()["id"]
-        delivered = stack.wait_for(flaky, lambda r: r["callback"] is not None, timeout_s=150)["callback"]
-        refused = stack.wait_for(gone, lambda r: r["callback"] is not None, timeout_s=60)["callback"]
+        delivered = stack.wait_for(flaky, settled_callback, timeout_s=150)["callback"]
+        refused = stack.wait_for(gone, settled_callback, timeout_s=60)["callback"]
         time.sleep(2.5)  # the scheduler polls about once a second: time for an attempt that must not come
     finally:
         server.shutdown()

@@ -325,13 +325,18 @@ def test_deliver_signs_and_records_the_final_outcome(tmp_path, receiver_factory)
         return REGISTRY.get_sample_value("unlearnd_callback_attempts_total", {"outcome": outcome}) or 0.0
 
     counted = {o: attempts(o) for o in ("retried", "failed")}
-    first = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=1)
-    assert not first.delivered and ledger.get(request_id)["callback"] is None  # another attempt follows
-    last = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=2)
-    assert not last.delivered
+    ledger.set_callback(request_id, callbacks.pending("msg_abc", 0), new_message=True)
+    first, delay = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=1)
+    assert not first.delivered and delay == 5  # another attempt follows
+    waiting = ledger.get(request_id)["callback"]
+    assert waiting["pending"] and waiting["attempts"] == 1 and waiting["status"] == 500
+    assert waiting["next_attempt_at"] > waiting["at"]
+    last, delay = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=2)
+    assert not last.delivered and delay is None
     assert {o: attempts(o) - n for o, n in counted.items()} == {"retried": 1, "failed": 1}
     recorded = ledger.get(request_id)["callback"]
     assert recorded["delivered"] is False and recorded["attempts"] == 2 and "500" in recorded["error"]
+    assert not recorded["pending"] and not ledger.pending_callbacks()
     assert [e["action"] for e in ledger.audit_entries(request_id=request_id)][-1] == "callback.failed"
 
     _, headers, body = receiver.requests[-1]
@@ -394,7 +399,7 @@ def test_callbacks_go_to_their_own_queue_and_each_failure_schedules_the_next_att
     due = scheduled.get_scheduled_time(f"cb-{message_id}-2").timestamp()
     assert started + 0.3 <= due <= time.time() + 1.3  # at least the delay (RQ keeps whole seconds)
     _run_callbacks(callbacks_queue)  # not due yet: nothing runs
-    assert len(receiver.requests) == 1 and ledger.get(request_id)["callback"] is None
+    assert len(receiver.requests) == 1 and ledger.get(request_id)["callback"]["pending"]
 
     _run_callbacks(callbacks_queue, until=due)  # attempt 2 fails: attempt 3 in 0.6 s or more
     assert len(receiver.requests) == 2 and scheduled.get_job_ids() == [f"cb-{message_id}-3"]
@@ -467,21 +472,64 @@ def test_410_gone_is_final_at_once(tmp_path, receiver_factory, monkeypatch):
     assert [e["action"] for e in ledger.audit_entries(request_id=request_id)][-1] == "callback.failed"
 
 
-def test_a_failure_to_schedule_the_next_attempt_is_recorded(tmp_path, receiver_factory, monkeypatch):
+def test_a_next_attempt_that_cannot_be_scheduled_stays_pending(tmp_path, receiver_factory, monkeypatch):
+    """Redis down when a failed attempt schedules the next one: the message stays pending with the attempt made
+    and when the next is due, which is what the janitor needs to schedule it (tests/unit/test_janitor.py)."""
     receiver = receiver_factory(answer(500))
     settings = loopback_settings(tmp_path, callback_attempts=3)
     _fake_rq(settings, monkeypatch)
     ledger = open_ledger(settings)
     request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+    ledger.set_callback(request_id, callbacks.pending("msg_x", 0), new_message=True)
 
     def redis_down(*args, **kwargs):
         raise ConnectionError("Redis is down")
 
     monkeypatch.setattr(callbacks, "enqueue_attempt", redis_down)
     result = deliver_callback(request_id, "msg_x", "{}", attempt=1)
-    assert result["delivered"] is False
+    assert result["delivered"] is False and len(receiver.requests) == 1
     recorded = ledger.get(request_id)["callback"]
-    assert recorded["delivered"] is False and recorded["attempts"] == 1 and "Redis is down" in recorded["error"]
+    assert recorded["pending"] and recorded["attempts"] == 1 and recorded["next_attempt_at"] is not None
+    assert [r["id"] for r in ledger.pending_callbacks()] == [request_id]
+
+
+def test_a_message_that_cannot_be_queued_stays_pending(tmp_path):
+    """Redis unreachable when the request ends: nothing raises, and the message stays pending for the janitor."""
+    import redis
+
+    settings = loopback_settings(tmp_path)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, "https://hooks.example.com/x")
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    message_id = notify_terminal(ledger, request_id, settings, unreachable)
+    recorded = ledger.get(request_id)["callback"]
+    assert recorded["pending"] and recorded["message_id"] == message_id and recorded["attempts"] == 0
+    assert recorded["error"].startswith("not queued yet")
+    assert "callback.failed" not in [e["action"] for e in ledger.audit_entries(request_id=request_id)]
+
+
+def test_an_ended_request_with_a_callback_url_is_pending_until_its_message_is_settled(tmp_path):
+    """The ending itself marks the callback pending (no message yet), so that a crash before it is queued loses
+    nothing; a request without a callback_url has none."""
+    ledger = open_ledger(loopback_settings(tmp_path))
+    request_id = _ended_request(ledger, "https://hooks.example.com/x")
+    marker = ledger.get(request_id)["callback"]
+    assert marker["pending"] and marker["message_id"] is None and marker["attempts"] == 0
+    assert marker["at"] == ledger.get(request_id)["finished_at"]
+    ledger.create({"id": "fr_silent", "model": "m", "method": "auto", "classes": [1]})
+    ledger.request_cancel("fr_silent", "k")
+    assert ledger.get("fr_silent")["callback"] is None
+    assert [r["id"] for r in ledger.pending_callbacks()] == [request_id]
+
+
+def test_a_superseded_message_does_not_overwrite_the_newer_one(tmp_path):
+    ledger = open_ledger(loopback_settings(tmp_path))
+    request_id = _ended_request(ledger, "https://hooks.example.com/x")
+    assert ledger.set_callback(request_id, callbacks.pending("msg_old", 0), new_message=True)
+    assert ledger.set_callback(request_id, callbacks.pending("msg_new", 0), new_message=True)  # e.g. reverted
+    assert not ledger.set_callback(request_id, {"delivered": True, "pending": False, "attempts": 1,
+                                                "message_id": "msg_old", "at": "2026-01-01T00:00:00+00:00"})
+    assert ledger.get(request_id)["callback"]["message_id"] == "msg_new" and ledger.pending_callbacks()
 
 
 def test_an_attempt_whose_job_crashes_runs_again(tmp_path, receiver_factory, monkeypatch):

@@ -52,3 +52,90 @@ def test_each_request_is_judged_by_its_own_job(installation):
     # the retry carries the id of the HTTP request that accepted the request, as the first job did
     assert Job.fetch(retry, connection=queue.connection, serializer=queue.serializer).meta == {
         REQUEST_ID: "http-fr_lost"}
+
+
+# ---- callbacks ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def callbacks_queue(installation, monkeypatch):
+    from unlearnd.callbacks import callback_queue
+
+    monkeypatch.setattr(janitor, "CALLBACK_GRACE_S", 0.0)  # every pending callback is old enough to be looked at
+    settings, _, queue = installation
+    return callback_queue(queue.connection, settings)
+
+
+def _ended_with_callback(ledger, request_id: str) -> None:
+    record = {"id": request_id, "model": "m", "classes": [1], "samples": None, "method": "auto", "reason": None,
+              "key_id": "k", "callback_url": "https://hooks.example.com/x", "accepted_by": None}
+    ledger.accept([NewRequest(record, job_id=f"{request_id}-job")])
+    ledger.mark_failed(request_id, "for the test")
+
+
+def _message(ledger, request_id: str) -> dict:
+    return ledger.get(request_id)["callback"]
+
+
+def test_a_callback_never_queued_is_queued(installation, callbacks_queue):
+    """The request ended, and whoever ended it crashed (or Redis was down) before its message was queued."""
+    settings, ledger, _ = installation
+    _ended_with_callback(ledger, "fr_a")
+    assert _message(ledger, "fr_a")["message_id"] is None
+
+    assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == ["queued the callback of fr_a"]
+    message_id = _message(ledger, "fr_a")["message_id"]
+    assert callbacks_queue.job_ids == [f"cb-{message_id}-1"]
+    assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == []  # its job is there: nothing to do
+
+
+def test_an_attempt_the_queue_lost_is_queued_again_for_when_it_was_due(installation, callbacks_queue):
+    from unlearnd.callbacks import pending
+
+    settings, ledger, _ = installation
+    for request_id in ("fr_now", "fr_later"):
+        _ended_with_callback(ledger, request_id)
+    ledger.set_callback("fr_now", pending("msg_now", 0), new_message=True)  # queued, then Redis lost it
+    due = "2999-01-01T00:00:00.000+00:00"  # attempt 3 of fr_later was scheduled for then
+    ledger.set_callback("fr_later", pending("msg_later", 2, 503, "answered 503", due), new_message=True)
+
+    actions = janitor.reconcile_callbacks(ledger, callbacks_queue, settings)
+
+    assert actions == ["queued attempt 1 of the callback of fr_now: the queue had lost it",
+                       "queued attempt 3 of the callback of fr_later: the queue had lost it"]
+    assert callbacks_queue.job_ids == ["cb-msg_now-1"]
+    scheduled = callbacks_queue.scheduled_job_registry
+    assert scheduled.get_job_ids() == ["cb-msg_later-3"]
+    assert scheduled.get_scheduled_time("cb-msg_later-3").year == 2999
+    job = Job.fetch("cb-msg_now-1", connection=callbacks_queue.connection, serializer=callbacks_queue.serializer)
+    request_id, message_id, payload, attempt = job.args
+    assert (request_id, message_id, attempt) == ("fr_now", "msg_now", 1)
+    assert '"status": "failed"' in payload and '"id": "fr_now"' in payload
+    assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == []
+
+
+def test_an_attempt_whose_job_failed_for_good_settles_the_callback_as_failed(installation, callbacks_queue):
+    from unlearnd.callbacks import enqueue_attempt, pending
+
+    settings, ledger, _ = installation
+    _ended_with_callback(ledger, "fr_a")
+    ledger.set_callback("fr_a", pending("msg_a", 1, 500, "answered 500"), new_message=True)
+    enqueue_attempt(callbacks_queue, settings, "fr_a", "msg_a", "{}", attempt=2)
+    job = Job.fetch("cb-msg_a-2", connection=callbacks_queue.connection, serializer=callbacks_queue.serializer)
+    callbacks_queue.remove(job)
+    job.set_status("failed")  # as RQ leaves it when its last retry crashed too
+
+    [action] = janitor.reconcile_callbacks(ledger, callbacks_queue, settings)
+
+    assert action.startswith("gave up the callback of fr_a: attempt 2 could not run")
+    settled = _message(ledger, "fr_a")
+    assert not settled["pending"] and not settled["delivered"] and settled["attempts"] == 2
+    assert settled["status"] == 500 and "could not run" in settled["error"]
+    assert [e["action"] for e in ledger.audit_entries(request_id="fr_a")][-1] == "callback.failed"
+    assert ledger.pending_callbacks() == [] and janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == []
+
+
+def test_a_callback_just_recorded_is_left_to_whoever_recorded_it(installation, callbacks_queue, monkeypatch):
+    monkeypatch.setattr(janitor, "CALLBACK_GRACE_S", 60.0)
+    settings, ledger, _ = installation
+    _ended_with_callback(ledger, "fr_a")
+    assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == []
+    assert callbacks_queue.count == 0
