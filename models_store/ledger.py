@@ -94,7 +94,8 @@ and the janitor reads every active request every 2 s."""
 
 @dataclass(frozen=True)
 class IdempotencyClaim:
-    """A caller's Idempotency-Key, with a digest of what the request sends (its model and raw body)."""
+    """A caller's Idempotency-Key, with a digest of what the request asks (its model and its body, canonical:
+    the same request written with other whitespace or key order has the same digest)."""
 
     key_id: str
     key: str
@@ -136,10 +137,19 @@ def _claim_row(conn: Connection, claim: IdempotencyClaim) -> dict[str, Any] | No
     return None if row is None else dict(row)
 
 
+def _ago(seconds: float) -> str:
+    """The timestamp (as `now_iso` writes them, so they compare as text) of `seconds` ago."""
+    return datetime.fromtimestamp(time.time() - seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _abandoned(row: dict[str, Any], stale_claim_s: float) -> bool:
     """A claim bound to no request and older than `stale_claim_s`."""
-    cutoff = datetime.fromtimestamp(time.time() - stale_claim_s, timezone.utc).isoformat(timespec="milliseconds")
-    return row["request_id"] is None and row["status_code"] is None and row["created_at"] < cutoff
+    return row["request_id"] is None and row["status_code"] is None and row["created_at"] < _ago(stale_claim_s)
+
+
+def _expired(row: dict[str, Any], key_ttl_s: float | None) -> bool:
+    """A key older than `key_ttl_s` (None: keys never expire): forgotten, even before the janitor deletes it."""
+    return key_ttl_s is not None and row["created_at"] < _ago(key_ttl_s)
 
 
 class _OneByOne(Exception):
@@ -189,7 +199,8 @@ class Ledger:
         return outcome
 
     def accept(self, requests: Sequence[NewRequest], answer: Callable[[dict[str, Any]], StoredAnswer] | None = None,
-               stale_claim_s: float = 60.0) -> builtins.list[dict[str, Any] | KeyInUse | Exception]:
+               stale_claim_s: float = 60.0, key_ttl_s: float | None = None,
+               ) -> builtins.list[dict[str, Any] | KeyInUse | Exception]:
         """Insert new requests in status `queued`, all in one transaction (group commit: one durable commit for
         many requests); one outcome per request, in order: its stored record, `KeyInUse`, or the exception that
         refused it alone.
@@ -197,7 +208,8 @@ class Ledger:
         A request with an Idempotency-Key `claim` binds the key to itself, with the answer that `answer(record)`
         gives (what a retry with the key replays). A key claimed before gives `KeyInUse`, except a claim bound to
         no request and older than `stale_claim_s` (left by a process that died while accepting, before claims
-        were written with their request), which this request takes over.
+        were written with their request), and a key older than `key_ttl_s` (expired), which this request takes
+        over.
 
         The whole group is inserted by three multi-row statements when none of its keys is claimed already (nor
         twice in the group) and nothing is refused; otherwise that savepoint is rolled back and each request is
@@ -213,7 +225,7 @@ class Ledger:
             for new in requests:
                 try:
                     with conn.begin_nested():
-                        outcomes.append(self._insert(conn, new, answer, stale_claim_s))
+                        outcomes.append(self._insert(conn, new, answer, stale_claim_s, key_ttl_s))
                 except IntegrityError as exc:  # another process claimed the key since our read: its row
                     row = None if new.claim is None else _claim_row(conn, new.claim)
                     outcomes.append(exc if row is None else KeyInUse(row))
@@ -248,11 +260,11 @@ class Ledger:
 
     @staticmethod
     def _insert(conn: Connection, new: NewRequest, answer: Callable[[dict[str, Any]], StoredAnswer] | None,
-                stale_claim_s: float) -> dict[str, Any] | KeyInUse:
+                stale_claim_s: float, key_ttl_s: float | None) -> dict[str, Any] | KeyInUse:
         claim = new.claim
         if claim is not None:
             row = _claim_row(conn, claim)
-            if row is not None and not _abandoned(row, stale_claim_s):
+            if row is not None and not (_abandoned(row, stale_claim_s) or _expired(row, key_ttl_s)):
                 return KeyInUse(row)
             if row is not None:
                 conn.execute(delete(_idempotency).where(*_this_key(claim)))
@@ -491,10 +503,16 @@ class Ledger:
         return [{**r, "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
     # ---- idempotency keys (draft-ietf-httpapi-idempotency-key-header) -------------------------------------
-    def idempotency_row(self, claim: IdempotencyClaim) -> dict[str, Any] | None:
-        """The row of an Idempotency-Key, or None when it was never claimed."""
+    def idempotency_row(self, claim: IdempotencyClaim, key_ttl_s: float | None = None) -> dict[str, Any] | None:
+        """The row of an Idempotency-Key, or None when it was never claimed (or is older than `key_ttl_s`)."""
         with self.db.connect() as conn:
-            return _claim_row(conn, claim)
+            row = _claim_row(conn, claim)
+        return None if row is None or _expired(row, key_ttl_s) else row
+
+    def expire_idempotency_keys(self, key_ttl_s: float) -> int:
+        """Delete the keys older than `key_ttl_s`; returns how many."""
+        with self.db.transaction() as conn:
+            return conn.execute(delete(_idempotency).where(_idempotency.c.created_at < _ago(key_ttl_s))).rowcount
 
     def idempotency_finish(self, key_id: str, key: str, status_code: int, response: str,
                            headers: dict[str, str]) -> None:

@@ -54,6 +54,7 @@ idempotency = Table(
     Column("created_at", Text, nullable=False),
     Column("request_id", Text),
     PrimaryKeyConstraint("key_id", "key"),
+    Index("idempotency_created_at", "created_at"),  # revision 0005: expiry
 )
 
 audit = Table(

@@ -7,6 +7,11 @@ another body it is refused (422). A refused request claims nothing: the client m
 key is looked up before a refusal is answered (`earlier_answer`), so a retry of an accepted request is replayed
 even when its checks would refuse it today.
 
+The key is the header's Structured Field string (`"…"`, the draft's form) or, as many clients send it, the bare
+value: `"k1"` and `k1` are one key (`claim_of`). "The same body" is the same request once parsed (canonical JSON),
+not the same bytes. A key is kept `UNLEARND_IDEMPOTENCY_KEY_TTL_S` (24 h by default); after that a request with it
+is new, and the janitor deletes it.
+
 Ledgers written before claims were recorded with their request may hold a claim bound to no request (its process
 died while accepting, or is still accepting): 409 while it is fresh, taken over after `STALE_CLAIM_S`.
 """
@@ -14,6 +19,7 @@ died while accepting, or is still accepting): 409 while it is fresh, taken over 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +28,33 @@ from fastapi import Response
 from models_store import Ledger
 from models_store.ledger import IdempotencyClaim, StoredAnswer
 from service.errors import Problem
-from service.schemas import ForgetRequestPublic
+from service.schemas import ForgetRequestCreate, ForgetRequestPublic
 
 STALE_CLAIM_S = 60.0
 """A claim bound to no request after this long is taken over by a retry instead of answering 409."""
+
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"')
+"""A non-empty Structured Field string (RFC 8941, section 3.3.3): printable ASCII in double quotes, `\\"` and
+`\\\\` its only escapes."""
+
+
+def idempotency_key(header: str) -> str:
+    """The key an `Idempotency-Key` header names: the content of a Structured Field string, or a bare value as it
+    is. 422 for a quoted value that is no valid, non-empty Structured Field string."""
+    value = header.strip(" ")
+    if not value.startswith('"'):
+        return value
+    match = _SF_STRING.fullmatch(value)
+    if match is None:
+        raise Problem(422, "Invalid Idempotency-Key", 'a quoted Idempotency-Key must be a Structured Field string: '
+                      'printable ASCII between double quotes, with \\" and \\\\ the only escapes')
+    return re.sub(r'\\(["\\])', r"\1", match.group(1))
+
+
+def claim_of(key_id: str, header: str, model: str, body: ForgetRequestCreate) -> IdempotencyClaim:
+    """The claim of a request to `model` with an `Idempotency-Key` header, over its canonical body."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return IdempotencyClaim.of(key_id, idempotency_key(header), model, canonical.encode())
 
 
 @dataclass(frozen=True)
@@ -53,12 +82,12 @@ class Answer:
                         media_type="application/json")
 
 
-def earlier_answer(ledger: Ledger, claim: IdempotencyClaim) -> Response | None:
+def earlier_answer(ledger: Ledger, claim: IdempotencyClaim, key_ttl_s: float) -> Response | None:
     """For a request that a check refuses now: the answer of its Idempotency-Key's first request (as
     `answer_key_in_use`), None when the key is unknown. A retry must replay what was accepted even when the same
     body would be refused today (e.g. another request has forgotten classes since, or the callback host's
     address changed)."""
-    row = ledger.idempotency_row(claim)
+    row = ledger.idempotency_row(claim, key_ttl_s)
     return None if row is None else answer_key_in_use(ledger, claim, row)
 
 

@@ -141,7 +141,7 @@ class Intake:
             return answers[record["id"]].stored()
 
         outcomes = self.ledger.accept([submission.new_request() for submission in checked], answer=stored_answer,
-                                      stale_claim_s=STALE_CLAIM_S)
+                                      stale_claim_s=STALE_CLAIM_S, key_ttl_s=self.settings.idempotency_key_ttl_s)
         jobs = [JobToEnqueue(submission.request_id, submission.job_id, submission.accepted_by)
                 for submission, outcome in zip(checked, outcomes, strict=True) if isinstance(outcome, dict)]
         if jobs:
@@ -158,7 +158,7 @@ class Intake:
         if submission.claim is None:
             return refusal
         try:
-            return earlier_answer(self.ledger, submission.claim) or refusal
+            return earlier_answer(self.ledger, submission.claim, self.settings.idempotency_key_ttl_s) or refusal
         except Problem as exc:  # 422 key reused, 409 in progress
             return exc
         except Exception as exc:  # the database failing: the check's refusal stands

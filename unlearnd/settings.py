@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         "class (one extra forward pass for those inputs); false = universal δ on every input.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted, bytes.")
+    idempotency_key_ttl_s: float = Field(
+        86400.0, ge=60, le=366 * 86400, description="How long an Idempotency-Key is kept for replay, seconds; "
+        "after that a request with the key is a new request, and the janitor deletes the key.")
     # Many hosts (docs/deploy.md): a shared database and blob store; every host keeps only caches locally.
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the database holding the ledger, audit log, idempotency keys, model "

@@ -1,5 +1,5 @@
 """The janitor makes sure every accepted request ends `succeeded` or `failed`, and every callback is settled,
-whatever crashed.
+whatever crashed; it also deletes expired Idempotency-Keys.
 
 The ledger says which requests are still active; RQ says what happened to the job carrying each one.
 A request whose job is gone (Redis lost it, the API died before enqueueing), failed without the job
@@ -168,16 +168,24 @@ def reconcile_callbacks(ledger: Ledger, queue: Queue, settings: Settings) -> lis
     return actions
 
 
+def expire_idempotency_keys(ledger: Ledger, settings: Settings) -> list[str]:
+    """Delete the Idempotency-Keys older than UNLEARND_IDEMPOTENCY_KEY_TTL_S (lookups ignore them already)."""
+    expired = ledger.expire_idempotency_keys(settings.idempotency_key_ttl_s)
+    return [f"deleted {expired} expired Idempotency-Keys"] if expired else []
+
+
 def main() -> None:
     settings = get_settings()
     configure_logging(settings, "janitor")
     ledger = open_ledger(settings)
     connection = redis_connection(settings)
     queue, callbacks = forget_queue(connection, settings), callback_queue(connection, settings)
+    passes = (lambda: reconcile_once(ledger, queue, settings), lambda: reconcile_callbacks(ledger, callbacks, settings),
+              lambda: expire_idempotency_keys(ledger, settings))
     while True:
-        for reconcile, on in ((reconcile_once, queue), (reconcile_callbacks, callbacks)):
+        for one_pass in passes:
             try:
-                for action in reconcile(ledger, on, settings):
+                for action in one_pass():
                     log.info(action)
             except RedisError as exc:
                 log.warning("Redis unavailable, will retry: %s", exc)

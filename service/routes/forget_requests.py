@@ -12,7 +12,7 @@ from models_store import Ledger
 from models_store.ledger import ACTIVE, TERMINAL, IdempotencyClaim, RequestStatus
 from service.deps import Governance, IntakeDep, LedgerDep, QueueDep, SettingsDep
 from service.errors import Problem, describe_errors, problem_responses
-from service.idempotency import earlier_answer
+from service.idempotency import claim_of, earlier_answer
 from service.schemas import (
     FORGET_REQUEST_EXAMPLES,
     STORE_NAME,
@@ -81,7 +81,7 @@ async def create_forget_request(
         body = ForgetRequestCreate.model_validate_json(raw)
     except ValidationError as exc:
         raise Problem(422, "Invalid request", describe_errors(exc.errors())) from None
-    claim = None if idempotency_key is None else IdempotencyClaim.of(principal.key_id, idempotency_key, model, raw)
+    claim = None if idempotency_key is None else claim_of(principal.key_id, idempotency_key, model, body)
     response = await _replay_if_callback_refused(body, claim, intake.ledger, settings) or await intake.submit(
         model, body, claim, principal.key_id)
     response.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)  # just queued: no rate measured yet
@@ -99,7 +99,8 @@ async def _replay_if_callback_refused(body: ForgetRequestCreate, claim: Idempote
         return None
     except CallbackRefused as exc:
         refusal = Problem(422, "Callback refused", f"callback_url: {exc}")
-    earlier = None if claim is None else await run_in_threadpool(earlier_answer, ledger, claim)
+    earlier = None if claim is None else await run_in_threadpool(earlier_answer, ledger, claim,
+                                                                 settings.idempotency_key_ttl_s)
     if earlier is None:
         raise refusal
     return earlier

@@ -1,12 +1,13 @@
 """Bad input gets a 4xx problem and changes nothing; no Redis needed for these decisions."""
 
-import hashlib
 
 import pytest
 import torch
 
 from models_store import open_ledger
 from models_store.store import now_iso
+from service.idempotency import claim_of, idempotency_key
+from service.schemas import ForgetRequestCreate
 from tests.service.conftest import KEYS, auth
 
 
@@ -201,7 +202,8 @@ def test_a_405_allows_every_method_of_its_path(client, path, allow):
 
 
 BODY = b'{"classes": [1]}'
-BODY_DIGEST = hashlib.sha256(b"tiny\0" + BODY).hexdigest()  # what the API binds a key to: model + raw body
+BODY_DIGEST = claim_of("k", "k", "tiny", ForgetRequestCreate.model_validate_json(BODY)).body_sha256
+"""What the API binds a key to: model and canonical body."""
 
 
 def _idempotent_post(client, key):
@@ -437,6 +439,67 @@ def test_head_is_counted_as_head_on_its_route(client, settings):
 def test_head_where_only_post_is_served_is_405(client):
     response = client.head("/v2/models/tiny/infer", headers=auth("inference"))
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize(("header", "key"), [
+    ("k1", "k1"), ('"k1"', "k1"), (' "k1" ', "k1"), ('"a\\"b"', 'a"b'), ('"a\\\\b"', "a\\b"),
+    ("8e03978e-40d5-43e8-bc93-6894a57f9324", "8e03978e-40d5-43e8-bc93-6894a57f9324"), ('k"1', 'k"1'),
+])
+def test_an_idempotency_key_is_a_structured_field_string_or_a_bare_value(header, key):
+    assert idempotency_key(header) == key
+
+
+@pytest.mark.parametrize("header", ['"', '""', '"k1', '"k"1"', '"a\\b"', '"\x7f"', '"é"', '"k1";a=1'])
+def test_a_quoted_idempotency_key_that_is_no_structured_field_string_is_422(header):
+    from service.errors import Problem
+
+    with pytest.raises(Problem) as refused:
+        idempotency_key(header)
+    assert refused.value.status == 422
+
+
+def test_the_same_request_written_otherwise_or_its_key_quoted_is_a_replay(client, settings, model_store):
+    """The draft's Idempotency-Key is a Structured Field string (`"k6"`); many clients send it bare (`k6`): one key.
+    The same request in other JSON (whitespace, key order, a default spelled out) is the same body."""
+    first = _idempotent_post(client, "k6")
+    assert first.status_code == 202, first.text
+    for key, body in (('"k6"', BODY), ("k6", b'{ "method" : "auto",\n  "classes": [ 1 ] }')):
+        replay = client.post("/v1/models/tiny/forget-requests", content=body, headers={
+            **auth("governance"), "Idempotency-Key": key, "Content-Type": "application/json"})
+        assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true", replay.text
+        assert replay.json()["id"] == first.json()["id"]
+    other = client.post("/v1/models/tiny/forget-requests", content=b'{"classes": [2]}', headers={
+        **auth("governance"), "Idempotency-Key": '"k6"', "Content-Type": "application/json"})
+    assert other.status_code == 422 and other.json()["title"] == "Idempotency key reused"
+    bad = _idempotent_post(client, '"k6')
+    assert bad.status_code == 422 and bad.json()["title"] == "Invalid Idempotency-Key"
+    assert open_ledger(settings).count() == 1
+
+
+def test_an_expired_idempotency_key_is_a_new_request_and_the_janitor_deletes_it(client, settings, model_store):
+    """Keys are kept UNLEARND_IDEMPOTENCY_KEY_TTL_S (24 h by default): an older one is forgotten at once, before
+    the janitor deletes it."""
+    import sqlite3
+
+    from workers.janitor import expire_idempotency_keys
+
+    first = _idempotent_post(client, "k7")
+    assert first.status_code == 202, first.text
+    assert _idempotent_post(client, "k7").headers["Idempotent-Replayed"] == "true"
+    with sqlite3.connect(settings.ledger_path) as db:
+        db.execute("UPDATE idempotency SET created_at = '2000-01-01T00:00:00.000+00:00' WHERE key = 'k7'")
+    ledger = open_ledger(settings)
+    again = _idempotent_post(client, "k7")
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers, again.text
+    assert again.json()["id"] != first.json()["id"] and ledger.count() == 2
+    assert _idempotent_post(client, "k7").json()["id"] == again.json()["id"]  # the key now names the new one
+    with sqlite3.connect(settings.ledger_path) as db:
+        db.execute("UPDATE idempotency SET created_at = '2000-01-01T00:00:00.000+00:00' WHERE key = 'k7'")
+    _idempotent_post(client, "k8")
+    assert expire_idempotency_keys(ledger, settings) == ["deleted 1 expired Idempotency-Keys"]
+    with sqlite3.connect(settings.ledger_path) as db:
+        assert [key for (key,) in db.execute("SELECT key FROM idempotency")] == ["k8"]
+    assert expire_idempotency_keys(ledger, settings) == []
 
 
 def test_an_empty_idempotency_key_is_422_and_records_nothing(client, settings, model_store):

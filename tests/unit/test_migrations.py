@@ -17,7 +17,7 @@ from models_store.ledger import IdempotencyClaim, NewRequest
 from models_store.schema import metadata, served_states
 from unlearnd.settings import Settings
 
-HEAD = "0004"
+HEAD = "0005"
 REPO = Path(__file__).resolve().parents[2]
 
 LEDGER_BEFORE_MIGRATIONS = """
