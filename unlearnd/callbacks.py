@@ -489,8 +489,13 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
             resolver: Resolver | None = None) -> tuple[Attempt, float | None]:
     """Attempt `attempt` (1-based) of one message; records the outcome on the request: final (delivered, 410
     Gone, or the last attempt failed) or pending until the next attempt. Returns what happened and the seconds
-    until the next attempt (None: there is none)."""
+    until the next attempt (None: there is none). A message that a newer one of the request replaced (it ended
+    again: reverted) is not sent."""
     record = ledger.get(request_id)
+    tracked = (record.get("callback") or {}).get("message_id")
+    if tracked not in (None, message_id):
+        log.info("callback of %s: message %s is superseded by %s, not sent", request_id, message_id, tracked)
+        return Attempt(False, None, f"superseded by {tracked}"), None
     body = payload.encode()
     try:
         signature = webhook_headers(load_or_create_webhook_secret(settings), message_id, body)

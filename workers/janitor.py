@@ -46,6 +46,9 @@ RETRY_BACKOFF_S = (2.0, 10.0, 30.0, 60.0)
 """Wait before retrying after the n-th failed attempt (the last value repeats)."""
 INTERVAL_S = 2.0
 """Seconds between two passes."""
+SLOW_INTERVAL_S = 30.0
+"""Seconds between two passes over the pending callbacks and the expired Idempotency-Keys (nothing there is looked
+at before it is a minute old)."""
 CALLBACK_GRACE_S = 60.0
 """A pending callback recorded less than this long ago is left alone: whoever recorded it may be queueing its
 attempt right now."""
@@ -180,9 +183,14 @@ def main() -> None:
     ledger = open_ledger(settings)
     connection = redis_connection(settings)
     queue, callbacks = forget_queue(connection, settings), callback_queue(connection, settings)
-    passes = (lambda: reconcile_once(ledger, queue, settings), lambda: reconcile_callbacks(ledger, callbacks, settings),
-              lambda: expire_idempotency_keys(ledger, settings))
+    every_pass = [lambda: reconcile_once(ledger, queue, settings)]
+    slow_passes = [lambda: reconcile_callbacks(ledger, callbacks, settings),
+                   lambda: expire_idempotency_keys(ledger, settings)]
+    slow_due = time.monotonic()
     while True:
+        passes = every_pass
+        if time.monotonic() >= slow_due:
+            passes, slow_due = every_pass + slow_passes, time.monotonic() + SLOW_INTERVAL_S
         for one_pass in passes:
             try:
                 for action in one_pass():

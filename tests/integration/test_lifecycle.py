@@ -20,6 +20,8 @@ from sqlalchemy import insert
 
 from models_store import schema
 from models_store.store import now_iso
+from service.idempotency import claim_of
+from service.schemas import ForgetRequestCreate
 from tests.integration.conftest import KEYS
 from unlearnd.security.secret_files import key_id
 
@@ -85,7 +87,7 @@ def test_idempotency_replay_mismatch_and_conflict(stack):
     with stack.ledger.db.transaction() as conn:
         conn.execute(insert(schema.idempotency).values(
             key="in-flight", key_id=key_id(KEYS["governance"]), created_at=now_iso(),
-            body_sha256=hashlib.sha256(model.encode() + b"\0" + body).hexdigest()))
+            body_sha256=claim_of("", "in-flight", model, ForgetRequestCreate.model_validate_json(body)).body_sha256))
     with stack.client("governance") as c:
         conflict = c.post(f"/v1/models/{model}/forget-requests", content=body,
                           headers={"Idempotency-Key": "in-flight", "Content-Type": "application/json"})
@@ -118,23 +120,20 @@ def _hook_server():
 
 
 def test_cancel_a_queued_request(stack):
-    model = stack.clone_demo_model("digits-cancel-q")
-    stack.paused.add(stack.worker.name)
-    stack.worker.stop()
+    model, busy = stack.clone_demo_model("digits-cancel-q"), stack.clone_demo_model("digits-cancel-busy")
+    ahead = _submit(stack, busy, {"classes": [5]}).json()["id"]  # holds the one worker: what follows stays queued
+    stack.wait_for(ahead, lambda r: r["status"] == "running")
     with _hook_server() as (url, received):
-        try:
-            request_id = _submit(stack, model, {"classes": [2], "callback_url": url}).json()["id"]
-            with stack.client("governance") as c:
-                response = c.delete(f"/v1/forget-requests/{request_id}")
-                assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
-                assert c.delete(f"/v1/forget-requests/{request_id}").status_code == 409
-        finally:
-            stack.paused.discard(stack.worker.name)
-        record = stack.wait_for(request_id, settled_callback, timeout_s=30)
+        request_id = _submit(stack, model, {"classes": [2], "callback_url": url}).json()["id"]
+        with stack.client("governance") as c:
+            response = c.delete(f"/v1/forget-requests/{request_id}")
+            assert response.status_code == 200 and response.json()["status"] == "cancelled", response.text
+            assert c.delete(f"/v1/forget-requests/{request_id}").status_code == 409
+        record = stack.wait_for(request_id, settled_callback, timeout_s=60)
     assert record["callback"]["delivered"]
     assert [json.loads(body)["status"] for body, _ in received] == ["cancelled"]
-    stack.wait_ready()
-    time.sleep(2)  # give the worker a chance to (wrongly) run it
+    assert stack.wait_terminal(ahead)["status"] == "succeeded"
+    time.sleep(2)  # give the worker, free again, a chance to (wrongly) run it
     assert stack.ledger.get(request_id)["status"] == "cancelled"
     assert stack.state(model)["requests"] == []
 

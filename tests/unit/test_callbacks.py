@@ -522,14 +522,22 @@ def test_an_ended_request_with_a_callback_url_is_pending_until_its_message_is_se
     assert [r["id"] for r in ledger.pending_callbacks()] == [request_id]
 
 
-def test_a_superseded_message_does_not_overwrite_the_newer_one(tmp_path):
-    ledger = open_ledger(loopback_settings(tmp_path))
-    request_id = _ended_request(ledger, "https://hooks.example.com/x")
+def test_a_superseded_message_is_not_sent_and_does_not_overwrite_the_newer_one(tmp_path, receiver_factory):
+    receiver = receiver_factory(answer(204))
+    settings = loopback_settings(tmp_path)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
     assert ledger.set_callback(request_id, callbacks.pending("msg_old", 0), new_message=True)
     assert ledger.set_callback(request_id, callbacks.pending("msg_new", 0), new_message=True)  # e.g. reverted
     assert not ledger.set_callback(request_id, {"delivered": True, "pending": False, "attempts": 1,
                                                 "message_id": "msg_old", "at": "2026-01-01T00:00:00+00:00"})
-    assert ledger.get(request_id)["callback"]["message_id"] == "msg_new" and ledger.pending_callbacks()
+    outcome, delay = deliver(ledger, request_id, "msg_old", "{}", settings, attempt=1)
+    assert not outcome.delivered and "superseded by msg_new" in outcome.error and delay is None
+    assert receiver.requests == []
+    assert ledger.get(request_id)["callback"] == {**ledger.get(request_id)["callback"], "message_id": "msg_new",
+                                                  "pending": True, "attempts": 0}
+    delivered, _ = deliver(ledger, request_id, "msg_new", "{}", settings, attempt=1)
+    assert delivered.delivered and len(receiver.requests) == 1 and not ledger.pending_callbacks()
 
 
 def test_an_attempt_whose_job_crashes_runs_again(tmp_path, receiver_factory, monkeypatch):
