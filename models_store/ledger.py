@@ -456,6 +456,12 @@ class Ledger:
             return conn.execute(update(_requests).where(where).values(
                 callback=json.dumps(outcome), callback_pending=1 if outcome.get("pending") else 0)).rowcount == 1
 
+    def count_pending_callbacks(self) -> int:
+        """How many ended requests have a callback not settled yet."""
+        query = select(func.count()).select_from(_requests).where(_requests.c.callback_pending == 1)
+        with self.db.connect() as conn:
+            return int(conn.scalar(query) or 0)
+
     def pending_callbacks(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         """Requests whose callback is not settled, oldest first, without their bulky columns."""
         columns = [column for column in _requests.c if column.name not in _BULKY]

@@ -4,7 +4,8 @@ Every process started by `unlearnd run` gets `PROMETHEUS_MULTIPROC_DIR=<data_dir
 launcher at start), so the metrics below are written to memory-mapped files there by the API, the workers
 and their work-horses alike, and the API's `/metrics` aggregates them all (prometheus_client's multiprocess
 mode). Without that variable (tests, a bare uvicorn) each process keeps its own, and `/metrics` shows the
-API's. The ledger-derived series (`unlearnd_forget_requests`) are computed from the ledger at scrape time.
+API's. The ledger-derived series (`unlearnd_forget_requests`, `unlearnd_callbacks_pending`) are computed from the
+ledger at scrape time.
 
 This module imports nothing heavy: the workers import it too, and the API must not import torch.
 See docs/operations.md for the list and sample dashboards.
@@ -123,6 +124,9 @@ class LedgerCollector(Collector):
         for method, status, count in self.ledger.counts_by_method_and_status():
             family.add_metric([method, status], count)
         yield family
+        yield GaugeMetricFamily(
+            "unlearnd_callbacks_pending", "Ended requests whose callback is not settled yet (neither delivered nor "
+            "given up): attempts remain.", value=self.ledger.count_pending_callbacks())
 
 
 def exposition(ledger: Any) -> bytes:

@@ -67,6 +67,8 @@ class QueueView(BaseModel):
     depth: list[ModelDepth] = Field(..., description="Per model with active requests.")
     running: list[RunningRequest]
     oldest_waiting: OldestWaiting | None
+    callbacks_pending: int = Field(..., description="Ended requests whose callback is not settled yet (neither "
+                                   "delivered nor given up; the ledger's figure).")
     rq: RQView | None
     redis_error: str | None = None
 
@@ -113,4 +115,4 @@ def queue_view(ledger: LedgerDep, queue: QueueDep, settings: SettingsDep, _: Adm
         oldest_waiting=None if oldest is None else OldestWaiting(
             request_id=oldest["id"], model=oldest["model"], created_at=oldest["created_at"],
             age_s=_age_s(oldest["created_at"])),
-        rq=rq, redis_error=redis_error)
+        callbacks_pending=ledger.count_pending_callbacks(), rq=rq, redis_error=redis_error)

@@ -7,6 +7,7 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models_store import open_ledger
 from tests.service.conftest import auth
 
 
@@ -96,6 +97,12 @@ def test_an_accepted_forget_request_moves_the_ledger_and_http_series(settings, m
         after = _samples(c)
     assert _value(before, "unlearnd_forget_requests", method="forget_vector", status="queued") == 0
     assert _value(after, "unlearnd_forget_requests", method="forget_vector", status="queued") == 1
+    assert after[("unlearnd_callbacks_pending", frozenset())] == 0
+    ledger = open_ledger(settings)
+    ledger.create({"id": "fr_cb", "model": "tiny", "classes": [2], "method": "auto", "callback_url": "https://h.test/"})
+    ledger.mark_failed("fr_cb", "for the test")  # ended: its callback is pending until delivered or given up
+    with TestClient(app) as c:
+        assert _samples(c)[("unlearnd_callbacks_pending", frozenset())] == 1
     assert _value(after, "unlearnd_forget_requests_accepted_total", method="forget_vector") - \
         _value(before, "unlearnd_forget_requests_accepted_total", method="forget_vector") == 1
     labels = {"method": "POST", "route": "/v1/models/{model}/forget-requests", "status": "202"}

@@ -118,10 +118,12 @@ def test_report_png_is_served_to_governance_and_404_when_there_is_none(client, s
 def test_queue_view_without_redis_still_shows_the_ledger(client, settings):
     ledger = open_ledger(settings)
     ledger.create({"id": "fr_q1", "model": "m1", "classes": [1], "method": "auto"})
+    ledger.create({"id": "fr_q2", "model": "m1", "classes": [2], "method": "auto", "callback_url": "https://h.test/"})
+    ledger.request_cancel("fr_q2", "k")  # ended: its callback is pending
     response = client.get("/v1/admin/queue", headers=auth("admin"))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["rq"] is None and "ConnectionError" in body["redis_error"]
+    assert body["rq"] is None and "ConnectionError" in body["redis_error"] and body["callbacks_pending"] == 1
     assert body["depth"] == [{"model": "m1", "queued": 1, "running": 0}]
     assert body["oldest_waiting"]["request_id"] == "fr_q1" and body["oldest_waiting"]["age_s"] >= 0
     assert client.get("/v1/admin/queue", headers=auth("governance")).status_code == 403
