@@ -78,6 +78,8 @@ def _to_dict(row: Row[Any]) -> dict[str, Any]:
 
 
 _BULKY = ("samples", "result", "receipt")
+"""Columns `Ledger.active()` leaves out: a forget set of up to UNLEARND_MAX_SAMPLE_IDS ids is megabytes of JSON,
+and the janitor reads every active request on each of its passes."""
 
 
 def _ending(at: str, *, finished: bool = True) -> dict[str, Any]:
@@ -89,21 +91,39 @@ def _ending(at: str, *, finished: bool = True) -> dict[str, Any]:
     marker = json.dumps({"delivered": False, "pending": True, "attempts": 0, "message_id": None, "at": at})
     return {"callback": case((has_url, marker), else_=_requests.c.callback),
             "callback_pending": case((has_url, 1), else_=0), **({"finished_at": at} if finished else {})}
-"""Columns `Ledger.active()` leaves out: a forget set of up to UNLEARND_MAX_SAMPLE_IDS ids is megabytes of JSON,
-and the janitor reads every active request every 2 s."""
+
+
+def _may_record(current: dict[str, Any] | None, outcome: dict[str, Any]) -> bool:
+    """Whether `outcome` of a message may replace the callback record `current`: only for the message it tracks
+    (a record of a newer ending, even one without its message yet, supersedes every older message; rows from before
+    callbacks were tracked have none), and never backwards: not over a settled record, nor with fewer attempts."""
+    if current is None:
+        return True
+    if current.get("message_id") != outcome.get("message_id"):
+        return False
+    return bool(current.get("pending")) and outcome.get("attempts", 0) >= current.get("attempts", 0)
 
 @dataclass(frozen=True)
 class IdempotencyClaim:
     """A caller's Idempotency-Key, with a digest of what the request asks (its model and its body, canonical:
-    the same request written with other whitespace or key order has the same digest)."""
+    the same request written with other whitespace or key order has the same digest). `raw_sha256`: the digest of
+    the body's bytes, what versions before canonical digests stored, which a stored key may still hold."""
 
     key_id: str
     key: str
     body_sha256: str
+    raw_sha256: str | None = None
 
     @classmethod
-    def of(cls, key_id: str, key: str, model: str, body: bytes) -> IdempotencyClaim:
-        return cls(key_id, key, hashlib.sha256(model.encode() + b"\0" + body).hexdigest())
+    def of(cls, key_id: str, key: str, model: str, body: bytes, raw_body: bytes | None = None) -> IdempotencyClaim:
+        def digest(data: bytes) -> str:
+            return hashlib.sha256(model.encode() + b"\0" + data).hexdigest()
+
+        return cls(key_id, key, digest(body), None if raw_body is None else digest(raw_body))
+
+    def same_body(self, stored_sha256: str) -> bool:
+        """Whether a stored key's digest is of this request's body."""
+        return stored_sha256 in (self.body_sha256, self.raw_sha256)
 
 
 @dataclass(frozen=True)
@@ -442,19 +462,34 @@ class Ledger:
             progress={"fraction": 0.0, "stage": "waiting to retry"}, **refund,
         )
 
-    def set_callback(self, request_id: str, outcome: dict[str, Any], *, new_message: bool = False) -> bool:
-        """Record where the request's callback stands (`outcome["pending"]`: attempts are still to come). Only
-        for the message the ledger tracks, unless `new_message` (a new message replaces it): a late attempt of
-        a superseded message changes nothing. Returns whether it was recorded."""
+    def set_callback(self, request_id: str, outcome: dict[str, Any]) -> bool:
+        """Record where the request's callback message stands (`outcome["pending"]`: attempts are still to come),
+        if `_may_record` allows it: a late or repeated attempt, or one of a superseded message, changes nothing.
+        Returns whether it was recorded."""
         where = _requests.c.id == request_id
         with self.db.transaction() as conn:
-            if not new_message:
-                current = conn.scalar(select(_requests.c.callback).where(where).with_for_update())
-                tracked = json.loads(current).get("message_id") if current else None
-                if tracked not in (None, outcome.get("message_id")):
-                    return False
+            current = conn.scalar(select(_requests.c.callback).where(where).with_for_update())
+            if not _may_record(None if current is None else json.loads(current), outcome):
+                return False
             return conn.execute(update(_requests).where(where).values(
                 callback=json.dumps(outcome), callback_pending=1 if outcome.get("pending") else 0)).rowcount == 1
+
+    def claim_callback(self, request_id: str, message_id: str, at: str) -> dict[str, Any] | None:
+        """Make `message_id` the callback message of the request's latest ending, once per ending: its record as
+        read in the same transaction (the body to send), or None when the ending has its message already (another
+        process made it) or the request has no pending callback."""
+        where = _requests.c.id == request_id
+        with self.db.transaction() as conn:
+            row = conn.execute(select(_requests).where(where).with_for_update()).first()
+            if row is None:
+                return None
+            record = _to_dict(row)
+            marker = record["callback"]
+            if not (marker and marker.get("pending") and marker.get("message_id") is None):
+                return None
+            claimed = {**marker, "message_id": message_id, "at": at}
+            conn.execute(update(_requests).where(where).values(callback=json.dumps(claimed)))
+        return {**record, "callback": claimed}
 
     def count_pending_callbacks(self) -> int:
         """How many ended requests have a callback not settled yet."""
@@ -462,10 +497,12 @@ class Ledger:
         with self.db.connect() as conn:
             return int(conn.scalar(query) or 0)
 
-    def pending_callbacks(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
-        """Requests whose callback is not settled, oldest first, without their bulky columns."""
+    def pending_callbacks(self, after_seq: int = 0, limit: int = 1000) -> builtins.list[dict[str, Any]]:
+        """Requests whose callback is not settled, in acceptance order after sequence number `after_seq`, without
+        their bulky columns."""
         columns = [column for column in _requests.c if column.name not in _BULKY]
-        query = select(*columns).where(_requests.c.callback_pending == 1).order_by(_requests.c.seq).limit(limit)
+        query = select(*columns).where(_requests.c.callback_pending == 1, _requests.c.seq > after_seq).order_by(
+            _requests.c.seq).limit(limit)
         with self.db.connect() as conn:
             return [_to_dict(r) for r in conn.execute(query)]
 
@@ -515,17 +552,28 @@ class Ledger:
             row = _claim_row(conn, claim)
         return None if row is None or _expired(row, key_ttl_s) else row
 
-    def expire_idempotency_keys(self, key_ttl_s: float) -> int:
-        """Delete the keys older than `key_ttl_s`; returns how many."""
-        with self.db.transaction() as conn:
-            return conn.execute(delete(_idempotency).where(_idempotency.c.created_at < _ago(key_ttl_s))).rowcount
+    def expire_idempotency_keys(self, key_ttl_s: float, batch: int = 5000) -> int:
+        """Delete the keys older than `key_ttl_s`, about `batch` per transaction (a backlog never holds the
+        database's write lock for long); returns how many."""
+        created_at, cutoff, deleted = _idempotency.c.created_at, _ago(key_ttl_s), 0
+        while True:
+            with self.db.transaction() as conn:
+                bound = conn.scalar(select(created_at).where(created_at < cutoff).order_by(created_at)
+                                    .offset(batch - 1).limit(1))  # the batch-th oldest expired key, if so many
+                expired = created_at <= bound if bound is not None else created_at < cutoff
+                count = conn.execute(delete(_idempotency).where(expired)).rowcount
+            deleted += count
+            if bound is None:
+                return deleted
 
-    def idempotency_finish(self, key_id: str, key: str, status_code: int, response: str,
+    def idempotency_finish(self, claim: IdempotencyClaim, request_id: str, status_code: int, response: str,
                            headers: dict[str, str]) -> None:
-        """Store the answer of a claim bound to a request whose process died before storing it."""
+        """Store the answer of a claim bound to `request_id` whose process died before storing it (unless the key
+        has been taken over since, or answered)."""
         with self.db.transaction() as conn:
             conn.execute(update(_idempotency)
-                         .where(_idempotency.c.key_id == key_id, _idempotency.c.key == key)
+                         .where(*_this_key(claim), _idempotency.c.request_id == request_id,
+                                _idempotency.c.status_code.is_(None))
                          .values(status_code=status_code, response=response, headers=json.dumps(headers)))
 
 

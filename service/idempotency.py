@@ -33,9 +33,10 @@ from service.schemas import ForgetRequestCreate, ForgetRequestPublic
 STALE_CLAIM_S = 60.0
 """A claim bound to no request after this long is taken over by a retry instead of answering 409."""
 
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"')
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"'
+                        r'(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=[^;]+)?)*')
 """A non-empty Structured Field string (RFC 8941, section 3.3.3): printable ASCII in double quotes, `\\"` and
-`\\\\` its only escapes."""
+`\\\\` its only escapes; parameters (section 3.1.2) may follow, and mean nothing here."""
 
 
 def idempotency_key(header: str) -> str:
@@ -51,10 +52,13 @@ def idempotency_key(header: str) -> str:
     return re.sub(r'\\(["\\])', r"\1", match.group(1))
 
 
-def claim_of(key_id: str, header: str, model: str, body: ForgetRequestCreate) -> IdempotencyClaim:
-    """The claim of a request to `model` with an `Idempotency-Key` header, over its canonical body."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return IdempotencyClaim.of(key_id, idempotency_key(header), model, canonical.encode())
+def claim_of(key_id: str, header: str, model: str, body: ForgetRequestCreate, raw_body: bytes | None = None,
+             ) -> IdempotencyClaim:
+    """The claim of a request to `model` with an `Idempotency-Key` header, over its canonical body: the fields it
+    sets to other than their defaults (so a field added later with a default changes no stored digest). With
+    `raw_body`, a key stored with the digest of the same bytes (by an earlier version) matches too."""
+    canonical = json.dumps(body.model_dump(mode="json", exclude_defaults=True), sort_keys=True, separators=(",", ":"))
+    return IdempotencyClaim.of(key_id, idempotency_key(header), model, canonical.encode(), raw_body)
 
 
 @dataclass(frozen=True)
@@ -95,13 +99,13 @@ def answer_key_in_use(ledger: Ledger, claim: IdempotencyClaim, row: dict[str, An
     """The answer to a request whose Idempotency-Key was claimed before (`row`): the first answer again, marked
     as a replay. Raises 422 when the key was used with another body, 409 while a claim bound to no request is
     fresh."""
-    if row["body_sha256"] != claim.body_sha256:
+    if not claim.same_body(row["body_sha256"]):
         raise Problem(422, "Idempotency key reused", "this Idempotency-Key was used with another body")
     if row["status_code"] is not None:
         answer = Answer(row["status_code"], row["response"], json.loads(row["headers"]))
     elif row["request_id"] is not None:  # accepted, but its process died before storing the answer: answer now
         answer = Answer.accepted_record(ledger.get(row["request_id"]))
-        ledger.idempotency_finish(claim.key_id, claim.key, answer.status_code, answer.body, answer.headers)
+        ledger.idempotency_finish(claim, row["request_id"], answer.status_code, answer.body, answer.headers)
     else:
         raise Problem(409, "Request in progress", "the first request with this Idempotency-Key is still being "
                       "accepted; retry shortly")

@@ -329,15 +329,15 @@ def notify_terminal(ledger: Ledger, request_id: str, settings: Settings, connect
     """Queue the callback of a request that ended (if it has a callback_url); returns the message id.
 
     The body is the record as it ended, fixed now; delivery happens on the callbacks queue. The message is
-    recorded as pending before it is queued. Never raises for a queue that cannot be reached: the message stays
-    pending, and the janitor queues it (`workers.janitor.reconcile_callbacks`)."""
-    record = ledger.get(request_id)
-    if not record.get("callback_url"):
-        return None
+    recorded (`Ledger.claim_callback`: once per ending, so that two processes notifying the same ending make one
+    message) before it is queued; None when there is nothing to send. Never raises for a queue that cannot be
+    reached: the message stays pending, and the janitor queues it (`workers.janitor.reconcile_callbacks`)."""
     from unlearnd.queue import redis_connection
 
     message_id = f"msg_{uuid.uuid4().hex}"
-    ledger.set_callback(request_id, pending(message_id, 0), new_message=True)
+    record = ledger.claim_callback(request_id, message_id, now_iso())
+    if record is None:  # no callback_url, or another process made this ending's message
+        return None
     try:
         queue = callback_queue(connection if connection is not None else redis_connection(settings), settings)
         enqueue_attempt(queue, settings, request_id, message_id, _payload(record), attempt=1)
@@ -374,6 +374,22 @@ def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id:
     else:
         due = datetime.fromtimestamp(math.ceil(time.time() + delay_s), timezone.utc)
         queue.enqueue_at(due, *args, **options)
+
+
+def record_failed_attempt(ledger: Ledger, record: dict[str, Any], message_id: str, attempt: int,
+                          outcome: Attempt, settings: Settings) -> float | None:
+    """Record that attempt `attempt` of a message failed: final (`fail_message`) or pending until the next attempt,
+    whose delay it returns (None: there is none)."""
+    delay = next_delay_s(settings, attempt, outcome)
+    CALLBACK_ATTEMPTS.labels("failed" if delay is None else "retried").inc()
+    log.warning("callback of %s failed (attempt %d of %d): %s", record["id"], attempt, settings.callback_attempts,
+                outcome.error)
+    if delay is None:
+        fail_message(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
+    else:
+        due = datetime.fromtimestamp(time.time() + delay, timezone.utc).isoformat(timespec="milliseconds")
+        ledger.set_callback(record["id"], pending(message_id, attempt, outcome.status, outcome.error, due))
+    return delay
 
 
 def fail_message(ledger: Ledger, record: dict[str, Any], message_id: str, attempts: int, status: int | None,
@@ -489,13 +505,14 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
             resolver: Resolver | None = None) -> tuple[Attempt, float | None]:
     """Attempt `attempt` (1-based) of one message; records the outcome on the request: final (delivered, 410
     Gone, or the last attempt failed) or pending until the next attempt. Returns what happened and the seconds
-    until the next attempt (None: there is none). A message that a newer one of the request replaced (it ended
-    again: reverted) is not sent."""
+    until the next attempt (None: there is none). Nothing is sent when the ledger says the attempt is not due: the
+    request ended again since (reverted: a newer message supersedes this one), the message is settled, or this
+    attempt was made and recorded already (RQ running a crashed job again)."""
     record = ledger.get(request_id)
-    tracked = (record.get("callback") or {}).get("message_id")
-    if tracked not in (None, message_id):
-        log.info("callback of %s: message %s is superseded by %s, not sent", request_id, message_id, tracked)
-        return Attempt(False, None, f"superseded by {tracked}"), None
+    not_due = _not_due(record.get("callback"), message_id, attempt)
+    if not_due is not None:
+        log.info("callback of %s: attempt %d of %s not sent: %s", request_id, attempt, message_id, not_due)
+        return Attempt(False, None, not_due), None
     body = payload.encode()
     try:
         signature = webhook_headers(load_or_create_webhook_secret(settings), message_id, body)
@@ -510,16 +527,21 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
         ledger.set_callback(request_id, {"delivered": True, "pending": False, "status": outcome.status,
                                          "attempts": attempt, "message_id": message_id, "at": now_iso()})
         return outcome, None
-    delay = next_delay_s(settings, attempt, outcome)
-    CALLBACK_ATTEMPTS.labels("failed" if delay is None else "retried").inc()
-    log.warning("callback of %s failed (attempt %d of %d): %s", request_id, attempt, settings.callback_attempts,
-                outcome.error)
-    if delay is None:
-        fail_message(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
-    else:
-        due = datetime.fromtimestamp(time.time() + delay, timezone.utc).isoformat(timespec="milliseconds")
-        ledger.set_callback(request_id, pending(message_id, attempt, outcome.status, outcome.error, due))
-    return outcome, delay
+    return outcome, record_failed_attempt(ledger, record, message_id, attempt, outcome, settings)
+
+
+def _not_due(marker: dict[str, Any] | None, message_id: str, attempt: int) -> str | None:
+    """Why attempt `attempt` of `message_id` must not be made, given the request's callback record; None when it
+    may (also for a record from before callbacks were tracked)."""
+    if marker is None:
+        return None
+    if marker.get("message_id") != message_id:
+        return f"superseded by a newer ending of the request ({marker.get('message_id') or 'its message not made yet'})"
+    if not marker.get("pending"):
+        return "the message is settled already"
+    if marker.get("attempts", 0) >= attempt:
+        return f"attempt {attempt} was made already"
+    return None
 
 
 def deliver_callback(request_id: str, message_id: str, payload: str, attempt: int = 1) -> dict[str, Any]:

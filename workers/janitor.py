@@ -9,7 +9,8 @@ until it has used `max_attempts`; then it ends `failed` with the last error.
 Likewise for callbacks (`reconcile_callbacks`): a request whose callback is pending names its message and the
 attempts made; the job of the next attempt must be in Redis. A message never queued (Redis down, or a crash just
 after the request ended) is queued, an attempt Redis lost is queued again for when it was due, and an attempt
-whose job failed for good (it crashed on every RQ retry) settles the callback as failed.
+whose job failed for good (it crashed on every RQ retry) counts as a failed attempt: the next one follows, if any
+remain.
 `python -m workers.janitor`.
 """
 
@@ -27,12 +28,13 @@ from rq.job import Job, JobStatus
 from models_store import Ledger, open_ledger
 from models_store.ledger import RequestStatus
 from unlearnd.callbacks import (
+    Attempt,
     attempt_job_id,
     callback_queue,
     enqueue_attempt,
-    fail_message,
     notify_terminal,
     payload_of,
+    record_failed_attempt,
 )
 from unlearnd.logs import configure_logging
 from unlearnd.queue import enqueue_request, forget_queue, redis_connection
@@ -144,30 +146,44 @@ def reconcile_once(ledger: Ledger, queue: Queue, settings: Settings) -> list[str
 
 
 def reconcile_callbacks(ledger: Ledger, queue: Queue, settings: Settings) -> list[str]:
-    """One pass over the pending callbacks (`queue`: the callbacks queue); returns what it did, one line each."""
+    """One pass over the pending callbacks (`queue`: the callbacks queue), all of them, a page at a time; returns
+    what it did, one line each."""
     actions: list[str] = []
-    due = [record for record in ledger.pending_callbacks()
-           if _age_s((record["callback"] or {}).get("at")) >= CALLBACK_GRACE_S]
+    after_seq = 0
+    while page := ledger.pending_callbacks(after_seq=after_seq):
+        after_seq = page[-1]["seq"]
+        due = [record for record in page if _age_s((record["callback"] or {}).get("at")) >= CALLBACK_GRACE_S]
+        actions += _reconcile_callback_page(ledger, queue, settings, due)
+    return actions
+
+
+def _reconcile_callback_page(ledger: Ledger, queue: Queue, settings: Settings, due: list[dict]) -> list[str]:
+    actions: list[str] = []
     queued = [record for record in due if (record["callback"] or {}).get("message_id")]
-    for record in due:
-        if not (record["callback"] or {}).get("message_id"):  # the request ended; its message was never made
-            notify_terminal(ledger, record["id"], settings, queue.connection)
+    made = {record["id"] for record in queued}
+    for record in due:  # those whose request ended with no message made yet
+        if record["id"] not in made and notify_terminal(ledger, record["id"], settings, queue.connection):
             actions.append(f"queued the callback of {record['id']}")
     next_attempts = [attempt_job_id(record["callback"]["message_id"], record["callback"]["attempts"] + 1)
                      for record in queued]
     jobs = _jobs_of([{"job_id": job_id} for job_id in next_attempts], queue)
     for record, job in zip(queued, jobs, strict=True):
         request_id, marker = record["id"], record["callback"]
-        attempt = marker["attempts"] + 1
+        message_id, attempt = marker["message_id"], marker["attempts"] + 1
         if job is None:
             wait_s = -_age_s(marker.get("next_attempt_at")) if marker.get("next_attempt_at") else 0.0
-            enqueue_attempt(queue, settings, request_id, marker["message_id"], payload_of(ledger, request_id),
-                            attempt, wait_s if wait_s > 0 else None)
+            enqueue_attempt(queue, settings, request_id, message_id, payload_of(ledger, request_id), attempt,
+                            wait_s if wait_s > 0 else None)
             actions.append(f"queued attempt {attempt} of the callback of {request_id}: the queue had lost it")
         elif job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            error = f"attempt {attempt} could not run: {_job_error(job)}"
-            fail_message(ledger, record, marker["message_id"], attempt, marker.get("status"), error)
-            actions.append(f"gave up the callback of {request_id}: {error}")
+            # it crashed on every RQ retry: a failed attempt like any other, and the next one follows if any remain
+            outcome = Attempt(False, marker.get("status"), f"attempt {attempt} could not run: {_job_error(job)}")
+            delay = record_failed_attempt(ledger, record, message_id, attempt, outcome, settings)
+            if delay is not None:
+                enqueue_attempt(queue, settings, request_id, message_id, payload_of(ledger, request_id),
+                                attempt + 1, delay)
+            actions.append(f"attempt {attempt} of the callback of {request_id} could not run"
+                           + ("" if delay is not None else "; gave it up"))
     return actions
 
 

@@ -81,7 +81,7 @@ async def create_forget_request(
         body = ForgetRequestCreate.model_validate_json(raw)
     except ValidationError as exc:
         raise Problem(422, "Invalid request", describe_errors(exc.errors())) from None
-    claim = None if idempotency_key is None else claim_of(principal.key_id, idempotency_key, model, body)
+    claim = None if idempotency_key is None else claim_of(principal.key_id, idempotency_key, model, body, raw)
     response = await _replay_if_callback_refused(body, claim, intake.ledger, settings) or await intake.submit(
         model, body, claim, principal.key_id)
     response.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_S)  # just queued: no rate measured yet

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from models_store import Ledger, open_ledger
+from models_store.store import now_iso
 from unlearnd import callbacks
 from unlearnd.callbacks import (
     AllowList,
@@ -325,7 +326,7 @@ def test_deliver_signs_and_records_the_final_outcome(tmp_path, receiver_factory)
         return REGISTRY.get_sample_value("unlearnd_callback_attempts_total", {"outcome": outcome}) or 0.0
 
     counted = {o: attempts(o) for o in ("retried", "failed")}
-    ledger.set_callback(request_id, callbacks.pending("msg_abc", 0), new_message=True)
+    assert ledger.claim_callback(request_id, "msg_abc", now_iso())
     first, delay = deliver(ledger, request_id, "msg_abc", payload, settings, attempt=1)
     assert not first.delivered and delay == 5  # another attempt follows
     waiting = ledger.get(request_id)["callback"]
@@ -480,7 +481,7 @@ def test_a_next_attempt_that_cannot_be_scheduled_stays_pending(tmp_path, receive
     _fake_rq(settings, monkeypatch)
     ledger = open_ledger(settings)
     request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
-    ledger.set_callback(request_id, callbacks.pending("msg_x", 0), new_message=True)
+    assert ledger.claim_callback(request_id, "msg_x", now_iso())
 
     def redis_down(*args, **kwargs):
         raise ConnectionError("Redis is down")
@@ -522,22 +523,62 @@ def test_an_ended_request_with_a_callback_url_is_pending_until_its_message_is_se
     assert [r["id"] for r in ledger.pending_callbacks()] == [request_id]
 
 
-def test_a_superseded_message_is_not_sent_and_does_not_overwrite_the_newer_one(tmp_path, receiver_factory):
+def test_a_message_of_an_earlier_ending_is_not_sent_once_the_request_ended_again(tmp_path, receiver_factory):
+    """A succeeded request's message still has attempts to come when a rollback reverts the request: from that
+    moment (before the reversal's own message is made) the old message is neither sent nor recorded."""
     receiver = receiver_factory(answer(204))
     settings = loopback_settings(tmp_path)
     ledger = open_ledger(settings)
-    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
-    assert ledger.set_callback(request_id, callbacks.pending("msg_old", 0), new_message=True)
-    assert ledger.set_callback(request_id, callbacks.pending("msg_new", 0), new_message=True)  # e.g. reverted
-    assert not ledger.set_callback(request_id, {"delivered": True, "pending": False, "attempts": 1,
-                                                "message_id": "msg_old", "at": "2026-01-01T00:00:00+00:00"})
-    outcome, delay = deliver(ledger, request_id, "msg_old", "{}", settings, attempt=1)
-    assert not outcome.delivered and "superseded by msg_new" in outcome.error and delay is None
-    assert receiver.requests == []
-    assert ledger.get(request_id)["callback"] == {**ledger.get(request_id)["callback"], "message_id": "msg_new",
-                                                  "pending": True, "attempts": 0}
+    request_id = f"fr_{uuid.uuid4().hex[:12]}"
+    ledger.create({"id": request_id, "model": "m", "method": "auto", "classes": [1],
+                   "callback_url": f"http://127.0.0.1:{receiver.port}/"})
+    ledger.mark_running(request_id)
+    ledger.mark_succeeded(request_id, {})
+    assert ledger.claim_callback(request_id, "msg_old", now_iso())["status"] == "succeeded"
+    ledger.mark_reverted(request_id, actor="admin", to_state=1, reason="for the test")
+    for message in ("its message not made yet", "msg_new"):
+        outcome, delay = deliver(ledger, request_id, "msg_old", "{}", settings, attempt=1)
+        assert not outcome.delivered and f"superseded by a newer ending of the request ({message})" in outcome.error
+        assert delay is None and receiver.requests == []
+        assert not ledger.set_callback(request_id, {"delivered": True, "pending": False, "attempts": 1,
+                                                    "message_id": "msg_old", "at": now_iso()})
+        if message != "msg_new":
+            claimed = ledger.claim_callback(request_id, "msg_new", now_iso())
+            assert claimed["status"] == "reverted" and claimed["callback"]["message_id"] == "msg_new"
     delivered, _ = deliver(ledger, request_id, "msg_new", "{}", settings, attempt=1)
     assert delivered.delivered and len(receiver.requests) == 1 and not ledger.pending_callbacks()
+
+
+def test_one_ending_makes_one_message_whoever_notifies_it(tmp_path, receiver_factory, monkeypatch):
+    """The worker that ended the request and the janitor (or two janitors) may both notify the same ending: one
+    message is made and queued; the other finds it made and sends nothing."""
+    settings = loopback_settings(tmp_path)
+    connection, callbacks_queue = _fake_rq(settings, monkeypatch)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, "https://hooks.example.com/x")
+    first = notify_terminal(ledger, request_id, settings, connection)
+    assert first is not None and notify_terminal(ledger, request_id, settings, connection) is None
+    assert callbacks_queue.job_ids == [f"cb-{first}-1"] and ledger.get(request_id)["callback"]["message_id"] == first
+
+
+def test_a_repeated_or_late_attempt_changes_nothing(tmp_path, receiver_factory):
+    """RQ runs an attempt again after its job crashed, though the attempt was made and recorded (the crash came
+    after): it is not sent again, and no outcome goes backwards (settled to pending, fewer attempts)."""
+    receiver = receiver_factory(answer(500))
+    settings = loopback_settings(tmp_path, callback_attempts=3)
+    ledger = open_ledger(settings)
+    request_id = _ended_request(ledger, f"http://127.0.0.1:{receiver.port}/")
+    assert ledger.claim_callback(request_id, "msg_r", now_iso())
+    first, delay = deliver(ledger, request_id, "msg_r", "{}", settings, attempt=1)
+    assert not first.delivered and delay is not None and len(receiver.requests) == 1
+    again, delay = deliver(ledger, request_id, "msg_r", "{}", settings, attempt=1)
+    assert "attempt 1 was made already" in again.error and delay is None and len(receiver.requests) == 1
+    assert not ledger.set_callback(request_id, callbacks.pending("msg_r", 0))  # fewer attempts than recorded
+    assert ledger.set_callback(request_id, {"delivered": True, "pending": False, "attempts": 2, "message_id": "msg_r",
+                                            "status": 204, "at": now_iso()})
+    assert not ledger.set_callback(request_id, callbacks.pending("msg_r", 2))  # settled stays settled
+    late, _ = deliver(ledger, request_id, "msg_r", "{}", settings, attempt=3)
+    assert "settled" in late.error and len(receiver.requests) == 1 and ledger.get(request_id)["callback"]["delivered"]
 
 
 def test_an_attempt_whose_job_crashes_runs_again(tmp_path, receiver_factory, monkeypatch):

@@ -6,6 +6,7 @@ from rq.job import Job
 
 from models_store import open_ledger
 from models_store.ledger import NewRequest
+from models_store.store import now_iso
 from unlearnd.logs import REQUEST_ID
 from unlearnd.queue import JobToEnqueue, enqueue_jobs, forget_queue
 from unlearnd.settings import Settings
@@ -93,9 +94,10 @@ def test_an_attempt_the_queue_lost_is_queued_again_for_when_it_was_due(installat
     settings, ledger, _ = installation
     for request_id in ("fr_now", "fr_later"):
         _ended_with_callback(ledger, request_id)
-    ledger.set_callback("fr_now", pending("msg_now", 0), new_message=True)  # queued, then Redis lost it
+    ledger.claim_callback("fr_now", "msg_now", now_iso())  # queued, then Redis lost it
     due = "2999-01-01T00:00:00.000+00:00"  # attempt 3 of fr_later was scheduled for then
-    ledger.set_callback("fr_later", pending("msg_later", 2, 503, "answered 503", due), new_message=True)
+    ledger.claim_callback("fr_later", "msg_later", now_iso())
+    ledger.set_callback("fr_later", pending("msg_later", 2, 503, "answered 503", due))
 
     actions = janitor.reconcile_callbacks(ledger, callbacks_queue, settings)
 
@@ -112,25 +114,52 @@ def test_an_attempt_the_queue_lost_is_queued_again_for_when_it_was_due(installat
     assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == []
 
 
-def test_an_attempt_whose_job_failed_for_good_settles_the_callback_as_failed(installation, callbacks_queue):
+def _crashed_for_good(queue, job_id: str) -> None:
+    """What RQ leaves of an attempt whose job crashed on every retry: a failed job."""
+    job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
+    queue.remove(job)
+    job.set_status("failed")
+
+
+def test_an_attempt_whose_job_failed_for_good_counts_as_a_failed_attempt(installation, callbacks_queue):
+    """It crashed on every RQ retry (e.g. the database was down for minutes): the next attempt follows while any
+    remain; the last one settles the callback as failed."""
     from unlearnd.callbacks import enqueue_attempt, pending
 
     settings, ledger, _ = installation
+    settings = settings.model_copy(update={"callback_attempts": 3})
     _ended_with_callback(ledger, "fr_a")
-    ledger.set_callback("fr_a", pending("msg_a", 1, 500, "answered 500"), new_message=True)
+    ledger.claim_callback("fr_a", "msg_a", now_iso())
+    ledger.set_callback("fr_a", pending("msg_a", 1, 500, "answered 500"))
     enqueue_attempt(callbacks_queue, settings, "fr_a", "msg_a", "{}", attempt=2)
-    job = Job.fetch("cb-msg_a-2", connection=callbacks_queue.connection, serializer=callbacks_queue.serializer)
-    callbacks_queue.remove(job)
-    job.set_status("failed")  # as RQ leaves it when its last retry crashed too
+    _crashed_for_good(callbacks_queue, "cb-msg_a-2")
 
-    [action] = janitor.reconcile_callbacks(ledger, callbacks_queue, settings)
+    assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == [
+        "attempt 2 of the callback of fr_a could not run"]
+    waiting = _message(ledger, "fr_a")
+    assert waiting["pending"] and waiting["attempts"] == 2 and "could not run" in waiting["error"]
+    assert callbacks_queue.scheduled_job_registry.get_job_ids() == ["cb-msg_a-3"]
 
-    assert action.startswith("gave up the callback of fr_a: attempt 2 could not run")
+    _crashed_for_good(callbacks_queue, "cb-msg_a-3")
+    assert janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == [
+        "attempt 3 of the callback of fr_a could not run; gave it up"]
     settled = _message(ledger, "fr_a")
-    assert not settled["pending"] and not settled["delivered"] and settled["attempts"] == 2
-    assert settled["status"] == 500 and "could not run" in settled["error"]
+    assert not settled["pending"] and not settled["delivered"] and settled["attempts"] == 3
+    assert settled["status"] == 500 and "attempt 3 could not run" in settled["error"]
     assert [e["action"] for e in ledger.audit_entries(request_id="fr_a")][-1] == "callback.failed"
     assert ledger.pending_callbacks() == [] and janitor.reconcile_callbacks(ledger, callbacks_queue, settings) == []
+
+
+def test_every_pending_callback_is_looked_at_page_by_page(installation, callbacks_queue, monkeypatch):
+    """More pending callbacks than one page: the never-queued one behind them is still found."""
+    settings, ledger, _ = installation
+    real_page = ledger.pending_callbacks
+    monkeypatch.setattr(ledger, "pending_callbacks", lambda after_seq=0: real_page(after_seq=after_seq, limit=2))
+    for n in range(5):
+        _ended_with_callback(ledger, f"fr_{n}")
+    assert sorted(janitor.reconcile_callbacks(ledger, callbacks_queue, settings)) == [
+        f"queued the callback of fr_{n}" for n in range(5)]
+    assert len(callbacks_queue.job_ids) == 5
 
 
 def test_a_callback_just_recorded_is_left_to_whoever_recorded_it(installation, callbacks_queue, monkeypatch):

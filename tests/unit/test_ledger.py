@@ -205,8 +205,33 @@ def test_a_claim_bound_to_no_request_is_in_use_while_fresh_and_taken_over_when_s
     assert taken["id"] == "r1"
     row = ledger.idempotency_row(IdempotencyClaim("kid", "k", "body"))
     assert (row["request_id"], row["body_sha256"], row["status_code"]) == ("r1", "body", 202)
-    ledger.idempotency_finish("kid", "k", 200, "{}", {})
-    assert ledger.idempotency_row(IdempotencyClaim("kid", "k", "body"))["status_code"] == 200
+    claim = IdempotencyClaim("kid", "k", "body")
+    ledger.idempotency_finish(claim, "r1", 200, "{}", {})  # it has its answer: nothing to finish
+    assert ledger.idempotency_row(claim)["status_code"] == 202
+
+
+def test_the_answer_of_a_claim_whose_process_died_is_stored_only_for_its_request(ledger):
+    """A late retry filling in the answer of a claim that another request has taken over since stores nothing."""
+    with ledger.db.transaction() as conn:
+        conn.execute(insert(schema.idempotency).values(key="k", key_id="kid", body_sha256="body", request_id="r1",
+                                                       created_at=now_iso()))
+    claim = IdempotencyClaim("kid", "k", "body")
+    ledger.idempotency_finish(claim, "r0", 202, "r0's answer", {})
+    assert ledger.idempotency_row(claim)["status_code"] is None
+    ledger.idempotency_finish(claim, "r1", 202, "r1's answer", {})
+    assert ledger.idempotency_row(claim)["response"] == "r1's answer"
+
+
+def test_expired_keys_are_forgotten_and_deleted_in_batches(ledger):
+    with ledger.db.transaction() as conn:
+        conn.execute(insert(schema.idempotency), [
+            {"key": f"k{n}", "key_id": "kid", "body_sha256": "body", "created_at": at}
+            for n, at in enumerate(["2000-01-01T00:00:00.000+00:00"] * 7 + [now_iso()])])
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k0", "body"), key_ttl_s=3600) is None
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k0", "body")) is not None  # no TTL: kept
+    assert ledger.expire_idempotency_keys(3600, batch=3) == 7
+    assert ledger.idempotency_row(IdempotencyClaim("kid", "k7", "body"), key_ttl_s=3600) is not None
+    assert ledger.expire_idempotency_keys(3600, batch=3) == 0
 
 
 def test_concurrent_claims_and_endings_each_happen_once(ledger):

@@ -110,6 +110,10 @@ def test_upgrading_from_the_first_revision_keeps_every_row(database_url):
                           "VALUES ('then', 'request.accepted', 'kid', :id, 'm')"), [{"id": f"r{i}"} for i in (1, 2, 3)])
         conn.execute(text("INSERT INTO idempotency (key, key_id, body_sha256, status_code, response, headers, "
                           "created_at, request_id) VALUES ('k', 'kid', 'body', 202, 'r3', '{}', 'then', 'r3')"))
+        conn.execute(text("INSERT INTO idempotency (key, key_id, body_sha256, created_at) VALUES (:key, :kid, 'b', "
+                          "'then')"), [{"key": key, "kid": kid} for key, kid in (
+                              ('"q1"', "kid"), ('"a\\"b";p=1', "kid"), ('"k"', "kid"), ('"k"', "other"),
+                              ('"bad', "kid"))])
 
     database.migrate()
     assert database.current_revision() == HEAD
@@ -122,6 +126,9 @@ def test_upgrading_from_the_first_revision_keeps_every_row(database_url):
         ("request.accepted", "r1"), ("request.accepted", "r2"), ("request.accepted", "r3")]
     kept = ledger.idempotency_row(IdempotencyClaim("kid", "k", "body"))
     assert (kept["status_code"], kept["response"], kept["request_id"]) == (202, "r3", "r3")
+    with database.connect() as conn:  # quoted keys are stored as their content, unless that is stored already
+        assert sorted(conn.execute(text("SELECT key_id, key FROM idempotency")).all()) == [
+            ("kid", '"bad'), ("kid", '"k"'), ("kid", 'a"b'), ("kid", "k"), ("kid", "q1"), ("other", "k")]
     row = {"model": "m", "state_version": 2, "document": '{"b":1,"a":2}', "created_at": "now"}
     with database.transaction() as conn:  # the new tables are there
         conn.execute(insert(served_states).values(row))

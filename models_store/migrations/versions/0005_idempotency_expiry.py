@@ -1,4 +1,8 @@
-"""idempotency.created_at indexed: keys older than UNLEARND_IDEMPOTENCY_KEY_TTL_S are deleted by the janitor.
+"""Idempotency keys expire, and a quoted key is its content.
+
+- idempotency.created_at is indexed: keys older than UNLEARND_IDEMPOTENCY_KEY_TTL_S are deleted by the janitor.
+- A key stored as the header's raw value in the Structured Field string form (`"k1"`, quotes included) is stored
+  as its content (`k1`), which is how keys are looked up from now on; unless that key is stored as well.
 
 Revision ID: 0005
 Revises: 0004
@@ -6,6 +10,9 @@ Revises: 0004
 
 from __future__ import annotations
 
+import re
+
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
@@ -13,6 +20,18 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+_QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=[^;]+)?)*')
+"""A Structured Field string (RFC 8941 3.3.3) with optional parameters, as the service parses keys at 0005."""
+
 
 def upgrade() -> None:
     op.create_index("idempotency_created_at", "idempotency", ["created_at"])
+    keys = sa.table("idempotency", sa.column("key_id"), sa.column("key"))
+    bind = op.get_bind()
+    stored = {(key_id, key) for key_id, key in bind.execute(sa.select(keys.c.key_id, keys.c.key))}
+    for key_id, key in sorted(stored):
+        match = _QUOTED.fullmatch(key)
+        content = None if match is None else re.sub(r'\\(["\\])', r"\1", match.group(1))
+        if content is not None and (key_id, content) not in stored:
+            bind.execute(sa.update(keys).where(keys.c.key_id == key_id, keys.c.key == key).values(key=content))
+            stored.add((key_id, content))
