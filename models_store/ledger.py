@@ -479,13 +479,21 @@ class Ledger:
         read in the same transaction (the body to send), or None when the ending has its message already (another
         process made it) or the request has no pending callback."""
         where = _requests.c.id == request_id
+
+        def unclaimed(marker: dict[str, Any] | None) -> bool:
+            return bool(marker and marker.get("pending") and marker.get("message_id") is None)
+
+        with self.db.connect() as conn:  # most endings have no callback: no write transaction for them
+            current = conn.scalar(select(_requests.c.callback).where(where))
+        if not unclaimed(None if current is None else json.loads(current)):
+            return None
         with self.db.transaction() as conn:
             row = conn.execute(select(_requests).where(where).with_for_update()).first()
             if row is None:
                 return None
             record = _to_dict(row)
             marker = record["callback"]
-            if not (marker and marker.get("pending") and marker.get("message_id") is None):
+            if not unclaimed(marker):
                 return None
             claimed = {**marker, "message_id": message_id, "at": at}
             conn.execute(update(_requests).where(where).values(callback=json.dumps(claimed)))
@@ -552,11 +560,14 @@ class Ledger:
             row = _claim_row(conn, claim)
         return None if row is None or _expired(row, key_ttl_s) else row
 
-    def expire_idempotency_keys(self, key_ttl_s: float, batch: int = 5000) -> int:
+    def expire_idempotency_keys(self, key_ttl_s: float, batch: int = 5000, max_batches: int = 20) -> int:
         """Delete the keys older than `key_ttl_s`, about `batch` per transaction (a backlog never holds the
-        database's write lock for long); returns how many."""
+        database's write lock for long) and at most `max_batches` transactions (the rest is left to the next
+        call); returns how many."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
         created_at, cutoff, deleted = _idempotency.c.created_at, _ago(key_ttl_s), 0
-        while True:
+        for _ in range(max_batches):
             with self.db.transaction() as conn:
                 bound = conn.scalar(select(created_at).where(created_at < cutoff).order_by(created_at)
                                     .offset(batch - 1).limit(1))  # the batch-th oldest expired key, if so many
@@ -564,7 +575,8 @@ class Ledger:
                 count = conn.execute(delete(_idempotency).where(expired)).rowcount
             deleted += count
             if bound is None:
-                return deleted
+                break
+        return deleted
 
     def idempotency_finish(self, claim: IdempotencyClaim, request_id: str, status_code: int, response: str,
                            headers: dict[str, str]) -> None:

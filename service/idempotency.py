@@ -34,7 +34,7 @@ STALE_CLAIM_S = 60.0
 """A claim bound to no request after this long is taken over by a retry instead of answering 409."""
 
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"'
-                        r'(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=[^;]+)?)*')
+                        r'(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:"(?:[^"\\]|\\.)*"|[^;",\s]+))?)*')
 """A non-empty Structured Field string (RFC 8941, section 3.3.3): printable ASCII in double quotes, `\\"` and
 `\\\\` its only escapes; parameters (section 3.1.2) may follow, and mean nothing here."""
 

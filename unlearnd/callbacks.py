@@ -379,28 +379,35 @@ def enqueue_attempt(queue: Any, settings: Settings, request_id: str, message_id:
 def record_failed_attempt(ledger: Ledger, record: dict[str, Any], message_id: str, attempt: int,
                           outcome: Attempt, settings: Settings) -> float | None:
     """Record that attempt `attempt` of a message failed: final (`fail_message`) or pending until the next attempt,
-    whose delay it returns (None: there is none)."""
+    whose delay it returns (None: there is none, or the ledger refused the record: the message was superseded
+    meanwhile)."""
     delay = next_delay_s(settings, attempt, outcome)
+    if delay is None:
+        recorded = fail_message(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
+    else:
+        due = datetime.fromtimestamp(time.time() + delay, timezone.utc).isoformat(timespec="milliseconds")
+        recorded = ledger.set_callback(record["id"], pending(message_id, attempt, outcome.status, outcome.error, due))
+    if not recorded:
+        log.info("callback of %s: attempt %d of %s failed and is superseded", record["id"], attempt, message_id)
+        return None
     CALLBACK_ATTEMPTS.labels("failed" if delay is None else "retried").inc()
     log.warning("callback of %s failed (attempt %d of %d): %s", record["id"], attempt, settings.callback_attempts,
                 outcome.error)
-    if delay is None:
-        fail_message(ledger, record, message_id, attempt, outcome.status, outcome.error or "failed")
-    else:
-        due = datetime.fromtimestamp(time.time() + delay, timezone.utc).isoformat(timespec="milliseconds")
-        ledger.set_callback(record["id"], pending(message_id, attempt, outcome.status, outcome.error, due))
     return delay
 
 
 def fail_message(ledger: Ledger, record: dict[str, Any], message_id: str, attempts: int, status: int | None,
-                 error: str) -> None:
-    """Record (and audit) that a message will not be delivered (unless a newer message replaced it)."""
+                 error: str) -> bool:
+    """Record (and audit) that a message will not be delivered; False when the ledger refused it (a newer message
+    replaced it)."""
     error = error[:300]
+    if not ledger.set_callback(record["id"], {"delivered": False, "pending": False, "status": status,
+                                              "attempts": attempts, "message_id": message_id, "error": error,
+                                              "at": now_iso()}):
+        return False
     log.warning("callback of %s: %s", record["id"], error)
-    if ledger.set_callback(record["id"], {"delivered": False, "pending": False, "status": status,
-                                          "attempts": attempts, "message_id": message_id, "error": error,
-                                          "at": now_iso()}):
-        ledger.audit("callback.failed", "system", record["id"], record["model"], {"error": error})
+    ledger.audit("callback.failed", "system", record["id"], record["model"], {"error": error})
+    return True
 
 
 @dataclass(frozen=True)
@@ -532,7 +539,7 @@ def deliver(ledger: Ledger, request_id: str, message_id: str, payload: str, sett
 
 def _not_due(marker: dict[str, Any] | None, message_id: str, attempt: int) -> str | None:
     """Why attempt `attempt` of `message_id` must not be made, given the request's callback record; None when it
-    may (also for a record from before callbacks were tracked)."""
+    may (also when the request has no record: it ended before callbacks were tracked)."""
     if marker is None:
         return None
     if marker.get("message_id") != message_id:

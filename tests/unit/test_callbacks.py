@@ -536,6 +536,9 @@ def test_a_message_of_an_earlier_ending_is_not_sent_once_the_request_ended_again
     ledger.mark_succeeded(request_id, {})
     assert ledger.claim_callback(request_id, "msg_old", now_iso())["status"] == "succeeded"
     ledger.mark_reverted(request_id, actor="admin", to_state=1, reason="for the test")
+    failed_meanwhile = callbacks.Attempt(False, 500, "answered 500")  # an attempt that was sending as it was reverted
+    assert callbacks.record_failed_attempt(ledger, ledger.get(request_id), "msg_old", 1, failed_meanwhile,
+                                           settings) is None  # not recorded: no next attempt
     for message in ("its message not made yet", "msg_new"):
         outcome, delay = deliver(ledger, request_id, "msg_old", "{}", settings, attempt=1)
         assert not outcome.delivered and f"superseded by a newer ending of the request ({message})" in outcome.error

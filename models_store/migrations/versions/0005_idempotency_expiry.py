@@ -20,7 +20,8 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-_QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=[^;]+)?)*')
+_QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])+)"'
+                     r'(?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:"(?:[^"\\]|\\.)*"|[^;",\s]+))?)*')
 """A Structured Field string (RFC 8941 3.3.3) with optional parameters, as the service parses keys at 0005."""
 
 
@@ -28,10 +29,14 @@ def upgrade() -> None:
     op.create_index("idempotency_created_at", "idempotency", ["created_at"])
     keys = sa.table("idempotency", sa.column("key_id"), sa.column("key"))
     bind = op.get_bind()
-    stored = {(key_id, key) for key_id, key in bind.execute(sa.select(keys.c.key_id, keys.c.key))}
-    for key_id, key in sorted(stored):
+    quoted = bind.execute(sa.select(keys.c.key_id, keys.c.key).where(keys.c.key.like('"%'))
+                          .order_by(keys.c.key_id, keys.c.key)).all()
+    for key_id, key in quoted:
         match = _QUOTED.fullmatch(key)
-        content = None if match is None else re.sub(r'\\(["\\])', r"\1", match.group(1))
-        if content is not None and (key_id, content) not in stored:
+        if match is None:
+            continue
+        content = re.sub(r'\\(["\\])', r"\1", match.group(1))
+        taken = bind.execute(sa.select(sa.func.count()).select_from(keys).where(
+            keys.c.key_id == key_id, keys.c.key == content)).scalar()
+        if not taken:
             bind.execute(sa.update(keys).where(keys.c.key_id == key_id, keys.c.key == key).values(key=content))
-            stored.add((key_id, content))
