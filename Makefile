@@ -26,11 +26,13 @@ lint: $(INSTALLED)  ## ruff (rules in pyproject.toml) on the tree, mypy on unlea
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: $(INSTALLED) lint  ## lint, then run the whole test suite (unit + integration)
-	$(PY) -m pytest
+TEST_PROCESSES ?= 2
+test: $(INSTALLED) lint  ## lint, then the whole test suite: unit and API tests in TEST_PROCESSES processes, then integration
+	$(PY) -m pytest -m "not integration" -n $(TEST_PROCESSES)
+	$(PY) -m pytest -m integration
 
-test-unit: $(INSTALLED)  ## run only the fast tests
-	$(PY) -m pytest -m "not integration"
+test-unit: $(INSTALLED)  ## run only the fast tests (unit and API), in TEST_PROCESSES processes
+	$(PY) -m pytest -m "not integration" -n $(TEST_PROCESSES)
 
 bench-quality: $(INSTALLED)  ## unlearning quality benchmark against retraining (docs/benchmarks.md)
 	$(PY) -m bench.quality
