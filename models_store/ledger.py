@@ -103,6 +103,7 @@ def _may_record(current: dict[str, Any] | None, outcome: dict[str, Any]) -> bool
         return False
     return bool(current.get("pending")) and outcome.get("attempts", 0) >= current.get("attempts", 0)
 
+
 @dataclass(frozen=True)
 class IdempotencyClaim:
     """A caller's Idempotency-Key, with a digest of what the request asks (its model and its body, canonical:
